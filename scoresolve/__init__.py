@@ -1,0 +1,34 @@
+"""scoresolve: differential-equation solvers for sampling score-based generative models.
+
+``sample(score_fn, sde, shape, method="pc")`` solves the reverse-time SDE or the
+probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, and reports the
+score evaluations it actually made.
+"""
+
+from . import metrics, ncsn, targets
+from .noise import Noise
+from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
+from .results import SampleResult
+from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE
+from .sampling import sample, steps_for_nfe
+from .score import (
+    CountingScore,
+    NonFiniteScoreError,
+    ScoreFn,
+    from_denoiser,
+    from_epsilon,
+    from_sigma_model,
+)
+from .sde import SDE, SDES, VESDE, VPSDE, SubVPSDE, append_dims, reverse_drift
+from .timegrid import GRIDS, make_grid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "reverse_drift", "append_dims",
+    "sample", "steps_for_nfe", "SampleResult",
+    "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE",
+    "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
+    "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
+    "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn",
+]

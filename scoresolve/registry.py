@@ -1,0 +1,61 @@
+"""Every method by name, in one place.  ``method=`` anywhere accepts a name from these dicts
+or an object of the same kind; ``resolve`` gives an error listing the valid choices."""
+
+from __future__ import annotations
+
+from . import correctors, predictors
+from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE
+
+__all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
+
+PREDICTORS = {
+    "euler_maruyama": predictors.euler_maruyama,
+    "reverse_diffusion": predictors.reverse_diffusion,
+    "ancestral": predictors.ancestral,
+    "none": predictors.none,
+}
+
+CORRECTORS = {
+    "langevin": correctors.langevin,
+    "annealed_langevin": correctors.annealed_langevin,
+    "none": correctors.none,
+}
+
+
+
+def resolve(kind: str, name_or_obj):
+    """Look up ``name_or_obj`` in the registry of ``kind`` ("predictor", "corrector" or
+    "method"); objects (callables, sampler instances) are returned as they are."""
+    tables = {"predictor": PREDICTORS, "corrector": CORRECTORS}
+    table = tables[kind] if kind in tables else SAMPLERS
+    if isinstance(name_or_obj, str):
+        try:
+            return table[name_or_obj]
+        except KeyError:
+            raise ValueError(
+                f"unknown {kind} {name_or_obj!r}; valid choices: {', '.join(table)}"
+            ) from None
+    if kind == "method":
+        if hasattr(name_or_obj, "run") and hasattr(name_or_obj, "nfe_per_step"):
+            return name_or_obj
+        raise TypeError(
+            f"method must be a name ({', '.join(table)}) or a sampler object with run() "
+            f"and nfe_per_step, e.g. scoresolve.PC(...); got {type(name_or_obj).__name__}"
+        )
+    if callable(name_or_obj):
+        return name_or_obj
+    raise TypeError(f"{kind} must be a name ({', '.join(table)}) or a callable, "
+                    f"got {type(name_or_obj).__name__}")
+
+
+# Built after resolve() exists: sampler objects validate their predictor/corrector names.
+SAMPLERS = {
+    "pc": PC(),
+    "em": PC(predictor="euler_maruyama", corrector="none"),
+    "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none"),
+    "ancestral": PC(predictor="ancestral", corrector="none"),
+    "ald": AnnealedLangevin(),
+    "ode": ProbabilityFlowODE(),
+    "ode_euler": FixedStepODE("euler"),
+    "ode_heun": FixedStepODE("heun"),
+}

@@ -1,0 +1,174 @@
+"""``sample``: the one entry point that draws samples with any registered sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .noise import Noise
+from .registry import resolve
+from .results import SampleResult
+from .score import CountingScore, ScoreFn
+from .sde import SDE
+from .timegrid import GRIDS, check_grid, make_grid
+
+__all__ = ["sample", "steps_for_nfe"]
+
+
+def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
+    """The largest step count whose score evaluations fit a budget of ``nfe`` per sample."""
+    sampler = resolve("method", method)
+    per = sampler.nfe_per_step
+    if per is None:
+        raise ValueError(f"{type(sampler).__name__} is adaptive: set its rtol/atol, not nfe=")
+    steps = (nfe - sampler.extra_nfe(denoise)) // per
+    if steps < 1:
+        raise ValueError(
+            f"nfe={nfe} is below the minimum of this method "
+            f"({per + sampler.extra_nfe(denoise)} score evaluations)"
+        )
+    return int(steps)
+
+
+def _with_options(sampler, options: dict):
+    if not options:
+        return sampler
+    valid = [f.name for f in dataclasses.fields(sampler)]
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, bad))} for {type(sampler).__name__}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    return dataclasses.replace(sampler, **options)
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of positive ints (batch, ...), got {shape!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (batch, *data_dims) with positive sizes, got {shape}")
+    return shape
+
+
+def sample(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: Sequence[int],
+    method="pc",
+    *,
+    steps: int | None = None,
+    nfe: int | None = None,
+    grid: str | Tensor | None = None,
+    eps: float | None = None,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | Tensor | None = None,
+    x_init: Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    denoise: bool = True,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    check: bool = True,
+    **options,
+) -> SampleResult:
+    """Draw samples by solving the reverse-time SDE or the probability-flow ODE of ``sde``.
+
+    Args:
+        score_fn: any callable (x, t) -> ∇_x log p_t(x), x of shape (B, ...), t of shape (B,).
+        sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
+        shape: (batch, *data_dims).
+        method: a name from ``SAMPLERS`` ("pc", "em", "reverse_diffusion", "ancestral", "ald",
+            "ode", "ode_euler", "ode_heun") or a sampler object.
+        steps: grid steps (default: the method's); excludes ``nfe``.
+        nfe: budget of score evaluations per sample; the step count is derived from it.
+        grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
+            tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
+        eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
+        generator: torch.Generator on ``device``; excludes ``seeds``.
+        seeds: one integer per sample: sample i is then the same in any batch.
+        x_init: start from these states at T instead of the prior (shape ``shape``).
+        device, dtype: of the samples (default: the generator's device / x_init's, float32).
+        denoise: return the noise-free mean of the last step (Tweedie step for ODE/ALD).
+        return_trajectory: keep the states at every grid time.
+        progress: show a tqdm bar.
+        check: validate every score output (shape, device, NaN/Inf with step and time).
+        **options: fields of the sampler, e.g. predictor=, corrector=, snr=, rtol=.
+
+    Returns:
+        SampleResult(samples, nfe, ts, trajectory, stats) with nfe *counted*.
+
+    Raises:
+        ValueError / TypeError naming the argument and the valid choices.
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresolve SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    sampler = _with_options(resolve("method", method), options)
+    shape = _check_shape(shape)
+    if steps is not None and nfe is not None:
+        raise ValueError("pass steps= or nfe=, not both")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if nfe is not None:
+        steps = steps_for_nfe(sampler, nfe, denoise)
+
+    # device / dtype / randomness
+    if device is None:
+        device = x_init.device if x_init is not None else (
+            generator.device if generator is not None else torch.device("cpu"))
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but sampling runs on {device}; "
+                         "create it with torch.Generator(device=...)")
+    dtype = dtype or (x_init.dtype if x_init is not None else torch.get_default_dtype())
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating type, got {dtype}")
+    if seeds is not None and len(seeds) != shape[0]:
+        raise ValueError(f"seeds must have one entry per sample: {len(seeds)} given, batch {shape[0]}")
+    noise = Noise(generator, seeds, device, dtype)
+
+    # time grid
+    if grid is not None and not isinstance(grid, str):
+        if steps is not None or eps is not None:
+            raise ValueError("a grid tensor fixes the steps and eps; do not pass steps/nfe/eps too")
+        ts = check_grid(grid, sde)
+    else:
+        kind = grid or sampler.default_grid
+        if kind not in GRIDS:
+            raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRIDS)}")
+        eps = sde.default_eps if eps is None else eps
+        if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
+            raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
+        ts = make_grid(kind, sde, steps or sampler.default_steps, float(eps))
+
+    # initial state
+    if x_init is not None:
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
+        x = x_init.to(device=device, dtype=dtype)
+        noise.draws += 1  # keep the noise stream the same as with a prior draw
+    else:
+        x = sde.prior_std() * noise(shape)
+
+    score = CountingScore(score_fn, shape[0], check=check)
+    start = time.perf_counter()
+    run = sampler.run(sde, score, x, ts.tolist(), noise, denoise=denoise,
+                      keep=return_trajectory, progress=progress)
+    stats = {"calls": score.calls, "steps": len(ts) - 1, "method": type(sampler).__name__,
+             "wall_time": time.perf_counter() - start, **run.stats}
+    traj = torch.stack(run.trajectory) if run.trajectory is not None else None
+    if not bool(torch.isfinite(run.x).all()):
+        raise FloatingPointError(
+            f"sampling produced non-finite samples ({type(sampler).__name__}, {len(ts) - 1} steps)"
+        )
+    return SampleResult(run.x, score.nfe, ts, traj, stats)
+
+

@@ -1,0 +1,128 @@
+"""Score callables: the protocol, adapters from other parameterisations, and NFE counting.
+
+A score function maps (x, t) -> ∇_x log p_t(x) with x of shape (B, ...) and t of shape (B,)
+holding continuous times.  Adapters (with p_t(x | x_0) = N(m x_0, σ² I)):
+    ε-predictor   s = −ε̂ / σ
+    denoiser      s = (m x̂_0 − x) / σ²
+    σ-conditioned s(x, t) = model(x, σ(t))      (NCSN / VE models that take the noise level)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .sde import SDE, append_dims
+
+__all__ = [
+    "ScoreFn",
+    "from_epsilon",
+    "from_denoiser",
+    "from_sigma_model",
+    "CountingScore",
+    "NonFiniteScoreError",
+]
+
+
+@runtime_checkable
+class ScoreFn(Protocol):
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+
+def _coeffs(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    m, s = sde.marginal(t)
+    return append_dims(m, x.ndim).to(x.dtype), append_dims(s, x.ndim).to(x.dtype)
+
+
+def from_epsilon(eps_model, sde: SDE) -> ScoreFn:
+    """Score from a noise predictor ε̂(x, t): s = −ε̂ / σ(t)."""
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        _, s = _coeffs(sde, x, t)
+        return -eps_model(x, t) / s
+
+    return score_fn
+
+
+def from_denoiser(denoiser, sde: SDE) -> ScoreFn:
+    """Score from a data predictor x̂_0(x, t) (Tweedie): s = (m x̂_0 − x) / σ²."""
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        m, s = _coeffs(sde, x, t)
+        return (m * denoiser(x, t) - x) / (s * s)
+
+    return score_fn
+
+
+def from_sigma_model(model, sde: SDE) -> ScoreFn:
+    """Score from a model conditioned on the noise level, model(x, σ) with σ of shape (B,)."""
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        return model(x, sde.std(t))
+
+    return score_fn
+
+
+class NonFiniteScoreError(FloatingPointError):
+    """The score returned NaN or Inf."""
+
+
+class CountingScore:
+    """Wraps a score, counts what was actually evaluated, and checks what comes back.
+
+    ``nfe`` = rows evaluated / batch size, so a call on half the batch counts ½; ``calls`` is
+    the number of invocations.  With ``check=True`` every output is checked for shape and
+    finiteness, and a failure names the sampler step and the time (one host sync per call).
+    """
+
+    def __init__(self, fn: ScoreFn, batch_size: int, check: bool = True):
+        if not callable(fn):
+            raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(fn).__name__}")
+        self.fn = fn
+        self.batch_size = batch_size
+        self.check = check
+        self.rows = 0
+        self.calls = 0
+        self.step: int | None = None
+
+    @property
+    def nfe(self) -> float:
+        n = self.rows / self.batch_size
+        return int(n) if n == int(n) else n
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
+        if not isinstance(t, Tensor):
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            t = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        out = self.fn(x, t)
+        self.rows += x.shape[0]
+        self.calls += 1
+        if self.check:
+            self._validate(x, t, out)
+        if out.dtype != x.dtype:  # a half-precision score: keep the solver state's precision
+            out = out.to(x.dtype)
+        return out
+
+    def _validate(self, x: Tensor, t: Tensor, out: Tensor) -> None:
+        if isinstance(out, Tensor) and out.device != x.device:
+            raise ValueError(
+                f"score_fn returned a tensor on {out.device} for x on {x.device}; "
+                "the score must run on the sampling device (pass device= to match)"
+            )
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; "
+                "it must return a tensor shaped like x"
+            )
+        if not bool(torch.isfinite(out).all()):
+            where = "" if self.step is None else f" at step {self.step}"
+            bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
+            raise NonFiniteScoreError(
+                f"score_fn returned NaN/Inf{where}, t={float(t[0]):.6g} "
+                f"(call {self.calls}, {bad} of {x.shape[0]} samples affected)"
+            )
