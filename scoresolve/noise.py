@@ -47,7 +47,8 @@ def counter_normal(
     Box-Muller on two hashed 53-bit uniforms per element; exact up to float64 rounding.
     """
     idx = torch.arange(numel, device=seeds.device, dtype=torch.int64)
-    key = _mix(_mix(seeds.unsqueeze(1) + _GOLDEN * (draw + 1)) + _GOLDEN * (2 * idx + 1))
+    step = torch.full((), draw + 1, dtype=torch.int64, device=seeds.device) * _GOLDEN  # wraps
+    key = _mix(_mix(seeds.unsqueeze(1) + step) + (2 * idx + 1) * _GOLDEN)
     u1 = _uniform(_mix(key))
     u2 = _uniform(_mix(key ^ _M1))
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)

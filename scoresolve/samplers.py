@@ -101,6 +101,9 @@ class AnnealedLangevin:
     Levels are the grid times t_1 > ... > t_L (for VE on the default log-SNR grid: geometric
     noise levels σ_1 > ... > σ_L).  At level i, ``n_steps_each`` steps of
     x' = x + (α_i/2) s(x, t_i) + √α_i z with α_i = step_lr · σ_i² / σ_L².
+    For VP-type SDEs the data scale m(t) also changes between levels; Langevin cannot follow it
+    once σ_i is below the data's own scale, so x is rescaled by m(t_i)/m(t_{i−1}) on entering a
+    level (ALD on x/m, which is exactly NCSN's algorithm for VE, where m = 1).
     ``step_lr=None`` picks ε by the NCSNv2 rule (Song & Ermon 2020, Technique 4) for the
     grid's level ratio.  With ``denoise`` a final Tweedie step x̂_0 = (x + σ_L² s)/m (1 NFE).
     """
@@ -133,8 +136,9 @@ class AnnealedLangevin:
         eps_lr = self.step_lr if self.step_lr is not None else ald_step_size(
             gamma, self.n_steps_each, sig[-1])
         traj = [x] if keep else None
-        for i, (_, t) in enumerate(_steps(ts, progress, "ald")):
+        for i, (t_prev, t) in enumerate(_steps(ts, progress, "ald")):
             score.step = i
+            x = x * (sde.mean_scale(t) / sde.mean_scale(t_prev))  # follow m(t) between levels
             alpha = eps_lr * (sde.std(t) / sig[-1]) ** 2
             for _ in range(self.n_steps_each):
                 x = x + (0.5 * alpha) * score(x, t) + alpha**0.5 * noise(x.shape)

@@ -1,0 +1,275 @@
+"""The classical samplers against closed-form ground truth."""
+
+import math
+
+import pytest
+import torch
+from helpers import SDES, exact_output_moments, gaussian_1d, gaussian_flow_map, loglog_slope
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scoresolve as ss
+from scoresolve.targets import GaussianMixture
+
+F64 = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- weak order of the predictors
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion", "ancestral"])
+def test_weak_order_one(predictor, sde_name):
+    """Error of the output's mean and variance (computed exactly: the score of a Gaussian is
+    linear, see helpers.BasisNoise, so there is no Monte-Carlo error) falls like 1/N."""
+    sde, gm = SDES[sde_name], gaussian_1d()
+    ref = gm.diffused(1e-3, sde)
+    sampler = ss.PC(predictor=predictor, corrector="none")
+    ns = [128, 256, 512, 1024]
+    errs = []
+    for n in ns:
+        m, v = exact_output_moments(sampler, gm, sde, n)
+        errs.append(abs(m - float(ref.mean()[0])) + abs(v - float(ref.cov()[0, 0])))
+    slope = loglog_slope(ns, errs)
+    if sde_name == "ve" and predictor == "euler_maruyama":
+        # for VE + Gaussian data the O(1/N) terms of EM cancel (measured slope ≈ −2): the
+        # theory's weak order 1 is a lower bound
+        assert slope <= -0.85, (errs, slope)
+    else:
+        assert abs(slope + 1.0) <= 0.15, (errs, slope)
+
+
+def test_exact_moment_trick_agrees_with_monte_carlo():
+    """The linear-noise bookkeeping above agrees with plain sampling within MC error."""
+    sde, gm = SDES["vp"], gaussian_1d()
+    m, v = exact_output_moments(ss.PC(predictor="euler_maruyama", corrector="none"), gm, sde, 32)
+    n = 200_000
+    x_T = gm.sample(n, sde.T, sde, generator=gen(1), dtype=F64)
+    x = ss.sample(gm.score_fn(sde), sde, (n, 1), "em", steps=32, x_init=x_T, eps=1e-3,
+                  denoise=False, generator=gen(2)).samples[:, 0]
+    assert abs(float(x.mean()) - m) < 5 * math.sqrt(v / n)
+    assert abs(float(x.var()) - v) < 5 * v * math.sqrt(2 / n)
+
+
+# ---------------------------------------------------------------- probability-flow ODE
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_adaptive_ode_pushes_prior_to_p_eps_and_error_falls_with_rtol(sde_name):
+    sde = SDES[sde_name]
+    gm = GaussianMixture(torch.ones(1), torch.tensor([[1.0, -0.5]]), torch.tensor([[0.25, 0.04]]))
+    x_T = gm.sample(500, sde.T, sde, generator=gen(3), dtype=F64)
+    exact = gaussian_flow_map(gm, sde, x_T, 1e-3)
+    errs, nfes = [], []
+    for rtol in (1e-3, 1e-5, 1e-7):
+        res = ss.sample(gm.score_fn(sde), sde, x_T.shape, "ode", x_init=x_T, eps=1e-3, denoise=False,
+                        rtol=rtol, atol=rtol)
+        errs.append(float((res.samples - exact).abs().max() / exact.abs().max()))
+        nfes.append(res.nfe)
+        assert res.nfe == res.stats["calls"] and res.nfe > 0
+    assert errs[0] > errs[1] > errs[2], errs
+    assert errs[2] < 1e-5 and nfes[0] < nfes[1] < nfes[2]
+
+
+@pytest.mark.parametrize("method,order,ns", [("ode_euler", 1, [64, 128, 256, 512]),
+                                             ("ode_heun", 2, [32, 64, 128, 256])])
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_fixed_step_ode_order(method, order, ns, sde_name):
+    sde = SDES[sde_name]
+    gm = gaussian_1d(0.5, 0.3)
+    x_T = gm.sample(200, sde.T, sde, generator=gen(4), dtype=F64)
+    exact = gaussian_flow_map(gm, sde, x_T, 1e-3)
+    errs = []
+    for n in ns:
+        x = ss.sample(gm.score_fn(sde), sde, x_T.shape, method, steps=n, x_init=x_T, eps=1e-3,
+                      denoise=False, grid="log_snr").samples
+        errs.append(float((x - exact).abs().max()))
+    assert abs(loglog_slope(ns, errs) + order) <= 0.2, errs
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 1000), dim=st.integers(1, 3), k=st.integers(1, 3),
+       sde_name=st.sampled_from(list(SDES)))
+def test_heun_converges_at_order_two_on_random_mixtures(seed, dim, k, sde_name):
+    """Property: on any Gaussian mixture the Heun push-forward of fixed points converges to the
+    (tight-tolerance) adaptive solution with error falling ≈ 4× per doubling of steps."""
+    sde = SDES[sde_name]
+    gm = GaussianMixture.random(dim, k, seed=seed, spread=1.5, std_range=(0.3, 0.8))
+    x_T = gm.sample(64, sde.T, sde, generator=gen(seed), dtype=F64)
+    ref = ss.sample(gm.score_fn(sde), sde, x_T.shape, "ode", x_init=x_T, eps=1e-2, denoise=False,
+                    rtol=1e-10, atol=1e-10).samples
+    errs = [float((ss.sample(gm.score_fn(sde), sde, x_T.shape, "ode_heun", steps=n, x_init=x_T,
+                             eps=1e-2, denoise=False, grid="log_snr").samples - ref).abs().max())
+            for n in (32, 64, 128)]
+    assert errs[2] < errs[1] < errs[0]
+    assert loglog_slope([32, 64, 128], errs) < -1.6, errs
+
+
+# ---------------------------------------------------------------- distribution-level checks
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_pc_langevin_recovers_unequal_mode_weights(sde_name):
+    sde = SDES[sde_name]
+    gm = GaussianMixture.unequal((0.8, 0.2), separation=3.0, std=0.4)
+    n = 8000
+    res = ss.sample(gm.score_fn(sde), sde, (n, 2), "pc", predictor="reverse_diffusion",
+                    corrector="langevin", snr=0.16, steps=400, generator=gen(5))
+    assert res.nfe == 800
+    w0 = float(gm.responsibilities(res.samples.double())[:, 0].mean())
+    # E[p(k=0|x)] = 0.8 under the truth; its sd per sample is at most √(0.8·0.2)
+    assert abs(w0 - 0.8) < 4 * math.sqrt(0.16 / n), w0
+
+
+RING = GaussianMixture.ring(8, 2.0, 0.2)
+N_FLOOR = 4000
+FLOOR = ss.metrics.noise_floor(RING, N_FLOOR, repeats=6, metrics=("component_w2", "mode_tv"))
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("method", list(ss.SAMPLERS))
+def test_every_registered_sampler_reaches_the_noise_floor(method, sde_name):
+    sde = SDES[sde_name]
+    sampler = ss.SAMPLERS[method]
+    kw = {} if sampler.nfe_per_step is None else {"nfe": 800}
+    if isinstance(sampler, ss.AnnealedLangevin):
+        # ALD's step α_i ∝ σ_i² stops mixing once σ_i is far below the component width (0.2):
+        # it needs many steps per level to equilibrate where σ_i is near that width
+        kw = {"steps": 100, "n_steps_each": 100}
+    res = ss.sample(RING.score_fn(sde), sde, (N_FLOOR, 2), method, generator=gen(6), **kw)
+    ev = ss.metrics.evaluate(res.samples, RING, metrics=("component_w2", "mode_tv"))
+    (w_mean, w_sd), (tv_mean, tv_sd) = FLOOR["component_w2"], FLOOR["mode_tv"]
+    assert ev["component_w2"] <= 2 * w_mean, (ev, FLOOR)
+    assert ev["mode_tv"] <= tv_mean + 4 * tv_sd + 0.01, (ev, FLOOR)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+@pytest.mark.parametrize("method", ["ancestral", "reverse_diffusion", "em", "pc"])
+def test_few_steps_stay_finite(method, steps):
+    # the reference code's VP tables give β/N → 1 and NaN here
+    sde = ss.VPSDE()
+    res = ss.sample(RING.score_fn(sde), sde, (500, 2), method, steps=steps, generator=gen(7))
+    assert torch.isfinite(res.samples).all()
+
+
+# ---------------------------------------------------------------- NFE, reproducibility, batches
+@pytest.mark.parametrize("method,steps,expected", [
+    ("em", 10, 10), ("pc", 10, 20), ("ode_euler", 10, 11), ("ode_heun", 10, 21), ("ald", 10, 101),
+])
+def test_nfe_is_counted(method, steps, expected):
+    sde = ss.VPSDE()
+    res = ss.sample(RING.score_fn(sde), sde, (50, 2), method, steps=steps, generator=gen())
+    assert res.nfe == expected == res.stats["calls"]
+
+
+@pytest.mark.parametrize("method", ["em", "pc", "ode_heun", "ald"])
+def test_nfe_budget_is_respected(method):
+    sde = ss.VPSDE()
+    res = ss.sample(RING.score_fn(sde), sde, (20, 2), method, nfe=37, generator=gen())
+    assert 37 - ss.SAMPLERS[method].nfe_per_step < res.nfe <= 37
+
+
+def test_counting_counts_rows_not_calls():
+    c = ss.CountingScore(lambda x, t: -x, batch_size=10)
+    c(torch.zeros(10, 2), 0.5)
+    c(torch.zeros(5, 2), torch.full((5,), 0.5))
+    assert c.nfe == 1.5 and c.calls == 2
+
+
+@pytest.mark.parametrize("method", list(ss.SAMPLERS))
+def test_same_generator_same_samples(method):
+    sde = ss.VESDE()
+    kw = {} if ss.SAMPLERS[method].nfe_per_step is None else {"nfe": 40}
+    a = ss.sample(RING.score_fn(sde), sde, (64, 2), method, generator=gen(11), **kw).samples
+    b = ss.sample(RING.score_fn(sde), sde, (64, 2), method, generator=gen(11), **kw).samples
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method,opts", [("em", {}), ("reverse_diffusion", {}), ("ancestral", {}),
+                                         ("pc", {"norm": "sample"}), ("ode_heun", {}), ("ald", {})])
+def test_per_sample_seeds_make_samples_batch_invariant(method, opts):
+    sde = ss.VPSDE()
+    big = ss.sample(RING.score_fn(sde), sde, (6, 2), method, steps=20, seeds=range(100, 106), **opts)
+    small = ss.sample(RING.score_fn(sde), sde, (2, 2), method, steps=20, seeds=[102, 103], **opts)
+    assert torch.equal(big.samples[2:4], small.samples)
+    other = ss.sample(RING.score_fn(sde), sde, (2, 2), method, steps=20, seeds=[7, 8], **opts)
+    assert not torch.equal(other.samples, small.samples)
+
+
+def test_trajectory_and_grid_are_returned():
+    sde = ss.VPSDE()
+    res = ss.sample(RING.score_fn(sde), sde, (10, 2), "em", steps=15, return_trajectory=True,
+                    grid="quadratic", generator=gen())
+    assert res.trajectory.shape == (16, 10, 2)
+    assert res.ts.shape == (16,) and res.ts[0] == 1.0 and res.ts[-1] == pytest.approx(1e-3)
+    custom = torch.tensor([1.0, 0.5, 0.1, 0.01])
+    res = ss.sample(RING.score_fn(sde), sde, (10, 2), "em", grid=custom, generator=gen())
+    assert res.nfe == 3 and torch.equal(res.ts, custom.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_follows_the_caller(dtype):
+    sde = ss.VPSDE()
+    res = ss.sample(RING.score_fn(sde), sde, (10, 2), "pc", steps=5, dtype=dtype, generator=gen())
+    assert res.samples.dtype == dtype
+
+
+def test_image_shaped_states():
+    sde = ss.VESDE()
+    score = lambda x, t: -x / (1 + sde.std(t)[:, None, None, None] ** 2)  # noqa: E731  N(0, I) data
+    res = ss.sample(score, sde, (4, 3, 5, 5), "pc", steps=20, generator=gen())
+    assert res.samples.shape == (4, 3, 5, 5) and torch.isfinite(res.samples).all()
+
+
+# ---------------------------------------------------------------- errors
+def _s(x, t):
+    return -x
+
+
+def test_errors_name_the_argument_and_the_choices():
+    sde = ss.VPSDE()
+    with pytest.raises(ValueError, match="unknown method 'nope'.*pc.*ode"):
+        ss.sample(_s, sde, (4, 2), "nope")
+    with pytest.raises(ValueError, match="unknown predictor 'x'.*euler_maruyama"):
+        ss.sample(_s, sde, (4, 2), "pc", predictor="x")
+    with pytest.raises(ValueError, match="unknown corrector 'y'.*langevin"):
+        ss.sample(_s, sde, (4, 2), "pc", corrector="y")
+    with pytest.raises(TypeError, match="unknown option.*'rtol'.*valid options"):
+        ss.sample(_s, sde, (4, 2), "pc", rtol=1e-3)
+    with pytest.raises(ValueError, match="shape"):
+        ss.sample(_s, sde, (4,), "pc")
+    with pytest.raises(ValueError, match="shape"):
+        ss.sample(_s, sde, (0, 2), "pc")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        ss.sample(_s, sde, (4, 2), "pc", steps=0)
+    with pytest.raises(ValueError, match=r"eps must lie in \(0, T=1.0\)"):
+        ss.sample(_s, sde, (4, 2), "pc", eps=0.0)
+    with pytest.raises(ValueError, match=r"eps must lie in"):
+        ss.sample(_s, sde, (4, 2), "pc", eps=1.5)
+    with pytest.raises(ValueError, match="snr must be > 0"):
+        ss.sample(_s, sde, (4, 2), "pc", snr=0.0)
+    with pytest.raises(ValueError, match="unknown grid 'cubic'.*karras"):
+        ss.sample(_s, sde, (4, 2), "pc", grid="cubic")
+    with pytest.raises(ValueError, match="nfe=1 is below the minimum"):
+        ss.sample(_s, sde, (4, 2), "pc", nfe=1)
+    with pytest.raises(ValueError, match="adaptive"):
+        ss.sample(_s, sde, (4, 2), "ode", nfe=50)
+    with pytest.raises(ValueError, match="generator is on cpu but sampling runs on meta"):
+        ss.sample(_s, sde, (4, 2), "pc", device="meta", generator=gen())
+    with pytest.raises(ValueError, match="seeds must have one entry per sample"):
+        ss.sample(_s, sde, (4, 2), "pc", seeds=[1, 2])
+    with pytest.raises(TypeError, match="sde must be a scoresolve SDE"):
+        ss.sample(_s, "vp", (4, 2), "pc")
+    with pytest.raises(TypeError, match="score_fn must be callable"):
+        ss.sample(3, sde, (4, 2), "pc")
+
+
+def test_score_with_wrong_shape_is_reported():
+    with pytest.raises(ValueError, match=r"score_fn returned shape \(4,\) for x of shape \(4, 2\)"):
+        ss.sample(lambda x, t: x.sum(1), ss.VPSDE(), (4, 2), "em", steps=3)
+
+
+def test_non_finite_score_names_step_and_time():
+    def bad(x, t):
+        return torch.where(t[:, None] < 0.5, torch.full_like(x, float("nan")), -x)
+
+    with pytest.raises(ss.NonFiniteScoreError, match=r"NaN/Inf at step 6, t=0\.46"):
+        ss.sample(bad, ss.VPSDE(), (4, 2), "em", steps=10, eps=0.1)

@@ -1,0 +1,86 @@
+"""SDE coefficients against their defining identities (no trust in the formulas themselves)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scoresolve as ss
+
+SDES = [ss.VPSDE(), ss.SubVPSDE(), ss.VESDE(), ss.VPSDE(beta_min=0.5, beta_max=10.0),
+        ss.VESDE(sigma_min=0.05, sigma_max=10.0)]
+times = st.floats(min_value=1e-3, max_value=0.99)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+@given(t=times)
+def test_drift_is_dlogm_dt_and_variance_obeys_fokker_planck(sde, t):
+    # f = d log m / dt  and  d σ²/dt = 2 f σ² + g²   (moments of a linear SDE)
+    h = 1e-6
+    tt = torch.tensor([t - h, t, t + h], dtype=torch.float64)
+    logm = sde.log_mean_scale(tt)
+    var = sde.std(tt) ** 2
+    f, g = sde.drift_coef(t), sde.diffusion(t)
+    assert math.isclose(float(logm[2] - logm[0]) / (2 * h), f, rel_tol=1e-6, abs_tol=1e-8)
+    dvar = float(var[2] - var[0]) / (2 * h)
+    assert math.isclose(dvar, 2 * f * float(var[1]) + g * g, rel_tol=1e-5, abs_tol=1e-8)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+@given(t=times)
+def test_float_and_tensor_agree_and_log_snr_inverts(sde, t):
+    tt = torch.tensor([t], dtype=torch.float64)
+    for name in ("log_mean_scale", "std", "diffusion", "drift_coef", "log_snr"):
+        assert math.isclose(getattr(sde, name)(t), float(getattr(sde, name)(tt)), rel_tol=1e-12,
+                            abs_tol=1e-14)
+    lam = sde.log_snr(t)
+    assert math.isclose(sde.t_from_log_snr(lam), t, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(float(sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))), t,
+                        rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+@given(s=times, dt=st.floats(0.0, 0.5))
+def test_transition_composes_to_marginal(sde, s, dt):
+    # x_t = a x_s + √v z with x_s = m_s x_0 + σ_s z'  must give N(m_t x_0, σ_t²)
+    t = min(s + dt, 1.0)
+    a, v = sde.transition(s, t)
+    m_s, sd_s = sde.marginal(s)
+    m_t, sd_t = sde.marginal(t)
+    assert math.isclose(a * m_s, m_t, rel_tol=1e-12)
+    assert math.isclose(a * a * sd_s**2 + v, sd_t**2, rel_tol=1e-9, abs_tol=1e-15)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_prior_matches_marginal_at_T_and_prior_logp(sde):
+    m, s = sde.marginal(sde.T)
+    if isinstance(sde, ss.VESDE):
+        assert sde.prior_std() == pytest.approx(s, rel=1e-12)
+    else:  # VP-type: the prior N(0, I) is the T -> ∞ limit; at T=1, m(T)² + σ(T)² = 1 still holds
+        assert sde.prior_std() == 1.0
+        assert m * m + (s * s if type(sde) is ss.VPSDE else 0.0) <= 1.0 + 1e-12
+    z = torch.randn(5, 3, 2, dtype=torch.float64)
+    ref = torch.distributions.Normal(0.0, sde.prior_std()).log_prob(z).flatten(1).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z), ref)
+    x = sde.prior_sample((20000, 2), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+    assert float(x.std()) == pytest.approx(sde.prior_std(), rel=0.02)
+
+
+def test_bad_parameters_raise():
+    with pytest.raises(ValueError, match="beta_min"):
+        ss.VPSDE(beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValueError, match="sigma_min"):
+        ss.VESDE(sigma_min=1.0, sigma_max=0.5)
+
+
+def test_reverse_drift_float_and_tensor_time():
+    sde = ss.VPSDE()
+    x, s = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    a = ss.reverse_drift(sde, s, x, 0.3, probability_flow=True)
+    b = ss.reverse_drift(sde, s, x, torch.full((4,), 0.3, dtype=torch.float64), probability_flow=True)
+    torch.testing.assert_close(a, b)
+    f, g2 = sde.drift_coef(0.3), sde.diffusion(0.3) ** 2
+    torch.testing.assert_close(a, f * x - 0.5 * g2 * s)

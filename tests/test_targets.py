@@ -1,0 +1,79 @@
+"""Analytic mixture targets: score = autograd of log p_t; exact samples have the right law."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scoresolve as ss
+from scoresolve.targets import GaussianMixture
+
+SDES = {"vp": ss.VPSDE(), "subvp": ss.SubVPSDE(), "ve": ss.VESDE(sigma_max=5.0)}
+
+
+@st.composite
+def mixtures(draw):
+    d = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 10_000))
+    full = draw(st.booleans())
+    return GaussianMixture.random(d, k, seed=seed, anisotropic=full, spread=2.0)
+
+
+@given(gm=mixtures(), sde=st.sampled_from(list(SDES)), t=st.floats(1e-3, 1.0))
+def test_score_equals_autograd_of_log_prob(gm, sde, t):
+    sde = SDES[sde]
+    x = gm.sample(16, t, sde, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x.requires_grad_(True)
+    tt = torch.full((16,), t, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(gm.log_prob(x, tt, sde).sum(), x)
+    torch.testing.assert_close(gm.score(x.detach(), tt, sde), grad, rtol=1e-8, atol=1e-8)
+
+
+@given(gm=mixtures(), sde=st.sampled_from(list(SDES)), t=st.floats(1e-3, 1.0))
+def test_diffused_mixture_equals_log_prob_at_t(gm, sde, t):
+    sde = SDES[sde]
+    x = torch.randn(8, gm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gm.diffused(t, sde).log_prob(x), gm.log_prob(x, t, sde))
+
+
+def test_log_prob_matches_torch_distributions():
+    gm = GaussianMixture.random(3, 4, seed=3)
+    mix = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(gm.weights),
+        torch.distributions.MultivariateNormal(gm.means, gm.component_covs()),
+    )
+    x = torch.randn(50, 3, dtype=torch.float64)
+    torch.testing.assert_close(gm.log_prob(x), mix.log_prob(x))
+
+
+@pytest.mark.parametrize("gm", [GaussianMixture.ring(8, 2.0, 0.1), GaussianMixture.random(5, 3, seed=4)],
+                         ids=["ring", "random5"])
+def test_exact_samples_moments_within_monte_carlo_error(gm):
+    n = 40_000
+    x = gm.sample(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cov = gm.cov()
+    se_mean = (cov.diagonal() / n).sqrt()
+    assert ((x.mean(0) - gm.mean()).abs() < 5 * se_mean).all()
+    # variance of a sample variance ≈ (m4 − σ⁴)/n; bound m4 by the sample's own 4th moment
+    xc = x - x.mean(0)
+    se_var = ((xc**4).mean(0) - xc.var(0) ** 2).clamp_min(0).div(n).sqrt()
+    assert ((xc.var(0) - cov.diagonal()).abs() < 5 * se_var).all()
+
+
+def test_sample_labels_and_weights():
+    gm = GaussianMixture.unequal((0.8, 0.2))
+    _, k = gm.sample(20_000, generator=torch.Generator().manual_seed(0), return_labels=True)
+    frac = float((k == 0).float().mean())
+    assert abs(frac - 0.8) < 5 * math.sqrt(0.16 / 20_000)
+
+
+def test_bad_mixture_parameters():
+    with pytest.raises(ValueError, match="weights"):
+        GaussianMixture(torch.tensor([1.0, -1.0]), torch.zeros(2, 2), torch.ones(2))
+    with pytest.raises(ValueError, match="covs"):
+        GaussianMixture(torch.ones(2), torch.zeros(2, 2), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="positive definite"):
+        GaussianMixture(torch.ones(1), torch.zeros(1, 2), -torch.eye(2).unsqueeze(0))
