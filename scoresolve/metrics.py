@@ -150,7 +150,7 @@ def evaluate(
     if "sliced_w2" in names:
         out["sliced_w2"] = sliced_wasserstein(x, reference)
     if "mmd" in names:
-        out["mmd"] = mmd(x[:4000], reference[:4000])
+        out["mmd"] = mmd(x[:2000], reference[:2000])
     if "logp_gap" in names:
         out["logp_gap"] = logp_gap(x, target, reference)
     return out

@@ -45,14 +45,17 @@ def sigma_max_from_data(x: Tensor, chunk: int = 2048) -> float:
 def gamma_from_dim(dim: int, target: float = 0.5) -> float:
     """NCSNv2 Technique 2: the common ratio γ = σ_{i-1}/σ_i solving
     Φ(√(2D)(γ−1) + 3γ) − Φ(√(2D)(γ−1) − 3γ) = target (≈ 0.5)."""
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
     r = math.sqrt(2 * dim)
+    if r <= 3:  # then Φ(r(γ−1) − 3γ) → 0 as γ grows and the left side never falls to 0.5
+        raise ValueError(f"the γ rule needs dim >= 5 (it is meant for high-dimensional data), got {dim}")
 
     def f(g: float) -> float:
         return norm.cdf(r * (g - 1) + 3 * g) - norm.cdf(r * (g - 1) - 3 * g) - target
 
-    return float(brentq(f, 1.0 + 1e-12, 1e3))
+    hi = 2.0
+    while f(hi) > 0:
+        hi *= 2
+    return float(brentq(f, 1.0 + 1e-12, hi))
 
 
 def n_levels(sigma_max: float, sigma_min: float, gamma: float) -> int:

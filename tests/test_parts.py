@@ -1,0 +1,168 @@
+"""Grids, noise, score adapters, NCSN helpers and metrics."""
+
+import math
+
+import pytest
+import torch
+from helpers import SDES
+from scipy import stats
+
+import scoresolve as ss
+from scoresolve.noise import counter_normal
+from scoresolve.targets import GaussianMixture
+
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------- time grids
+@pytest.mark.parametrize("kind", list(ss.GRIDS))
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_grids_decrease_from_T_to_eps(kind, sde_name):
+    sde = SDES[sde_name]
+    ts = ss.make_grid(kind, sde, 37, 1e-3)
+    assert ts.shape == (38,) and ts.dtype == F64
+    assert ts[0] == sde.T and ts[-1] == 1e-3
+    assert bool((ts[1:] < ts[:-1]).all())
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_log_snr_and_karras_grids_are_uniform_in_their_variable(sde_name):
+    sde = SDES[sde_name]
+    lam = sde.log_snr(ss.make_grid("log_snr", sde, 20, 1e-3))
+    torch.testing.assert_close(lam.diff(), lam.diff().mean().expand(20), rtol=1e-6, atol=1e-9)
+    sig = (-0.5 * sde.log_snr(ss.make_grid("karras", sde, 20, 1e-3))).exp() ** (1 / 7)
+    torch.testing.assert_close(sig.diff(), sig.diff().mean().expand(20), rtol=1e-6, atol=1e-9)
+    sq = ss.make_grid("quadratic", sde, 20, 1e-3).sqrt()
+    torch.testing.assert_close(sq.diff(), sq.diff().mean().expand(20))
+
+
+def test_grid_errors():
+    sde = ss.VPSDE()
+    with pytest.raises(ValueError, match="unknown grid"):
+        ss.make_grid("nope", sde, 10, 1e-3)
+    with pytest.raises(ValueError, match="steps"):
+        ss.make_grid("uniform", sde, 0, 1e-3)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        ss.sample(lambda x, t: -x, sde, (2, 2), "em", grid=torch.tensor([0.1, 0.5, 1.0]))
+
+
+# ---------------------------------------------------------------- noise
+def test_counter_normal_is_standard_normal_and_independent():
+    seeds = torch.arange(2000)
+    z1 = counter_normal(seeds, 1, 50, F64)
+    z2 = counter_normal(seeds, 2, 50, F64)
+    assert stats.kstest(z1.flatten().numpy(), "norm").pvalue > 1e-3
+    assert stats.kstest(z2.flatten().numpy(), "norm").pvalue > 1e-3
+    n = z1.numel()
+    assert abs(float((z1 * z2).mean())) < 5 / math.sqrt(n)  # draws uncorrelated
+    assert abs(float((z1[:, :-1] * z1[:, 1:]).mean())) < 5 / math.sqrt(n)  # elements uncorrelated
+    assert abs(float((z1[:-1] * z1[1:]).mean())) < 5 / math.sqrt(n)  # neighbouring seeds uncorrelated
+    torch.testing.assert_close(counter_normal(seeds[5:7], 1, 50, F64), z1[5:7], rtol=0, atol=0)
+
+
+def test_noise_source_modes():
+    a = ss.Noise(generator=torch.Generator().manual_seed(3))((4, 2))
+    b = ss.Noise(generator=torch.Generator().manual_seed(3))((4, 2))
+    assert torch.equal(a, b)
+    n = ss.Noise(seeds=[1, 2, 3])
+    first, second = n((3, 5)), n((3, 5))
+    assert not torch.equal(first, second)
+    with pytest.raises(ValueError, match="either generator= or seeds="):
+        ss.Noise(generator=torch.Generator(), seeds=[1])
+    with pytest.raises(ValueError, match="seeds has 3 entries but the batch is 2"):
+        n((2, 5))
+
+
+# ---------------------------------------------------------------- adapters
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_adapters_reproduce_the_exact_score(sde_name):
+    sde = SDES[sde_name]
+    gm = GaussianMixture.random(3, 2, seed=1)
+    x = torch.randn(16, 3, dtype=F64)
+    t = torch.rand(16, dtype=F64) * 0.9 + 0.05
+    exact = gm.score(x, t, sde)
+    m, s = (v[:, None] for v in sde.marginal(t))
+    eps_model = lambda x, t: -s * gm.score(x, t, sde)  # noqa: E731  ε = −σ ∇log p
+    denoiser = lambda x, t: (x + s * s * gm.score(x, t, sde)) / m  # noqa: E731  Tweedie
+    sigma_model = lambda x, sig: gm.score(x, sde.t_from_log_snr(-2 * sig.log()), sde)  # noqa: E731
+    torch.testing.assert_close(ss.from_epsilon(eps_model, sde)(x, t), exact)
+    torch.testing.assert_close(ss.from_denoiser(denoiser, sde)(x, t), exact)
+    if isinstance(sde, ss.VESDE):
+        torch.testing.assert_close(ss.from_sigma_model(sigma_model, sde)(x, t), exact)
+
+
+def test_half_precision_score_keeps_solver_state_precision():
+    sde = ss.VPSDE()
+    gm = GaussianMixture.ring(8, 2.0, 0.2)
+    score = lambda x, t: gm.score_fn(sde)(x.bfloat16().float(), t).bfloat16()  # noqa: E731
+    res = ss.sample(score, sde, (200, 2), "pc", steps=50, generator=torch.Generator().manual_seed(0))
+    assert res.samples.dtype == torch.float32 and torch.isfinite(res.samples).all()
+
+
+# ---------------------------------------------------------------- NCSN helpers
+def test_ncsn_helpers():
+    sig = ss.ncsn.geometric_sigmas(50.0, 0.01, 10)
+    assert sig[0] == pytest.approx(50.0) and sig[-1] == pytest.approx(0.01)
+    ratios = sig[:-1] / sig[1:]
+    torch.testing.assert_close(ratios, ratios.mean().expand(9))
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    assert ss.ncsn.sigma_max_from_data(x) == pytest.approx(5.0)
+    for d in (10, 3072):
+        g = ss.ncsn.gamma_from_dim(d)
+        r = math.sqrt(2 * d)
+        val = stats.norm.cdf(r * (g - 1) + 3 * g) - stats.norm.cdf(r * (g - 1) - 3 * g)
+        assert val == pytest.approx(0.5, abs=1e-8) and g > 1
+    # NCSNv2's CIFAR-10 config (D = 3072) uses 232 levels from σ = 50 to 0.01
+    assert abs(ss.ncsn.n_levels(50.0, 0.01, ss.ncsn.gamma_from_dim(3072)) - 232) <= 5
+    with pytest.raises(ValueError, match="dim >= 5"):
+        ss.ncsn.gamma_from_dim(2)
+    assert ss.ncsn.n_levels(50.0, 0.01, 1.1) == math.ceil(math.log(5000) / math.log(1.1)) + 1
+    eps = ss.ncsn.ald_step_size(1.05, 5, 0.01)
+    u = eps / 0.01**2
+    best = ss.ncsn.ald_variance_ratio(u, 1.05, 5)
+    for other in (u * 0.9, u * 1.1):
+        assert abs(best - 1) <= abs(ss.ncsn.ald_variance_ratio(other, 1.05, 5) - 1) + 1e-12
+
+
+# ---------------------------------------------------------------- metrics
+def test_metrics_detect_what_they_should_and_floors_are_small():
+    gm = GaussianMixture.ring(8, 2.0, 0.1)
+    n = 5000
+    g = torch.Generator().manual_seed(0)
+    x = gm.sample(n, generator=g, dtype=F64)
+    floor = ss.metrics.noise_floor(gm, n, repeats=6)
+    ev = ss.metrics.evaluate(x, gm, generator=g)
+    for k, v in ev.items():  # exact samples sit at the floor
+        mean, sd = floor[k]
+        assert v <= mean + 5 * sd + 1e-12, (k, v, floor[k])
+    # widen every component by 10%: per-component W2 sees it far above its floor
+    wide = GaussianMixture(gm.weights, gm.means, gm.covs * 1.21)
+    xw = wide.sample(n, generator=g, dtype=F64)
+    w_mean, w_sd = floor["component_w2"]
+    assert ss.metrics.component_w2(xw, gm) > w_mean + 5 * w_sd
+    # move weight from one mode to another: mode TV sees it
+    skew = GaussianMixture(gm.weights * torch.tensor([2.0] + [1.0] * 7), gm.means, gm.covs)
+    assert ss.metrics.mode_weight_tv(skew.sample(n, generator=g), gm) > floor["mode_tv"][0] + 5 * floor["mode_tv"][1]
+
+
+def test_gaussian_w2_closed_form():
+    c1 = torch.diag(torch.tensor([1.0, 4.0], dtype=F64))
+    c2 = torch.diag(torch.tensor([4.0, 1.0], dtype=F64))
+    mu = torch.zeros(2, dtype=F64)
+    # diagonal: W2² = Σ (√a − √b)² = 1 + 1
+    assert ss.metrics.gaussian_w2(mu, c1, mu + 1, c2) == pytest.approx(math.sqrt(2 + 2))
+
+
+def test_sliced_w2_and_mmd_are_zero_for_identical_sets():
+    x = torch.randn(500, 3)
+    assert ss.metrics.sliced_wasserstein(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert ss.metrics.sliced_wasserstein(x, x + 1.0) == pytest.approx(1.0, rel=0.2)
+    assert ss.metrics.mmd(x, x + 3.0) > 0.1
+
+
+def test_metric_errors():
+    gm = GaussianMixture.ring()
+    with pytest.raises(ValueError, match="unknown metric"):
+        ss.metrics.evaluate(torch.zeros(10, 2), gm, metrics=("fid",))
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        ss.metrics.evaluate(torch.zeros(10, 3), gm)
