@@ -61,9 +61,30 @@ def solve_adaptive(
     }
     opts.update(options or {})
 
+    times: list[float] = []
+
     def func(tt: Tensor, y: Tensor) -> Tensor:
+        times.append(float(tt))
         return flow_drift(sde, score, y, tt)
 
     ys = torchdiffeq.odeint(func, x, t, rtol=rtol, atol=atol, method=method, options=opts)
-    return ys, {"solver": method, "rtol": rtol, "atol": atol}
+    return ys, {"solver": method, "rtol": rtol, "atol": atol, "rhs_evals": len(times),
+                **(dopri5_step_counts(times) if method == "dopri5" else {})}
+
+
+def dopri5_step_counts(times: list[float]) -> dict:
+    """Accepted and rejected steps of a torchdiffeq dopri5 solve, read off the times at which
+    the right-hand side was evaluated: two calls choose the first step, then every attempted
+    step evaluates stages at t0 + c·h, c = (1/5, 3/10, 4/5, 8/9, 1, 1) (the first stage is reused
+    from the previous step), so t0 = (5 τ_1 − τ_5) / 4; an attempt is rejected when the next one
+    starts from the same t0."""
+    body = times[2:]
+    n = len(body) // 6
+    if n == 0 or len(body) % 6:
+        return {}
+    t0 = [(5 * body[6 * k] - body[6 * k + 4]) / 4 for k in range(n)]
+    h = [body[6 * k + 4] - t0[k] for k in range(n)]
+    # the stage times carry the solver dtype's rounding: same start = within 1e-3 of a step
+    rejected = sum(abs(t0[k + 1] - t0[k]) <= 1e-3 * abs(h[k]) for k in range(n - 1))
+    return {"steps_attempted": n, "steps_accepted": n - rejected, "steps_rejected": rejected}
 

@@ -273,3 +273,25 @@ def test_non_finite_score_names_step_and_time():
 
     with pytest.raises(ss.NonFiniteScoreError, match=r"NaN/Inf at step 6, t=0\.46"):
         ss.sample(bad, ss.VPSDE(), (4, 2), "em", steps=10, eps=0.1)
+
+
+def test_adaptive_step_statistics_match_the_solver(monkeypatch):
+    """Accepted/rejected dopri5 steps inferred from the evaluation times equal what torchdiffeq's
+    own step routine did (instrumented here)."""
+    from torchdiffeq._impl import rk_common
+
+    orig = rk_common.RKAdaptiveStepsizeODESolver._adaptive_step
+    seen = {"accepted": 0, "rejected": 0}
+
+    def counting(self, state):
+        new = orig(self, state)
+        seen["accepted" if new.t1 != state.t1 else "rejected"] += 1
+        return new
+
+    monkeypatch.setattr(rk_common.RKAdaptiveStepsizeODESolver, "_adaptive_step", counting)
+    sde = ss.VPSDE()
+    for tol in (1e-2, 1e-5):
+        seen.update(accepted=0, rejected=0)
+        res = ss.sample(RING.score_fn(sde), sde, (300, 2), "ode", rtol=tol, atol=tol, generator=gen())
+        assert (res.stats["steps_accepted"], res.stats["steps_rejected"]) == (seen["accepted"], seen["rejected"])
+        assert res.nfe == res.stats["rhs_evals"] + 1  # + the final denoising step
