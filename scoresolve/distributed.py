@@ -1,0 +1,182 @@
+"""Scale-out over processes with torch.distributed (torchrun; Gloo on CPU, NCCL on GPU).
+
+Work is cut into *chunks* of a fixed global size, independent of the number of processes:
+chunk k covers items [k·C, (k+1)·C) and is done by rank k mod world.  Every chunk is written
+atomically (temp file + rename) into the output directory beside a manifest of the job's
+configuration, so
+
+* a re-run skips finished chunks (a killed rank loses only the chunk it was working on),
+* the merged result does not depend on the world size: each chunk is computed with the same
+  inputs and the same batch whatever the number of ranks, and sample i always uses the seed
+  ``sample_seeds(base, [i])`` — so N ranks reproduce a single-process run bit for bit on CPU,
+* the merge checks that every chunk is there, in order, before writing the result.
+
+Nothing here calls a collective inside a solve: ranks only meet at a barrier after their chunks.
+Without torchrun (no process group) everything runs in the one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .noise import _GOLDEN, _mix
+
+__all__ = ["dist_info", "sample_seeds", "chunk_ranges", "run_chunks", "merge_chunks", "sample_to_dir", "barrier"]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the current process group, or (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def sample_seeds(base: int, indices) -> Tensor:
+    """Per-sample seeds for samples ``indices`` of a job with base seed ``base``: a hash of
+    (base, i), so sample i has the same noise in any shard, batch or world size."""
+    idx = torch.as_tensor(list(indices) if not isinstance(indices, Tensor) else indices, dtype=torch.int64)
+    b = torch.full((), int(base), dtype=torch.int64) * _GOLDEN
+    return _mix(_mix(b + _GOLDEN) + idx)
+
+
+def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    if n < 1 or chunk < 1:
+        raise ValueError(f"need n >= 1 and chunk >= 1, got n={n}, chunk={chunk}")
+    return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _chunk_path(out: Path, start: int, stop: int) -> Path:
+    return out / f"chunk-{start:09d}-{stop:09d}.pt"
+
+
+def _check_manifest(out: Path, config: dict) -> None:
+    """Write the manifest on first use; afterwards refuse a directory of another job."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.json"
+    config = json.loads(json.dumps(config, default=str))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ValueError(
+                f"{out} holds chunks of another job (manifest differs in: {', '.join(diff)}); "
+                "use a new output directory or the original settings"
+            )
+        return
+    stray = sorted(p.name for p in out.glob("chunk-*.pt"))
+    if stray:
+        raise ValueError(f"{out} holds chunk files without a manifest ({stray[0]}, ...): not this job's")
+    rank, _ = dist_info()
+    if rank == 0:
+        _atomic_write_text(json.dumps(config, indent=1, sort_keys=True), path)
+
+
+def run_chunks(
+    fn: Callable[[int, int], dict], n: int, out: str | os.PathLike, *, chunk: int, config: dict,
+    progress: bool = False,
+) -> list[tuple[int, int]]:
+    """Compute ``fn(start, stop) -> {name: tensor}`` for this rank's unfinished chunks of
+    [0, n) and save each atomically.  Returns the chunks this rank computed."""
+    rank, world = dist_info()
+    if world > math.ceil(n / chunk):
+        raise ValueError(
+            f"world size {world} is larger than the number of chunks ({math.ceil(n / chunk)} of "
+            f"{chunk} items for n={n}): lower --chunk or the number of processes"
+        )
+    out = Path(out)
+    _check_manifest(out, {**config, "n": n, "chunk": chunk})
+    barrier()
+    mine = [c for k, c in enumerate(chunk_ranges(n, chunk)) if k % world == rank]
+    todo = [c for c in mine if not _chunk_path(out, *c).exists()]
+    from tqdm.auto import tqdm
+
+    for start, stop in tqdm(todo, desc=f"rank {rank}", disable=not progress):
+        result = fn(start, stop)
+        _atomic_save({"start": start, "stop": stop, **result}, _chunk_path(out, start, stop))
+    return todo
+
+
+def merge_chunks(out: str | os.PathLike, n: int, chunk: int) -> dict[str, Tensor]:
+    """Concatenate the chunk files of [0, n) in order, checking that none is missing."""
+    out = Path(out)
+    parts = []
+    for start, stop in chunk_ranges(n, chunk):
+        p = _chunk_path(out, start, stop)
+        if not p.exists():
+            raise FileNotFoundError(f"chunk [{start}, {stop}) is missing in {out}: re-run the job to finish it")
+        d = torch.load(p, map_location="cpu", weights_only=True)
+        if (d["start"], d["stop"]) != (start, stop):
+            raise ValueError(f"{p} holds [{d['start']}, {d['stop']}), expected [{start}, {stop})")
+        parts.append(d)
+    keys = [k for k in parts[0] if k not in ("start", "stop")]
+    return {k: torch.cat([p[k] for p in parts]) for k in keys}
+
+
+def sample_to_dir(
+    score_fn, sde, data_shape: tuple[int, ...], num: int, out: str | os.PathLike, *,
+    method="pc", seed: int = 0, chunk: int = 1000, device=None, dtype=None, progress: bool = False,
+    config: dict | None = None, **sample_kwargs,
+) -> Path | None:
+    """Draw ``num`` samples into ``out`` across the ranks of the process group (or alone).
+
+    Sample i uses the per-sample seed ``sample_seeds(seed, [i])``; chunks are written atomically
+    and skipped on a re-run; rank 0 merges them into ``out/samples.pt`` (a dict with ``samples``
+    and ``nfe``) and ``out/samples.npz`` and returns that path (other ranks return None).
+    ``config`` adds job settings (e.g. the model run directory) to the manifest.
+    """
+    from .sampling import sample
+
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    name = method if isinstance(method, str) else repr(method)
+    job = {"kind": "sample", "method": name, "seed": seed, "shape": list(data_shape), "sde": repr(sde),
+           "dtype": str(dtype), "options": {k: repr(v) for k, v in sorted(sample_kwargs.items())},
+           **(config or {})}
+
+    def draw(start: int, stop: int) -> dict:
+        res = sample(score_fn, sde, (stop - start, *data_shape), method, seeds=sample_seeds(seed, range(start, stop)),
+                     device=device, dtype=dtype, **sample_kwargs)
+        return {"samples": res.samples.cpu(), "nfe": torch.full((stop - start,), float(res.nfe))}
+
+    run_chunks(draw, num, out, chunk=chunk, config=job, progress=progress)
+    barrier()
+    rank, _ = dist_info()
+    if rank != 0:
+        return None
+    merged = merge_chunks(out, num, chunk)
+    path = Path(out) / "samples.pt"
+    _atomic_save(merged, path)
+    import numpy as np
+
+    tmp = Path(out) / f".samples.tmp{os.getpid()}.npz"
+    np.savez(tmp, samples=merged["samples"].numpy(), nfe=merged["nfe"].numpy())
+    os.replace(tmp, Path(out) / "samples.npz")
+    return path
