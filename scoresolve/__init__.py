@@ -5,7 +5,17 @@ probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, a
 score evaluations it actually made.
 """
 
-from . import metrics, ncsn, targets
+from . import control, metrics, ncsn, targets
+from .control import (
+    classifier_free,
+    colorize,
+    decode,
+    encode,
+    guided,
+    inpaint,
+    interpolate,
+    linear_inverse,
+)
 from .noise import Noise
 from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
 from .results import SampleResult
@@ -31,4 +41,6 @@ __all__ = [
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn",
+    "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
+    "encode", "decode", "interpolate",
 ]

@@ -83,6 +83,9 @@ class CountingScore:
         self.fn = fn
         self.batch_size = batch_size
         self.check = check
+        # a composite score (e.g. classifier-free guidance) that runs a model k times per call
+        # declares evaluations_per_call = k, and each call counts k evaluations
+        self.per_call = int(getattr(fn, "evaluations_per_call", 1))
         self.rows = 0
         self.calls = 0
         self.step: int | None = None
@@ -99,7 +102,7 @@ class CountingScore:
         elif t.ndim == 0:
             t = t.expand(x.shape[0])
         out = self.fn(x, t)
-        self.rows += x.shape[0]
+        self.rows += x.shape[0] * self.per_call
         self.calls += 1
         if self.check:
             self._validate(x, t, out)

@@ -1,0 +1,373 @@
+"""Controllable generation against closed-form conditionals of Gaussian mixtures.
+
+Tolerances come from Monte-Carlo standard errors (Bonferroni over the statistics of a test,
+family-wise α = 0.01) or are the issue's bars (mode-weight TV ≤ 0.02, round trip ≤ 1e-3).
+"""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import scoresolve as ss
+from scoresolve.control import (
+    classifier_free,
+    colorize,
+    decode,
+    encode,
+    guided,
+    inpaint,
+    interpolate,
+    linear_inverse,
+    slerp,
+)
+from scoresolve.control.projected import Observation, Projected
+from scoresolve.targets import GaussianMixture
+
+SDES = {"vp": ss.VPSDE(), "subvp": ss.SubVPSDE(), "ve": ss.VESDE(sigma_max=20.0)}
+ALPHA = 0.01
+F64 = torch.float64
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- closed-form conditionals
+def complement(A: torch.Tensor) -> torch.Tensor:
+    """N (n, n−k) with orthonormal columns spanning the null space of A (A Aᵀ = I)."""
+    q, _ = torch.linalg.qr(A.T, mode="complete")
+    return q[:, A.shape[0]:]
+
+
+def exact_conditional(gm: GaussianMixture, A: torch.Tensor, y: torch.Tensor):
+    """The law of u = Nᵀx given A x = y, a Gaussian mixture: posterior weights
+    w_k N(y; Aμ_k, AΣ_kAᵀ), means Nᵀμ_k + Σ_fo Σ_oo⁻¹ (y − Aμ_k), covariances Σ_ff − Σ_fo Σ_oo⁻¹ Σ_of.
+    Returns (mixture, its mean, its covariance, N)."""
+    N = complement(A)
+    C = gm.component_covs()
+    L = torch.linalg.cholesky(A @ C @ A.T)
+    r = y - gm.means @ A.T
+    sol = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+    logw = gm.weights.log() - 0.5 * (r * sol).sum(-1) - L.diagonal(dim1=1, dim2=2).log().sum(-1)
+    cfo = N.T @ C @ A.T
+    means = gm.means @ N + (cfo @ sol.unsqueeze(-1)).squeeze(-1)
+    covs = N.T @ C @ N - cfo @ torch.cholesky_solve(cfo.transpose(1, 2), L)
+    cond = GaussianMixture(logw.softmax(0), means, covs)
+    return cond, cond.mean(), cond.cov(), N
+
+
+def group_z_scores(u: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """u: (G, K, f) samples in G independent groups (particles within a group are correlated).
+    Per group: the sample mean minus the exact mean, and the second moment about the exact mean
+    minus the exact covariance (upper triangle); z = average / (between-group sd / √G)."""
+    d = u - mean
+    iu = torch.triu_indices(u.shape[-1], u.shape[-1])
+    second = (d.unsqueeze(-1) * d.unsqueeze(-2)).mean(1)[:, iu[0], iu[1]] - cov[iu[0], iu[1]]
+    s = torch.cat([d.mean(1), second], 1)
+    return s.mean(0) / (s.std(0) / math.sqrt(u.shape[0]))
+
+
+def iid_z_scores(u: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """The same statistics for n iid samples (n, f), standard errors from the sample itself."""
+    d = u - mean
+    iu = torch.triu_indices(u.shape[-1], u.shape[-1])
+    second = (d.unsqueeze(-1) * d.unsqueeze(-2))[:, iu[0], iu[1]] - cov[iu[0], iu[1]]
+    s = torch.cat([d, second], 1)
+    return s.mean(0) / (s.std(0) / math.sqrt(u.shape[0]))
+
+
+def t_crit(m: int, dof: float) -> float:
+    """Two-sided Bonferroni critical value for m statistics at family-wise ALPHA."""
+    return float(stats.t.ppf(1 - ALPHA / (2 * m), dof))
+
+
+MIX4 = GaussianMixture.random(4, 2, seed=0, spread=1.5, std_range=(0.3, 0.8))
+MASK4 = torch.tensor([1.0, 1.0, 0.0, 0.0])
+
+
+# ---------------------------------------------------------------- guidance
+GUIDE_MIX = GaussianMixture.unequal((0.6, 0.3, 0.1), separation=2.0, std=0.6, dim=2)
+TARGET = 2  # the 10 % component, overlapping its neighbour
+
+
+def component_score(gm: GaussianMixture, k: int, sde):
+    comp = GaussianMixture(torch.ones(1), gm.means[k : k + 1], gm.covs[k : k + 1])
+    return lambda x, t: comp.score(x, t, sde)
+
+
+def exact_label_grad(gm: GaussianMixture, k: int, sde):
+    """∇ log p_t(y = k | x) = ∇ log N_k,t(x) − ∇ log p_t(x), closed form."""
+    ck = component_score(gm, k, sde)
+    return lambda x, t: ck(x, t) - gm.score(x, t, sde)
+
+
+def label_log_likelihood(gm: GaussianMixture, k: int, sde):
+    return lambda x, t: gm.component_log_prob(x, t, sde).log_softmax(-1)[:, k]
+
+
+def mode_tv(x: torch.Tensor, ref: torch.Tensor, gm: GaussianMixture) -> float:
+    return float(0.5 * (gm.responsibilities(x).mean(0) - gm.responsibilities(ref).mean(0)).abs().sum())
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_guidance_with_exact_likelihood_samples_the_chosen_component(name):
+    sde = SDES[name]
+    cond = guided(GUIDE_MIX.score_fn(sde), exact_label_grad(GUIDE_MIX, TARGET, sde), scale=1.0)
+    res = ss.sample(cond, sde, (4000, 2), "pc", steps=200, generator=gen(1), dtype=F64)
+    comp = GaussianMixture(torch.ones(1), GUIDE_MIX.means[TARGET:], GUIDE_MIX.covs[TARGET:])
+    ref = comp.sample(100_000, generator=gen(2), dtype=F64)
+    unguided = GUIDE_MIX.sample(4000, generator=gen(3), dtype=F64)
+    assert mode_tv(unguided, ref, GUIDE_MIX) > 0.5  # the guidance has work to do
+    assert mode_tv(res.samples, ref, GUIDE_MIX) <= 0.02
+    assert res.nfe == 400
+
+
+def test_guidance_from_classifier_autograd_samples_the_chosen_component():
+    sde = SDES["vp"]
+    logits = lambda x, t: GUIDE_MIX.component_log_prob(x, t, sde)  # noqa: E731  (a "classifier")
+    cond = guided(GUIDE_MIX.score_fn(sde), classifier=logits, y=TARGET)
+    res = ss.sample(cond, sde, (4000, 2), "ode", generator=gen(4), dtype=F64)
+    comp = GaussianMixture(torch.ones(1), GUIDE_MIX.means[TARGET:], GUIDE_MIX.covs[TARGET:])
+    assert mode_tv(res.samples, comp.sample(100_000, generator=gen(5), dtype=F64), GUIDE_MIX) <= 0.02
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_guidance_autograd_equals_closed_form(name):
+    sde = SDES[name]
+    x = GUIDE_MIX.sample(64, 0.3, sde, generator=gen(6), dtype=F64)
+    t = torch.rand(64, generator=gen(7), dtype=F64) * 0.9 + 0.05
+    a = guided(GUIDE_MIX.score_fn(sde), log_likelihood=label_log_likelihood(GUIDE_MIX, 1, sde), scale=2.5)
+    b = guided(GUIDE_MIX.score_fn(sde), exact_label_grad(GUIDE_MIX, 1, sde), scale=2.5)
+    c = guided(GUIDE_MIX.score_fn(sde), classifier=lambda x, t: GUIDE_MIX.component_log_prob(x, t, sde),
+               y=torch.ones(64, dtype=torch.long), scale=2.5)
+    torch.testing.assert_close(a(x, t), b(x, t), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(c(x, t), b(x, t), rtol=1e-9, atol=1e-9)
+    # scale 1 gives the component's own score
+    one = guided(GUIDE_MIX.score_fn(sde), exact_label_grad(GUIDE_MIX, 1, sde))
+    torch.testing.assert_close(one(x, t), component_score(GUIDE_MIX, 1, sde)(x, t))
+
+
+def test_classifier_free_interpolates_and_extrapolates():
+    sde = SDES["vp"]
+    su, sc = GUIDE_MIX.score_fn(sde), component_score(GUIDE_MIX, 0, sde)
+    x = torch.randn(16, 2, generator=gen(8), dtype=F64)
+    t = torch.full((16,), 0.4, dtype=F64)
+    torch.testing.assert_close(classifier_free(sc, su, 1.0)(x, t), sc(x, t))
+    torch.testing.assert_close(classifier_free(sc, su, 0.0)(x, t), su(x, t))
+    torch.testing.assert_close(classifier_free(sc, su, 3.0)(x, t), su(x, t) + 3.0 * (sc(x, t) - su(x, t)))
+    assert classifier_free(sc, su, 3.0).evaluations_per_call == 2
+    assert classifier_free(sc, su, 1.0).evaluations_per_call == 1
+
+
+# ---------------------------------------------------------------- inverse problems
+@pytest.mark.parametrize("name", list(SDES))
+def test_inpainting_particles_match_exact_conditional(name):
+    """2-component mixture in d=4, coordinates 0 and 1 known, observed half-way between the
+    components: the posterior weights (0.11 / 0.89) differ from the prior ones (0.52 / 0.48)."""
+    sde, groups, k = SDES[name], 16, 256
+    y = 0.5 * (MIX4.means[0, :2] + MIX4.means[1, :2])
+    cond, mean, cov, N = exact_conditional(MIX4, torch.eye(4, dtype=F64)[:2], y)
+    assert abs(float(cond.weights[0]) - float(MIX4.weights[0])) > 0.3
+    known = torch.zeros(groups, 4, dtype=F64)
+    known[:, :2] = y
+    res = inpaint(MIX4.score_fn(sde), sde, known, MASK4, particles=k, steps=500, generator=gen(11))
+    assert res.samples.shape == (groups * k, 4) and res.nfe == 500
+    torch.testing.assert_close(res.samples[:, :2], known[:1, :2].expand(groups * k, 2), rtol=0, atol=0)
+    z = group_z_scores((res.samples @ N).reshape(groups, k, 2), mean, cov)
+    assert z.abs().max() <= t_crit(len(z), groups - 1), z
+
+
+def test_linear_inverse_particles_match_exact_conditional():
+    """y = A x with one rotated row (a colorization-like observation) in d=3."""
+    sde, groups, k = SDES["vp"], 16, 256
+    gm = GaussianMixture.random(3, 2, seed=5, spread=1.5, std_range=(0.3, 0.8))
+    a = torch.tensor([[1.0, 2.0, -2.0]], dtype=F64) / 3.0
+    y = a @ gm.means.mean(0)
+    cond, mean, cov, N = exact_conditional(gm, a, y)
+    res = linear_inverse(gm.score_fn(sde), sde, y.expand(groups, 1), a, particles=k, steps=500,
+                         generator=gen(12))
+    torch.testing.assert_close(res.samples @ a.T, y.expand(groups * k, 1), rtol=1e-12, atol=1e-12)
+    z = group_z_scores((res.samples @ N).reshape(groups, k, 2), mean, cov)
+    assert z.abs().max() <= t_crit(len(z), groups - 1), z
+
+
+# Known coordinates independent of the component and of the free ones: here the replacement
+# method (one independent sample per row) is exact, so it must leave the free part's law intact.
+INDEP = GaussianMixture(
+    torch.tensor([0.7, 0.3]),
+    torch.tensor([[0.5, -0.3, -1.5, 0.0], [0.5, -0.3, 1.5, 1.0]]),
+    torch.stack([torch.block_diag(torch.tensor([[0.3, 0.1], [0.1, 0.2]]), c) for c in
+                 (torch.tensor([[0.4, 0.15], [0.15, 0.3]]), torch.tensor([[0.2, -0.05], [-0.05, 0.5]]))]),
+)
+
+
+@pytest.mark.parametrize("method", ["pc", "ode"])
+@pytest.mark.parametrize("name", list(SDES))
+def test_replacement_inpainting_exact_when_known_part_is_independent(name, method):
+    sde, n = SDES[name], 3000
+    y = torch.tensor([1.0, -1.0], dtype=F64)
+    cond, mean, cov, N = exact_conditional(INDEP, torch.eye(4, dtype=F64)[:2], y)
+    torch.testing.assert_close(cond.weights, INDEP.weights)
+    known = torch.zeros(n, 4, dtype=F64)
+    known[:, :2] = y
+    steps = {"pc": 500, "ode": None}[method]
+    res = inpaint(INDEP.score_fn(sde), sde, known, MASK4, method=method, steps=steps, generator=gen(13))
+    assert torch.equal(res.samples[:, :2], known[:, :2])
+    z = iid_z_scores(res.samples @ N, mean, cov)
+    assert z.abs().max() <= t_crit(len(z), n - 1), z
+
+
+def test_ode_inpainting_is_deterministic_and_pins_the_known_part():
+    sde = SDES["ve"]
+    known = MIX4.sample(8, generator=gen(14), dtype=F64)
+    x_init = sde.prior_std() * torch.randn(8, 4, generator=gen(15), dtype=F64)
+    runs = [inpaint(MIX4.score_fn(sde), sde, known, MASK4, method="ode", x_init=x_init,
+                    return_trajectory=True) for _ in range(2)]
+    assert torch.equal(runs[0].samples, runs[1].samples)
+    traj = runs[0].trajectory  # (len(ts), B, d): the known part follows m(t) · known
+    for ti, xi in zip(runs[0].ts.tolist(), traj):
+        torch.testing.assert_close(xi[:, :2], sde.mean_scale(ti) * known[:, :2])
+    assert torch.equal(runs[0].samples[:, :2], known[:, :2])
+
+
+def test_inpainting_nfe_seeds_and_per_sample_masks():
+    sde = SDES["vp"]
+    known = MIX4.sample(4, generator=gen(16), dtype=F64)
+    masks = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    res = inpaint(MIX4.score_fn(sde), sde, known, masks, method="pc", steps=10, seeds=[1, 2, 3, 4])
+    assert res.nfe == 20  # predictor + corrector per step, counted by sample()
+    m = masks.to(F64)
+    assert torch.equal(res.samples * m, known * m)
+    # without a batch-coupled corrector, a row does not depend on its batch mates
+    a = inpaint(MIX4.score_fn(sde), sde, known, masks, method="reverse_diffusion", steps=10, seeds=[1, 2, 3, 4])
+    b = inpaint(MIX4.score_fn(sde), sde, known[:2], masks[:2], method="reverse_diffusion", steps=10,
+                seeds=[1, 2])
+    torch.testing.assert_close(a.samples[:2], b.samples, rtol=0, atol=0)
+    for method in ("ald", "ode_heun", "em", "ancestral"):
+        out = inpaint(MIX4.score_fn(sde), sde, known, masks, method=method, steps=5, generator=gen(17))
+        assert torch.equal(out.samples * m, known * m) and bool(torch.isfinite(out.samples).all())
+
+
+def test_colorize_images_keeps_the_gray_level():
+    sde = SDES["vp"]
+    gm = GaussianMixture.random(12, 2, seed=2, spread=1.0)  # images (3, 2, 2) flattened
+    gray = torch.randn(5, 1, 2, 2, generator=gen(18), dtype=F64)
+    res = colorize(gm.score_fn(sde), sde, gray, steps=20, generator=gen(19))
+    assert res.samples.shape == (5, 3, 2, 2)
+    torch.testing.assert_close(res.samples.mean(1, keepdim=True), gray, rtol=1e-12, atol=1e-12)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=F64)
+    res = colorize(gm.score_fn(sde), sde, gray, weights=w, steps=20, generator=gen(19))
+    torch.testing.assert_close((res.samples * w[:, None, None]).sum(1, keepdim=True), gray,
+                               rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- encoding
+@pytest.mark.parametrize("name", list(SDES))
+def test_encode_decode_round_trip(name):
+    sde = SDES[name]
+    gm = GaussianMixture.random(3, 3, seed=1, spread=1.5, std_range=(0.2, 0.6))
+    x = gm.sample(500, sde.default_eps, sde, generator=gen(20), dtype=F64)
+    enc = encode(gm.score_fn(sde), sde, x, rtol=1e-5, atol=1e-5)
+    again = encode(gm.score_fn(sde), sde, x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(enc.latent, again.latent) and enc.nfe > 0
+    dec = decode(gm.score_fn(sde), sde, enc.latent, rtol=1e-5, atol=1e-5)
+    rel = float((dec.samples - x).norm() / x.norm())
+    assert rel <= 1e-3, rel
+    # decode is the ODE sampler started at the latent, without the denoising step
+    same = ss.sample(gm.score_fn(sde), sde, x.shape, "ode", x_init=enc.latent, denoise=False)
+    torch.testing.assert_close(dec.samples, same.samples, rtol=0, atol=0)
+
+
+def _mixture_cdf_1d(gm: GaussianMixture, j: int, t: float, sde, z: torch.Tensor) -> torch.Tensor:
+    m, s = sde.marginal(t)
+    sd = (m * m * gm.component_covs()[:, j, j] + s * s).sqrt()
+    return (gm.weights * torch.special.ndtr((z[:, None] - m * gm.means[:, j]) / sd)).sum(1)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_encodings_of_exact_samples_are_distributed_as_the_prior(name):
+    """KS per coordinate against the prior N(0, σ_prior²) and against the exact marginal of
+    p_T (what the flow maps p_eps to), Bonferroni over the 2d tests at family-wise α = 0.01."""
+    sde, n = SDES[name], 2000
+    gm = GaussianMixture.random(3, 3, seed=1, spread=1.5, std_range=(0.2, 0.6))
+    x = gm.sample(n, sde.default_eps, sde, generator=gen(21), dtype=F64)
+    z = encode(gm.score_fn(sde), sde, x).latent
+    level = ALPHA / (2 * gm.dim)
+    grid = torch.linspace(-5, 5, 2001, dtype=F64)
+    for j in range(gm.dim):
+        # the premise: p_T is close to the prior (for VE here, within a third of the KS
+        # critical distance: the mixture's offset over σ_max = 20)
+        gap = (_mixture_cdf_1d(gm, j, sde.T, sde, grid * sde.prior_std()) - torch.special.ndtr(grid)).abs().max()
+        assert gap < 0.5 * stats.kstwo.ppf(1 - level, n)
+        p_prior = stats.kstest((z[:, j] / sde.prior_std()).numpy(), "norm").pvalue
+        p_exact = stats.kstest(z[:, j].numpy(),
+                               lambda v, j=j: _mixture_cdf_1d(gm, j, sde.T, sde, torch.as_tensor(v)).numpy()).pvalue
+        assert min(p_prior, p_exact) >= level, (j, p_prior, p_exact)
+
+
+def test_interpolation_ends_at_the_inputs_and_slerp_keeps_norms():
+    sde = SDES["vp"]
+    gm = GaussianMixture.random(3, 3, seed=1, spread=1.5, std_range=(0.2, 0.6))
+    xa, xb = gm.sample(2, sde.default_eps, sde, generator=gen(22), dtype=F64).split(1)
+    path = interpolate(gm.score_fn(sde), sde, xa, xb, n=5)
+    assert path.samples.shape == (5, 1, 3) and path.nfe > 0
+    torch.testing.assert_close(path.samples[0], xa, rtol=0, atol=1e-3)
+    torch.testing.assert_close(path.samples[-1], xb, rtol=0, atol=1e-3)
+    a = torch.tensor([[3.0, 0.0]], dtype=F64)
+    b = torch.tensor([[0.0, 3.0]], dtype=F64)
+    zs = slerp(a, b, torch.linspace(0, 1, 7, dtype=F64))
+    torch.testing.assert_close(zs.norm(dim=-1), torch.full((7, 1), 3.0, dtype=F64))
+    torch.testing.assert_close(zs[3, 0], torch.tensor([3 / math.sqrt(2)] * 2, dtype=F64))
+    torch.testing.assert_close(slerp(a, a, torch.tensor([0.5]))[0], a)  # θ = 0: linear
+
+
+# ---------------------------------------------------------------- errors
+def test_clear_errors():
+    sde = SDES["vp"]
+    s = MIX4.score_fn(sde)
+    known = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="mask of shape"):
+        inpaint(s, sde, known, torch.ones(3))
+    with pytest.raises(ValueError, match="binary"):
+        inpaint(s, sde, known, torch.tensor([1.0, 0.5, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="predictor-only"):
+        inpaint(s, sde, known, MASK4, method="pc", particles=8)
+    with pytest.raises(ValueError, match="particles must be"):
+        inpaint(s, sde, known, MASK4, particles=1)
+    with pytest.raises(TypeError, match="unknown option"):
+        inpaint(s, sde, known, MASK4, snr_typo=0.1)
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        guided(s, lambda x, t: x, scale=-1.0)
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        classifier_free(s, s, scale=-0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        guided(s)
+    with pytest.raises(ValueError, match="exactly one"):
+        guided(s, lambda x, t: x, log_likelihood=lambda x, t: x.sum(1))
+    with pytest.raises(ValueError, match="labels"):
+        guided(s, classifier=lambda x, t: x)
+    with pytest.raises(ValueError, match="shape \\(B,\\)"):
+        guided(s, log_likelihood=lambda x, t: x)(torch.zeros(2, 4), torch.full((2,), 0.5))
+    with pytest.raises(ValueError, match="orthonormal rows"):
+        linear_inverse(s, sde, torch.zeros(3, 1), torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="rows"):
+        linear_inverse(s, sde, torch.zeros(3, 2), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="size 1 along dim"):
+        colorize(s, sde, torch.zeros(3, 3, 2, 2))
+    with pytest.raises(TypeError, match="no projected variant"):
+        Projected(object(), Observation(anchor=torch.zeros(1, 4), mask=MASK4[None]))
+    with pytest.raises(ValueError, match="eps"):
+        encode(s, sde, known, eps=2.0)
+    with pytest.raises(ValueError, match="n must be"):
+        interpolate(s, sde, known, known, n=1)
+
+
+def test_classifier_free_guidance_counts_both_model_evaluations():
+    sde = ss.VPSDE()
+    gm = ss.targets.GaussianMixture.ring(4, 2.0, 0.2)
+    sc = su = gm.score_fn(sde)
+    res = ss.sample(ss.classifier_free(sc, su, 2.0), sde, (8, 2), "em", steps=10,
+                    generator=torch.Generator().manual_seed(0))
+    assert res.nfe == 20
