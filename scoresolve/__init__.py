@@ -16,6 +16,7 @@ from .control import (
     interpolate,
     linear_inverse,
 )
+from .likelihood import LikelihoodResult, bits_per_dim, likelihood
 from .noise import Noise
 from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
 from .results import SampleResult
@@ -42,5 +43,5 @@ __all__ = [
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
-    "encode", "decode", "interpolate",
+    "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
 ]

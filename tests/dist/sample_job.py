@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 import scoresolve as ss
-from scoresolve.distributed import sample_to_dir
+from scoresolve.distributed import likelihood_to_dir, sample_to_dir
 
 
 def main() -> None:
@@ -31,7 +31,11 @@ def main() -> None:
             time.sleep(pause)
             return inner(x, t)
 
-    sample_to_dir(score, sde, (2,), num, out, method=method, seed=7, chunk=chunk, steps=20)
+    if method == "likelihood":
+        data = target.sample(num, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        likelihood_to_dir(score, sde, data, out, seed=7, chunk=chunk, trace="hutchinson", probes=2)
+    else:
+        sample_to_dir(score, sde, (2,), num, out, method=method, seed=7, chunk=chunk, steps=20)
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -1,0 +1,458 @@
+"""likelihood() and bits_per_dim() against exact log-densities of Gaussian mixtures.
+
+Ground truth: GaussianMixture.log_prob(x, eps, sde) is the exact log p_eps.  The ODE estimate is
+closed with the exact p_T (``prior_logp=``) where the bar is about the solver, so the prior
+mismatch (a modelling error no tolerance removes) is checked separately.  Statistical
+tolerances come from the standard errors of the check itself.
+"""
+
+import json
+import math
+import re
+import sys
+import types
+
+import pytest
+import torch
+
+import scoresolve as ss
+from scoresolve.likelihood import LikelihoodResult, bits_per_dim, likelihood
+from scoresolve.targets import GaussianMixture
+
+SDES = {"vp": ss.VPSDE(), "subvp": ss.SubVPSDE(), "ve": ss.VESDE(sigma_max=20.0)}
+RING = GaussianMixture.ring(8, 2.0, 0.1)
+GMM16 = GaussianMixture.random(16, 4, seed=3)
+PROBLEMS = {"ring": (RING, 128), "gmm16": (GMM16, 64)}
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def data(gm, n, sde, seed=0, eps=None):
+    eps = sde.default_eps if eps is None else eps
+    return gm.sample(n, t=eps, sde=sde, dtype=torch.float64, generator=gen(seed))
+
+
+def exact_prior(gm, sde):
+    return lambda z: gm.log_prob(z, sde.T, sde)
+
+
+def error(gm, sde, x, res, eps=None):
+    eps = sde.default_eps if eps is None else eps
+    return res.logp - gm.log_prob(x, eps, sde)
+
+
+# ------------------------------------------------------------------ accuracy of the exact trace
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_exact_trace_bias_below_1e3_nats(problem, sde_name):
+    gm, n = PROBLEMS[problem]
+    sde = SDES[sde_name]
+    x = data(gm, n, sde)
+    res = likelihood(gm.score_fn(sde), sde, x, prior_logp=exact_prior(gm, sde))
+    err = error(gm, sde, x, res)
+    assert abs(float(err.mean())) <= 1e-3
+    assert float(err.abs().max()) <= 2e-2  # every point, not just the mean (per-point error norm)
+    # the pieces add up, and the prior mismatch is reported separately: log π − log p_T
+    torch.testing.assert_close(res.logp, res.prior_logp + res.delta_logp)
+    z = res.latent
+    torch.testing.assert_close(res.stats["prior_mismatch"], sde.prior_logp(z) - gm.log_prob(z, sde.T, sde))
+    assert torch.equal(res.logp_stderr, torch.zeros(n, dtype=torch.float64))
+    torch.testing.assert_close(res.bpd, -res.logp / (gm.dim * math.log(2)))
+
+
+def test_default_prior_differs_only_by_the_mismatch():
+    sde = SDES["ve"]
+    x = data(RING, 32, sde)
+    a = likelihood(RING.score_fn(sde), sde, x)
+    b = likelihood(RING.score_fn(sde), sde, x, prior_logp=exact_prior(RING, sde))
+    torch.testing.assert_close(a.delta_logp, b.delta_logp, rtol=0, atol=0)
+    torch.testing.assert_close(a.logp - b.logp, b.stats["prior_mismatch"])
+
+
+def test_error_falls_as_rtol_falls():
+    sde = SDES["vp"]
+    x = data(RING, 64, sde, seed=1)
+    rms = []
+    for tol in (1e-3, 1e-5, 1e-7):
+        res = likelihood(RING.score_fn(sde), sde, x, rtol=tol, atol=tol, prior_logp=exact_prior(RING, sde))
+        rms.append(float(error(RING, sde, x, res).pow(2).mean().sqrt()))
+    assert rms[0] > 10 * rms[1] > 100 * rms[2], rms
+
+
+def test_float32_and_image_shaped_points():
+    sde = SDES["vp"]
+    x = data(RING, 16, sde).float()
+    res = likelihood(RING.score_fn(sde), sde, x.reshape(16, 1, 2, 1), rtol=1e-4, atol=1e-4,
+                     prior_logp=lambda z: RING.log_prob(z.flatten(1), sde.T, sde).float())
+    assert res.logp.dtype == torch.float32 and res.latent.shape == (16, 1, 2, 1)
+    exact = RING.log_prob(x.double(), sde.default_eps, sde)
+    assert float((res.logp.double() - exact).abs().mean()) < 1e-2
+
+
+# ------------------------------------------------------------------ Hutchinson
+@pytest.fixture(scope="module")
+def hutchinson_runs():
+    sde = SDES["vp"]
+    x = data(RING, 1000, sde, seed=2)
+    exact = RING.log_prob(x, sde.default_eps, sde)
+    runs = {}
+    for k in (1, 4, 16):
+        res = likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probes=k, generator=gen(10 + k),
+                         error_norm="batch", rtol=1e-4, atol=1e-4, prior_logp=exact_prior(RING, sde))
+        runs[k] = (res, res.logp - exact)
+    return runs
+
+
+def test_hutchinson_is_unbiased(hutchinson_runs):
+    for _, err in hutchinson_runs.values():
+        se = float(err.std()) / math.sqrt(err.numel())
+        assert abs(float(err.mean())) <= 4 * se
+
+
+def _log_sd_var(e):
+    """Var(log sd) ≈ (kurtosis − 1) / (4n) (delta method)."""
+    c = e - e.mean()
+    kurt = float(c.pow(4).mean() / c.pow(2).mean() ** 2)
+    return (kurt - 1) / (4 * e.numel())
+
+
+def test_hutchinson_spread_falls_like_one_over_sqrt_k(hutchinson_runs):
+    for k_lo, k_hi in ((1, 4), (4, 16)):
+        e_lo, e_hi = hutchinson_runs[k_lo][1], hutchinson_runs[k_hi][1]
+        log_ratio = math.log(float(e_lo.std()) / float(e_hi.std()))
+        tol = 4 * math.sqrt(_log_sd_var(e_lo) + _log_sd_var(e_hi))
+        assert abs(log_ratio - math.log(2.0)) <= tol, (k_lo, k_hi, math.exp(log_ratio), tol)
+
+
+def test_hutchinson_stderr_is_calibrated(hutchinson_runs):
+    """E[stderr²] = σ²(x)/K = E[err²] (per point; the solver error is negligible here)."""
+    assert torch.isnan(hutchinson_runs[1][0].logp_stderr).all()
+    for k in (4, 16):
+        res, err = hutchinson_runs[k]
+        diff = res.logp_stderr.pow(2) - err.pow(2)
+        assert abs(float(diff.mean())) <= 4 * float(diff.std()) / math.sqrt(diff.numel())
+
+
+def test_gaussian_probes_and_cost_counts(hutchinson_runs):
+    sde = SDES["vp"]
+    x = data(RING, 200, sde, seed=4)
+    res = likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe="gaussian", probes=3,
+                     generator=gen(1), prior_logp=exact_prior(RING, sde))
+    err = res.logp - RING.log_prob(x, sde.default_eps, sde)
+    assert abs(float(err.mean())) <= 4 * float(err.std()) / math.sqrt(200)
+    s = res.stats
+    assert s["forwards"] == s["rhs_evals"] and s["vjps"] == 3 * s["divergence_evals"]
+    assert res.nfe == s["forwards"] + s["vjps"]
+
+
+# ------------------------------------------------------------------ cost accounting
+class CountingFn:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+def test_one_forward_per_rhs_and_steps_match_the_solver(monkeypatch):
+    from torchdiffeq._impl import rk_common
+
+    orig = rk_common.RKAdaptiveStepsizeODESolver._adaptive_step
+    seen = {"accepted": 0, "rejected": 0}
+
+    def instrumented(self, state):
+        new = orig(self, state)
+        seen["accepted" if new.t1 != state.t1 else "rejected"] += 1
+        return new
+
+    monkeypatch.setattr(rk_common.RKAdaptiveStepsizeODESolver, "_adaptive_step", instrumented)
+    sde = SDES["vp"]
+    fn = CountingFn(GMM16.score_fn(sde))
+    x = data(GMM16, 16, sde)
+    res = likelihood(fn, sde, x, rtol=1e-3, atol=1e-3)
+    s = res.stats
+    assert fn.calls == s["forwards"] == s["rhs_evals"]
+    assert (s["steps_accepted"], s["steps_rejected"]) == (seen["accepted"], seen["rejected"])
+    # dopri5: 2 evaluations choose the first step, 6 per attempted step (FSAL); the divergence
+    # is skipped at the c = 1/5 stage of each step (zero weight for Δ), d VJPs everywhere else
+    attempted = s["steps_accepted"] + s["steps_rejected"]
+    assert s["rhs_evals"] == 2 + 6 * attempted
+    assert s["divergence_evals"] == s["rhs_evals"] - attempted
+    assert s["vjps"] == 16 * s["divergence_evals"] and res.nfe == s["forwards"] + s["vjps"]
+    ts = s["ts"]
+    assert float(ts[-1]) == sde.T and bool((ts.diff() > 0).all())
+
+
+@pytest.mark.parametrize("method", ["dopri5", "dopri8"])
+def test_skipping_weightless_stages_changes_nothing(method):
+    sde = SDES["subvp"]
+    x = data(RING, 32, sde, seed=6)
+    kw = dict(trace="hutchinson", probes=2, generator=None, rtol=1e-4, atol=1e-4, method=method)
+    a = likelihood(RING.score_fn(sde), sde, x, seeds=range(32), **kw)
+    b = likelihood(RING.score_fn(sde), sde, x, seeds=range(32), skip_stages=False, **kw)
+    assert torch.equal(a.logp, b.logp) and torch.equal(a.latent, b.latent)
+    assert a.stats["rhs_evals"] == b.stats["rhs_evals"] == b.stats["divergence_evals"]
+    skipped = {"dopri5": 1, "dopri8": 4}[method]
+    attempted = a.stats["steps_accepted"] + a.stats["steps_rejected"]
+    assert a.stats["divergence_evals"] == a.stats["rhs_evals"] - skipped * attempted
+
+
+# ------------------------------------------------------------------ batch independence
+def test_a_point_does_not_depend_on_its_batch():
+    """The step size is shared by the batch, so a point's estimate changes with its batch mates,
+    but with the per-point error norm each solve holds that point to the tolerance: the change
+    is bounded by its solver error (here < 1e-3 nats at rtol 1e-5), not by anything the mates do.
+    With per-point seeds the Hutchinson probes follow the point too."""
+    sde = SDES["vp"]
+    x = data(RING, 96, sde, seed=5)
+    a, mates1, mates2 = x[:16], x[16:56], x[56:]
+    score = RING.score_fn(sde)
+    for kw in ({}, {"trace": "hutchinson", "probes": 2}):
+        hutch = bool(kw)
+        seeds = list(range(100, 116))
+        s1 = seeds + list(range(40)) if hutch else None
+        s2 = list(range(500, 540)) + seeds if hutch else None
+        r1 = likelihood(score, sde, torch.cat([a, mates1]), seeds=s1, **kw)
+        r2 = likelihood(score, sde, torch.cat([mates2, a]), seeds=s2, **kw)
+        r3 = likelihood(score, sde, a[:1], seeds=seeds[:1] if hutch else None, **kw)
+        diff = (r1.logp[:16] - r2.logp[40:]).abs()
+        assert float(diff.max()) <= 1e-3, kw
+        assert abs(float(r1.logp[0] - r3.logp[0])) <= 1e-3, kw
+
+
+# ------------------------------------------------------------------ errors
+def test_errors_name_the_argument_and_the_choices():
+    sde = SDES["vp"]
+    score = RING.score_fn(sde)
+    x = data(RING, 4, sde)
+    with pytest.raises(ValueError, match="floating-point.*bits_per_dim"):
+        likelihood(score, sde, torch.zeros(4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"shape \(B, \*data_dims\)"):
+        likelihood(score, sde, x[0])
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="probes must be an integer >= 1"):
+            likelihood(score, sde, x, trace="hutchinson", probes=bad)
+    with pytest.raises(ValueError, match="only to trace='hutchinson'"):
+        likelihood(score, sde, x, probes=4)
+    with pytest.raises(ValueError, match="unknown trace 'hutch'; valid choices: exact, hutchinson"):
+        likelihood(score, sde, x, trace="hutch")
+    with pytest.raises(ValueError, match="unknown probe 'normal'; valid choices: rademacher, gaussian"):
+        likelihood(score, sde, x, trace="hutchinson", probe="normal")
+    with pytest.raises(ValueError, match="unknown method 'rk4'; valid choices: dopri5, dopri8"):
+        likelihood(score, sde, x, method="rk4")
+    with pytest.raises(ValueError, match="unknown error_norm"):
+        likelihood(score, sde, x, error_norm="max")
+    for eps in (0.0, -1e-3, 1.0, 2.0):
+        with pytest.raises(ValueError, match=r"eps must lie in \(0, T=1.0\)"):
+            likelihood(score, sde, x, eps=eps)
+    with pytest.raises(ValueError, match="rtol and atol"):
+        likelihood(score, sde, x, rtol=0)
+    with pytest.raises(ValueError, match="seeds must have one entry per point"):
+        likelihood(score, sde, x, trace="hutchinson", seeds=[1, 2])
+    with pytest.raises(ValueError, match="prior_logp must return shape"):
+        likelihood(score, sde, x, rtol=1e-2, atol=1e-2, prior_logp=lambda z: z)
+    with pytest.raises(TypeError, match="sde must be"):
+        likelihood(score, "vp", x)
+
+
+def test_non_finite_values_are_reported_with_the_time():
+    sde = SDES["vp"]
+    x = data(RING, 4, sde)
+
+    def nan_score(x, t):
+        return torch.where(t[:, None] > 0.5, torch.full_like(x, float("nan")), -x)
+
+    with pytest.raises(ss.NonFiniteScoreError, match=r"NaN/Inf at step \d+, t=") as info:
+        likelihood(nan_score, sde, x)
+    assert 0.5 < float(re.search(r"t=([0-9.e-]+)", str(info.value)).group(1)) <= 1.0
+
+    def nan_divergence(x, t):  # finite value, NaN gradient once t > 0.3
+        return -x + torch.sqrt(0 * x) if float(t[0]) > 0.3 else -x
+
+    with pytest.raises(ss.NonFiniteScoreError, match=r"divergence of score_fn is NaN/Inf at t=") as info:
+        likelihood(nan_divergence, sde, x)
+    assert 0.3 < float(re.search(r"t=([0-9.e-]+)", str(info.value)).group(1)) <= 1.0
+
+
+def test_scores_without_autograd_are_refused():
+    sde = SDES["vp"]
+    x = data(RING, 4, sde)
+    score = RING.score_fn(sde)
+
+    def detached(x, t):
+        return score(x.detach(), t)
+
+    with pytest.raises(RuntimeError, match="does not depend on x through autograd"):
+        likelihood(detached, sde, x)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        likelihood(score, sde, x)
+    with torch.no_grad():  # plain no_grad is fine: the solver re-enables grad for the score
+        res = likelihood(score, sde, x, rtol=1e-3, atol=1e-3)
+    assert torch.isfinite(res.logp).all()
+
+
+# ------------------------------------------------------------------ bits per dim
+GAUSS3 = GaussianMixture(torch.ones(1), torch.full((1, 3), 0.1), torch.tensor([0.25]))
+
+
+def expected_bound(gm, sde, imgs, c, b):
+    """Closed form of E_U[log p_eps(b + c (k + U))] + d log c for a one-component isotropic
+    Gaussian N(μ, s²) (p_eps = N(m μ, m² s² + σ²) per coordinate): per dim
+    −½ log(2π v) − ((ȳ − m μ)² + c²/12)/(2v) + log c, ȳ = b + c (k + ½) the bin centre;
+    and the exact discrete log P(k) (a product of Φ differences)."""
+    m, s = sde.marginal(sde.default_eps)
+    mu, v = m * float(gm.means[0, 0]), m * m * float(gm.covs[0, 0]) + s * s
+    centre = b + c * (imgs.double() + 0.5)
+    bound = (-0.5 * math.log(2 * math.pi * v) - ((centre - mu) ** 2 + c * c / 12) / (2 * v) + math.log(c)).sum(1)
+    normal = torch.distributions.Normal(mu, math.sqrt(v))
+    edges = b + c * imgs.double()
+    return bound, (normal.cdf(edges + c) - normal.cdf(edges)).log().sum(1)
+
+
+@pytest.mark.parametrize("scaling", ["bins", "levels"])
+def test_bits_per_dim_matches_the_closed_form_bound_of_a_gaussian(scaling):
+    """The dequantized bound equals its closed form within the Monte-Carlo error of the U draws,
+    and cannot exceed the exact discrete log-likelihood."""
+    sde = SDES["vp"]
+    kw = {"bits": 3} if scaling == "bins" else {"levels": 9}
+    c = 0.25  # 2/2^3 for "bins", 2/(9 − 1) for "levels"
+    b = -1.0 if scaling == "bins" else -1.0 - c / 2
+    imgs = torch.tensor([[0, 3, 7], [4, 4, 4], [2, 5, 6], [1, 7, 3]], dtype=torch.uint8)
+    res = bits_per_dim(GAUSS3.score_fn(sde), sde, imgs, scaling=scaling, repeats=8, dtype=torch.float64,
+                       generator=gen(0), prior_logp=exact_prior(GAUSS3, sde), **kw)
+    assert isinstance(res, LikelihoodResult) and res.stats["offset_bpd"] == pytest.approx(2.0)
+    bound, exact = expected_bound(GAUSS3, sde, imgs, c, b)
+    assert ((res.logp - bound).abs() <= 4 * res.logp_stderr + 1e-3).all(), (res.logp - bound, res.logp_stderr)
+    assert (bound <= exact).all() and ((exact - bound) < 0.1).all()
+    torch.testing.assert_close(res.bpd, -res.logp / (3 * math.log(2)))
+    # bin centres instead of the bound: one solve, deterministic, close to the exact value here
+    mid = bits_per_dim(GAUSS3.score_fn(sde), sde, imgs, scaling=scaling, dequantize="none",
+                       dtype=torch.float64, prior_logp=exact_prior(GAUSS3, sde), **kw)
+    assert mid.stats["repeats"] == 1 and ((mid.logp - exact).abs() < 0.05).all()
+
+
+def test_bits_per_dim_offsets_follow_bit_depth_and_range():
+    sde = SDES["vp"]
+    gm = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.tensor([0.1]))
+    imgs = torch.tensor([[0, 255], [128, 64]], dtype=torch.uint8)
+    kw = dict(repeats=1, rtol=1e-3, atol=1e-3, generator=gen(0))
+    a = bits_per_dim(gm.score_fn(sde), sde, imgs, **kw)
+    b = bits_per_dim(gm.score_fn(sde), sde, imgs, data_range=(0.0, 1.0), **kw)
+    c = bits_per_dim(gm.score_fn(sde), sde, imgs // 16, levels=17, scaling="levels", **kw)
+    assert a.stats["offset_bpd"] == pytest.approx(7.0) and b.stats["offset_bpd"] == pytest.approx(8.0)
+    assert c.stats["offset_bpd"] == pytest.approx(3.0)  # bins of 2/16 around 17 levels on [-1, 1]
+    assert torch.isnan(a.logp_stderr).all()
+
+
+def test_bits_per_dim_errors():
+    sde = SDES["vp"]
+    score = RING.score_fn(sde)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 255\] for bits=8; got values in \[0, 256\]"):
+        bits_per_dim(score, sde, torch.tensor([[0, 256]]))
+    with pytest.raises(ValueError, match=r"\[0, 15\] for bits=4; got values in \[-1, 3\]"):
+        bits_per_dim(score, sde, torch.tensor([[-1, 3]]), bits=4)
+    with pytest.raises(ValueError, match="integer pixel levels"):
+        bits_per_dim(score, sde, torch.tensor([[0.5, -0.25]]))
+    with pytest.raises(ValueError, match="unknown dequantize 'variational'; valid choices: uniform, none"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), dequantize="variational")
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), repeats=0)
+    with pytest.raises(ValueError, match="bits must be an integer >= 1"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), bits=0)
+    with pytest.raises(ValueError, match=r"\[0, 16\] for levels=17; got values in \[0, 17\]"):
+        bits_per_dim(score, sde, torch.tensor([[0, 17]]), levels=17, scaling="levels")
+    with pytest.raises(ValueError, match="unknown scaling 'centred'; valid choices: bins, levels"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), scaling="centred")
+    with pytest.raises(ValueError, match="levels must be an integer >= 2"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), levels=1)
+    with pytest.raises(ValueError, match="data_range"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), data_range=(1.0, -1.0))
+
+
+# ------------------------------------------------------------------ CLI
+def _fake_train(monkeypatch, gm, sde, quantized=False):
+    run = types.SimpleNamespace(score_fn=gm.score_fn(sde), sde=sde, config={}, data_shape=(gm.dim,))
+    train = types.ModuleType("scoresolve.train")
+    train.load_run = lambda path, **kw: run
+
+    def load_dataset(name, split="train"):
+        x = gm.sample(50, t=sde.default_eps, sde=sde, generator=gen(7 if split == "test" else 8))
+        if quantized:  # 17 levels on [-1, 1], as load_dataset scales digits
+            x = ((x.clamp(-1, 1) + 1) * 8).round() / 8 - 1
+        return x
+
+    dmod = types.ModuleType("scoresolve.train.data")
+    dmod.load_dataset = load_dataset
+    train.data = dmod
+    monkeypatch.setitem(sys.modules, "scoresolve.train", train)
+    monkeypatch.setitem(sys.modules, "scoresolve.train.data", dmod)
+
+
+def test_cli_writes_json_atomically(tmp_path, monkeypatch):
+    from scoresolve.cli import main
+
+    sde = SDES["vp"]
+    _fake_train(monkeypatch, RING, sde)
+    out = tmp_path / "sub" / "nll.json"
+    rc = main(["likelihood", "--run", str(tmp_path), "--data", "ring8", "--out", str(out),
+               "--limit", "20", "--trace", "hutchinson", "--probes", "4", "--rtol", "1e-3",
+               "--atol", "1e-3", "--batch-size", "8", "--dtype", "float64"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["n"] == 20 and len(rep["logp"]) == 20 and rep["probes"] == 4 and len(rep["solves"]) == 3
+    assert rep["levels"] is None and rep["kind"].startswith("continuous")
+    x = RING.sample(50, t=sde.default_eps, sde=sde, generator=gen(7))[:20].double()
+    err = torch.tensor(rep["logp"], dtype=torch.float64) - RING.log_prob(x, sde.default_eps, sde)
+    assert abs(float(err.mean())) <= 4 * float(err.std()) / math.sqrt(20) + 1e-2
+    assert [p.name for p in out.parent.iterdir()] == ["nll.json"]  # no temp file left behind
+    assert main(["likelihood", "--run", "r", "--data", "d", "--out", str(out), "--probes", "3"]) == 2
+
+
+def test_cli_reports_the_dequantized_bound_for_quantized_data(tmp_path, monkeypatch):
+    from scoresolve.cli import main
+
+    sde = SDES["vp"]
+    gm = GaussianMixture(torch.ones(1), torch.full((1, 2), 0.1), torch.tensor([0.25]))
+    _fake_train(monkeypatch, gm, sde, quantized=True)
+    out = tmp_path / "nll.json"
+    rc = main(["likelihood", "--run", str(tmp_path), "--data", "digits", "--out", str(out),
+               "--rtol", "1e-4", "--atol", "1e-4", "--dtype", "float64", "--repeats", "2"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["levels"] == 17 and "dequantization bound" in rep["kind"] and rep["n"] == 50
+    # closed form of the expected bound for each image (levels scaling: bins of 1/8 centred on k/8 − 1)
+    x = gm.sample(50, t=sde.default_eps, sde=sde, generator=gen(7))
+    k = ((x.clamp(-1, 1) + 1) * 8).round()
+    c = 2 / 16
+    bound, _ = expected_bound(gm, sde, k, c, -1.0 - c / 2)
+    diff = torch.tensor(rep["logp"], dtype=torch.float64) - bound
+    assert abs(float(diff.mean())) <= 4 * float(diff.std()) / math.sqrt(50) + 1e-3
+    assert rep["bits_per_dim"] == pytest.approx(-float(torch.tensor(rep["logp"]).mean()) / (2 * math.log(2)))
+    assert main(["likelihood", "--run", "r", "--data", "digits", "--out", str(out), "--levels", "5"]) == 2
+
+
+def test_cli_on_a_trained_run(tmp_path):
+    """End to end with the training package: train a tiny ring8 model, then its NLL via the CLI
+    equals likelihood() on load_run's score (same solves, so to the solver's rounding)."""
+    train_cli = pytest.importorskip("scoresolve.train.cli")
+    from scoresolve.cli import main
+    from scoresolve.train import load_run
+    from scoresolve.train.data import load_dataset
+
+    rund = tmp_path / "run"
+    assert train_cli.train_main(["--data", "ring8", "--out", str(rund), "--steps", "20", "--width", "16",
+                                 "--depth", "1", "--no-progress", "--checkpoint-every", "20"]) == 0
+    run = load_run(rund)
+    x = load_dataset("ring8", "test")[:8]
+    if not run.score_fn(x.clone().requires_grad_(True), torch.full((8,), 0.5)).requires_grad:
+        pytest.skip("load_run's score_fn runs under torch.no_grad(), so it cannot be differentiated; "
+                    "the training package needs torch.set_grad_enabled(x.requires_grad) there")
+    out = tmp_path / "nll.json"
+    assert main(["likelihood", "--run", str(rund), "--data", "ring8", "--out", str(out), "--limit", "8",
+                 "--rtol", "1e-3", "--atol", "1e-3"]) == 0
+    rep = json.loads(out.read_text())
+    res = likelihood(run.score_fn, run.sde, x, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(torch.tensor(rep["logp"]), res.logp.double(), rtol=0, atol=1e-4)
