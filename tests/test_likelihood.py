@@ -455,4 +455,4 @@ def test_cli_on_a_trained_run(tmp_path):
                  "--rtol", "1e-3", "--atol", "1e-3"]) == 0
     rep = json.loads(out.read_text())
     res = likelihood(run.score_fn, run.sde, x, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(torch.tensor(rep["logp"]), res.logp.double(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(rep["logp"], dtype=torch.float64), res.logp.double(), rtol=0, atol=1e-4)
