@@ -1,0 +1,220 @@
+"""``scoresolve train`` and ``scoresolve sample --run DIR``.
+
+    scoresolve train --data digits --sde vp --steps 20000 --out runs/digits   # resumes if DIR has a checkpoint
+    scoresolve sample --run runs/digits --method ode                          # DIR/samples_ode.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..sde import SDES
+from .checkpoint import ConfigMismatchError
+from .data import DATASETS, load_dataset
+from .losses import LOSSES, REDUCTIONS, T_SAMPLINGS, WEIGHTINGS
+from .parameterization import PARAMETERIZATIONS
+from .run import CHECKPOINT, CONFIG, load_run
+
+__all__ = ["train_main", "sample_main", "build"]
+
+# what the command line chooses when not told: per kind of network
+DEFAULTS = {"mlp": {"width": 128, "lr": 1e-3, "batch_size": 256},
+            "unet": {"width": 32, "lr": 5e-4, "batch_size": 128}}
+TRAIN_KEYS = ("data", "sde", "loss", "weighting", "t_sampling", "eps", "reduction", "parameterization",
+              "scale_by_sigma", "net", "width", "depth", "beta_min", "beta_max", "sigma_min", "sigma_max",
+              "n_levels", "n_steps", "batch_size", "lr", "warmup", "grad_clip", "ema", "seed")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scoresolve train", description=(
+        "Train a score model on a bundled data set; rerunning with the same --out resumes from its checkpoint "
+        "(the other options are then read from DIR/config.json unless given)."))
+    a = p.add_argument
+    a("--data", choices=list(DATASETS), help="data set (required for a new run)")
+    a("--out", required=True, help="run directory (checkpoint, config.json)")
+    a("--steps", type=int, default=20_000, help="total optimisation steps (default 20000)")
+    a("--sde", choices=list(SDES), default=None, help="forward SDE (default vp)")
+    a("--loss", choices=list(LOSSES), default=None, help="objective (default dsm)")
+    a("--weighting", choices=WEIGHTINGS, default=None, help="dsm/ssm λ(t) (default perceptual)")
+    a("--t-sampling", dest="t_sampling", choices=T_SAMPLINGS, default=None, help="default uniform")
+    a("--eps", type=float, default=None, help="smallest training time (default 1e-5)")
+    a("--reduction", choices=REDUCTIONS, default=None)
+    a("--parameterization", choices=PARAMETERIZATIONS, default=None,
+      help="network output (default epsilon; score for ncsn/ssm)")
+    a("--scale-by-sigma", dest="scale_by_sigma", action=argparse.BooleanOptionalAction, default=None,
+      help="NCSNv2 score = output/σ (default: on for ncsn, off otherwise)")
+    a("--net", choices=["auto", "mlp", "unet"], default=None, help="auto: unet for images, mlp otherwise")
+    a("--width", type=int, default=None, help="MLP hidden units / U-Net base channels")
+    a("--depth", type=int, default=None, help="MLP residual blocks (default 3)")
+    a("--beta-min", dest="beta_min", type=float, default=None)
+    a("--beta-max", dest="beta_max", type=float, default=None)
+    a("--sigma-min", dest="sigma_min", type=float, default=None)
+    a("--sigma-max", dest="sigma_max", type=float, default=None,
+      help="VE: default the largest distance between two training points (NCSNv2 Technique 1)")
+    a("--n-levels", dest="n_levels", type=int, default=None, help="ncsn: noise levels (default 10)")
+    a("--n-steps", dest="n_steps", type=int, default=None, help="ddpm: discrete steps (default 1000)")
+    a("--batch-size", dest="batch_size", type=int, default=None)
+    a("--lr", type=float, default=None)
+    a("--warmup", type=int, default=None, help="default 100")
+    a("--grad-clip", dest="grad_clip", type=float, default=None, help="default 1.0")
+    a("--ema", type=float, default=None, help="default 0.999")
+    a("--seed", type=int, default=None, help="default 0")
+    a("--checkpoint-every", dest="checkpoint_every", type=int, default=1000)
+    a("--threads", type=int, default=None, help="torch.set_num_threads")
+    a("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
+    """The run's settings: given options, else the saved run's, else the defaults."""
+    s = {k: getattr(args, k) for k in TRAIN_KEYS}
+    for k, v in (saved or {}).items():
+        if s.get(k) is None:
+            s[k] = v
+    if s["data"] is None:
+        raise ValueError("--data is required for a new run (or point --out at an existing run)")
+    image = len(DATASETS[s["data"]].item_shape) == 3
+    s["net"] = s["net"] if s["net"] not in (None, "auto") else ("unet" if image else "mlp")
+    base = {"sde": "vp", "loss": "dsm", "weighting": "perceptual", "t_sampling": "uniform", "eps": 1e-5,
+            "reduction": "mean", "scale_by_sigma": s["loss"] == "ncsn", "depth": 3, "warmup": 100, "grad_clip": 1.0,
+            "ema": 0.999, "seed": 0, "n_levels": 10, "n_steps": 1000,
+            "parameterization": "score" if s["loss"] in ("ncsn", "ssm") else "epsilon",
+            **DEFAULTS[s["net"]]}
+    for k, v in base.items():
+        if s.get(k) is None:
+            s[k] = v
+    return s
+
+
+def build(s: dict, x_train: torch.Tensor):
+    """(model, loss) for the settings ``s`` (``_settings``) and the training data."""
+    from .. import ncsn
+    from .losses import ddpm_loss, dsm_loss, ncsn_loss, ssm_loss
+    from .nets import ScoreMLP, UNet
+
+    sde_kw = {k: s[k] for k in ("beta_min", "beta_max") if s[k] is not None} if s["sde"] != "ve" else {
+        "sigma_min": s["sigma_min"] if s["sigma_min"] is not None else 0.01,
+        "sigma_max": s["sigma_max"] if s["sigma_max"] is not None else round(ncsn.sigma_max_from_data(x_train), 4)}
+    sde = SDES[s["sde"]](**sde_kw)
+    common = dict(parameterization=s["parameterization"], scale_by_sigma=s["scale_by_sigma"])
+    if s["loss"] == "dsm":
+        loss = dsm_loss(sde, weighting=s["weighting"], t_sampling=s["t_sampling"], eps=s["eps"],
+                        reduction=s["reduction"], **common)
+    elif s["loss"] == "ssm":
+        loss = ssm_loss(sde, weighting=s["weighting"], t_sampling=s["t_sampling"], eps=s["eps"],
+                        reduction=s["reduction"], **common)
+    elif s["loss"] == "ncsn":
+        loss = ncsn_loss(sde, n_levels=s["n_levels"], reduction=s["reduction"], **common)
+    else:
+        loss = ddpm_loss(sde, n_steps=s["n_steps"])
+    item = tuple(x_train.shape[1:])
+    if s["net"] == "unet":
+        if len(item) != 3:
+            raise ValueError(f"--net unet needs image data (C, H, W), {s['data']} has items of shape {item}")
+        model = UNet(in_channels=item[0], channels=s["width"])
+    else:
+        model = ScoreMLP(dim=int(torch.tensor(item).prod()), hidden=s["width"], depth=s["depth"])
+        if len(item) != 1:
+            raise ValueError(f"--net mlp needs vector data, {s['data']} has items of shape {item}; use --net unet")
+    return model, loss
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .trainer import fit
+
+    args = _train_parser().parse_args(argv)
+    out = Path(args.out)
+    saved = json.loads((out / CONFIG).read_text())["settings"] if (out / CONFIG).exists() else None
+    try:
+        s = _settings(args, saved)
+    except ValueError as e:
+        print(f"scoresolve train: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x_train = load_dataset(s["data"], "train")
+    torch.manual_seed(s["seed"])  # the network's initial weights
+    model, loss = build(s, x_train)
+    out.mkdir(parents=True, exist_ok=True)
+    if saved is None:  # written first, so an interrupted run can be resumed with just --out
+        (out / CONFIG).write_text(json.dumps({"settings": s}, indent=2) + "\n")
+    start = time.perf_counter()
+    try:
+        state = fit(model, loss, x_train, steps=args.steps, batch_size=s["batch_size"], lr=s["lr"],
+                    warmup=s["warmup"], grad_clip=s["grad_clip"], ema=s["ema"], seed=s["seed"],
+                    checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every, progress=args.progress,
+                    meta={"dataset": s["data"]})
+    except ConfigMismatchError as e:
+        print(f"scoresolve train: {e}", file=sys.stderr)
+        return 2
+    (out / CONFIG).write_text(json.dumps({"settings": s, "fit": state.config}, indent=2) + "\n")
+    done = f"resumed at step {state.resumed_from}, " if state.resumed_from is not None else ""
+    last = f", loss {state.history[-1][1]:.4g}" if state.history else ""
+    print(f"{done}trained to step {state.step} in {time.perf_counter() - start:.1f} s{last}; "
+          f"checkpoint {out / CHECKPOINT}\nsample with: scoresolve sample --run {out} --method ode")
+    return 0
+
+
+def _sample_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scoresolve sample", description=(
+        "Sample a trained run and write a PNG: an image grid for image data, a scatter plot beside the "
+        "training data for 2-D data."))
+    a = p.add_argument
+    a("--run", required=True, help="run directory written by scoresolve train (or a checkpoint file)")
+    a("--method", default="ode", help="a scoresolve sampler name (default ode)")
+    a("--n", type=int, default=None, help="samples (default 64 images / 5000 points)")
+    a("--steps", type=int, default=None, help="sampler steps (default: the method's)")
+    a("--seed", type=int, default=0)
+    a("--out", default=None, help="PNG path (default RUN/samples_METHOD.png)")
+    a("--save", default=None, help="also save the raw-coordinate samples as a .pt tensor here")
+    a("--no-ema", dest="ema", action="store_false", help="use the raw weights instead of the EMA")
+    a("--threads", type=int, default=None)
+    return p
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    from ..sampling import sample
+    from .data import DATASETS as SPECS
+    from .plots import image_grid, scatter_panels
+
+    args = _sample_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        run = load_run(args.run, ema=args.ema)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"scoresolve sample: {e}", file=sys.stderr)
+        return 2
+    image = len(run.data_shape) == 3
+    n = args.n or (64 if image else 5000)
+    try:
+        res = sample(run.score_fn, run.sde, (n, *run.data_shape), args.method, steps=args.steps,
+                     generator=torch.Generator().manual_seed(args.seed))
+    except (ValueError, TypeError) as e:
+        print(f"scoresolve sample: {e}", file=sys.stderr)
+        return 2
+    x = run.to_raw(res.samples)
+    base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    path = Path(args.out) if args.out else base / f"samples_{args.method}.png"
+    title = f"{run.dataset or 'run'}: {args.method}, NFE {res.nfe:g}, step {run.step}"
+    if image:
+        spec = SPECS.get(run.dataset)
+        lo, hi = (spec.shift - spec.scale, spec.shift + spec.scale) if spec else (-1.0, 1.0)
+        image_grid(x, path, vmin=lo, vmax=hi, title=title)
+    elif run.data_shape == (2,):
+        panels = {f"samples ({args.method})": x}
+        if run.dataset:
+            panels = {"training data": run.to_raw(load_dataset(run.dataset, "train")[:n]), **panels}
+        scatter_panels(panels, path, title=title)
+    else:
+        path = None
+    if args.save:
+        torch.save(x, args.save)
+    print(f"{n} samples with {args.method}, NFE {res.nfe:g}" + (f"; wrote {path}" if path else ""))
+    return 0
