@@ -4,6 +4,18 @@ or an object of the same kind; ``resolve`` gives an error listing the valid choi
 from __future__ import annotations
 
 from . import correctors, predictors
+from .fast import (
+    DDIM,
+    AdaptiveMultistep,
+    AdaptiveODE,
+    DPMSolver2S,
+    DPMSolverMultistep,
+    DPMSolverSDE,
+    EDMHeun,
+    GottaGoFast,
+    TorchSDE,
+    UniPC,
+)
 from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE
 
 __all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
@@ -58,4 +70,19 @@ SAMPLERS = {
     "ode": ProbabilityFlowODE(),
     "ode_euler": FixedStepODE("euler"),
     "ode_heun": FixedStepODE("heun"),
+    # fast samplers (scoresolve.fast)
+    "ddim": DDIM(),
+    "ddim_eta": DDIM(eta=1.0),
+    "heun_edm": EDMHeun(),
+    "edm_churn": EDMHeun(s_churn=2.0, s_tmin=0.05, s_tmax=50.0),
+    "dpmpp_2s": DPMSolver2S(),
+    "dpmpp_2m": DPMSolverMultistep(order=2),
+    "dpmpp_3m": DPMSolverMultistep(order=3, variant="exact"),
+    "dpmpp_2m_sde": DPMSolverSDE(),
+    "unipc": UniPC(),
+    "gotta_go_fast": GottaGoFast(),
+    "ode_adaptive_ps": AdaptiveMultistep(),
+    "ode_adaptive_rk23": AdaptiveODE(),
+    "sde_srk": TorchSDE("srk"),
+    "sde_reversible_heun": TorchSDE("reversible_heun"),
 }

@@ -1,0 +1,142 @@
+"""Shared pieces of the fast samplers: the half log-SNR schedule of a grid, the data prediction,
+exponential-integrator weights, and a fused linear combination.
+
+Every exponential integrator here integrates the probability-flow ODE written in the half
+log-SNR λ = log(m/σ) with the data prediction x̂_0(x, t) = (x + σ² s(x, t)) / m:
+    x(λ_t) = (σ_t/σ_s) x(λ_s) + σ_t ∫_{λ_s}^{λ_t} e^λ x̂_0(λ) dλ,
+so all coefficients come from ``sde.marginal`` / ``log_snr`` / ``t_from_log_snr`` and VE (m = 1,
+λ = −log σ) is handled like VP.  Reference: Lu et al. 2022b (DPM-Solver++), eqs. 8-9.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..sde import SDE
+
+__all__ = ["Schedule", "schedule", "denoised", "exp_moments", "exp_weights", "exp_weights_t", "lincomb"]
+
+
+class Schedule(NamedTuple):
+    """Per grid time (Python float64 lists): m(t), σ(t) and the half log-SNR λ = log(m/σ)."""
+
+    t: list[float]
+    alpha: list[float]
+    sigma: list[float]
+    lam: list[float]
+
+
+def schedule(sde: SDE, ts: list[float]) -> Schedule:
+    alpha, sigma = zip(*(sde.marginal(t) for t in ts))
+    lam = [0.5 * sde.log_snr(t) for t in ts]
+    return Schedule(list(ts), list(alpha), list(sigma), lam)
+
+
+def denoised(score, x: Tensor, t: float | Tensor, alpha, sigma) -> Tensor:
+    """x̂_0 = (x + σ² s(x, t)) / m (Tweedie): one evaluation of ``score`` on the rows of ``x``.
+
+    ``alpha``/``sigma`` are floats or tensors broadcastable against x (in x's dtype)."""
+    s = score(x, t)
+    if isinstance(sigma, Tensor):
+        return torch.addcmul(x, sigma * sigma, s).div_(alpha)
+    return torch.add(x, s, alpha=sigma * sigma).mul_(1.0 / alpha)
+
+
+_SERIES_H = 0.25  # below: 12-term series (error < 1e-16); above: the recursion (error < 1e-12)
+
+
+def exp_moments(h: Tensor, n: int) -> Tensor:
+    """Ĵ_k(h) = ∫_0^1 e^{−h(1−u)} u^k du for k = 0..n (n ≤ 4), h > 0 a float64 tensor: shape
+    h.shape + (n+1,).  (So ∫_0^h e^{−(h−v)} v^k dv = h^{k+1} Ĵ_k.)
+
+    The series Ĵ_k = Σ_j (−h)^j k!/(j+k+1)! for small h (no cancellation as h → 0), else the
+    recursion Ĵ_0 = (1 − e^{−h})/h, Ĵ_k = (1 − k Ĵ_{k−1})/h (relative error ≲ 1e-16·k!/h^k).
+    """
+    h = h.unsqueeze(-1)
+    k = torch.arange(n + 1, dtype=h.dtype, device=h.device)
+    hs = h.clamp(max=_SERIES_H)
+    term = (1.0 / (k + 1)).expand(h.shape[:-1] + (n + 1,))
+    series = term
+    for j in range(1, 12):
+        term = term * (-hs / (j + k + 1))
+        series = series + term
+    hr = h[..., 0].clamp(min=_SERIES_H)
+    rec = [-torch.expm1(-hr) / hr]
+    for kk in range(1, n + 1):
+        rec.append((1.0 - kk * rec[-1]) / hr)
+    return torch.where(h < _SERIES_H, series, torch.stack(rec, -1))
+
+
+def _moments(h: float, n: int) -> list[float]:
+    """``exp_moments`` for one float h, in pure Python (the fixed-step samplers call it per step)."""
+    if h < _SERIES_H:
+        out = []
+        for k in range(n + 1):
+            term = total = 1.0 / (k + 1)
+            for j in range(1, 12):
+                term *= -h / (j + k + 1)
+                total += term
+            out.append(total)
+        return out
+    out = [-math.expm1(-h) / h]
+    for k in range(1, n + 1):
+        out.append((1.0 - k * out[-1]) / h)
+    return out
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting for the tiny (≤ 5×5) weight systems."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        m[c], m[p] = m[p], m[c]
+        for r in range(c + 1, n):
+            f = m[r][c] / m[c][c]
+            for q in range(c, n + 1):
+                m[r][q] -= f * m[c][q]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (m[r][n] - sum(m[r][q] * x[q] for q in range(r + 1, n))) / m[r][r]
+    return x
+
+
+def exp_weights(h: float, nodes: list[float], rate: float = 1.0) -> list[float]:
+    """Weights w_j with Σ_j w_j y(u_j) = ∫_0^h ρ e^{−ρ(h−u)} P(u) du, P the polynomial through
+    the nodes u_j (offsets in λ from the step's start; u = 0 is the start, u = h its end).
+
+    The exact integral of the Lagrange interpolant (exponential Adams-Bashforth when all
+    u_j ≤ 0, Adams-Moulton when one node is u = h); order len(nodes) for smooth y.
+    ``rate`` ρ = 1 for the ODE, 1 + η for the SDE family.  Solves Vᵀ w = (∫ ρ e^{−ρ(h−u)}
+    (u/h)^n du)_n with V_{jn} = (u_j/h)^n, the moments being ρ h Ĵ_n(ρh).
+    """
+    if not h > 0:
+        raise ValueError(f"exponential weights need a step h > 0 in log-SNR, got {h}")
+    k = len(nodes)
+    rhs = [rate * h * m for m in _moments(rate * h, k - 1)]
+    return _solve([[(u / h) ** n for u in nodes] for n in range(k)], rhs)
+
+
+def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0) -> Tensor:
+    """Batched ``exp_weights``: h (b,), nodes (b, k) float64 -> weights (b, k)."""
+    k = nodes.shape[-1]
+    rhs = (rate * h).unsqueeze(-1) * exp_moments(rate * h, k - 1)
+    powers = torch.arange(k, dtype=h.dtype, device=h.device).unsqueeze(-1)
+    vt = (nodes / h.unsqueeze(-1)).unsqueeze(-2) ** powers  # Vᵀ[n, j] = (u_j/h)^n
+    return torch.linalg.solve(vt, rhs)
+
+
+def lincomb(terms: list[tuple[float | Tensor, Tensor]]) -> Tensor:
+    """Σ c_i x_i with one allocation (coefficients are floats or broadcastable tensors)."""
+    (c0, x0), rest = terms[0], terms[1:]
+    out = x0 * c0
+    for c, x in rest:
+        if isinstance(c, Tensor):
+            out.addcmul_(c, x)
+        elif c != 0.0:
+            out.add_(x, alpha=c)
+    return out

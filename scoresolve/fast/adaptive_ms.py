@@ -1,0 +1,175 @@
+"""Per-sample adaptive exponential multistep predictor-corrector for the probability-flow ODE.
+
+Every sample keeps its own log-SNR λ, step h and history of data predictions, so the Lagrange
+weights differ per sample and are computed batched (a k×k solve per row, k ≤ 4).  A step costs
+one evaluation (at the predicted point); the corrector (one order higher, UniC-style) both
+improves the state and, through its difference to the predictor, estimates the local error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import ode
+from ..samplers import Run
+from ..sde import SDE, append_dims
+from ._common import exp_weights_t
+
+__all__ = ["AdaptiveMultistep"]
+
+
+def _rms(v: Tensor) -> Tensor:
+    return v.flatten(1).pow(2).mean(1).sqrt()
+
+
+@dataclass(frozen=True)
+class AdaptiveMultistep:
+    """Adaptive UniPC-class multistep with a step size per sample (1 NFE per attempted step).
+
+    With past data predictions D_j at λ_j (newest D_0 at the current λ) and h the sample's step:
+      predictor  x̃ = (σ'/σ) x + m' Σ_j w_j D_j             (order k ≤ ``predictor_order``)
+      evaluate   D' = x̂_0(x̃, t(λ + h))                      (1 NFE, on the running rows only)
+      corrector  x' = (σ'/σ) x + m' (w^c_0 D' + Σ_j w^c_j D_j)  (order k + 1)
+    E = ‖(x' − x̃)/δ‖_rms, δ = atol + rtol·max(|x|, |x'|); accept x' (keeping D') if E ≤ 1;
+    h ← h · clip(θ E^{−1/(k+1)}, ``min_factor``, ``max_factor``).  The first step (order 1)
+    starts at ``h_init`` in λ; the history builds up one order per accepted step.  The step that
+    reaches eps is the predictor alone (as in UniPC; ``correct_last=True`` evaluates and
+    corrects it too, 1 more NFE): measured on the mixtures, this costs no accuracy.
+    ``per_sample=False`` shares one step (the batch maximum of E) for comparison.
+    With ``denoise`` a final Tweedie step (1 NFE).
+    Reference: Zhao et al. 2023 (UniPC) for the predictor-corrector pair; Hairer, Nørsett &
+    Wanner, "Solving ODEs I", §III.5 (variable-step Adams methods, step-size control).
+    """
+
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    predictor_order: int = 3
+    h_init: float = 0.5
+    safety: float = 0.6
+    min_factor: float = 0.2
+    max_factor: float = 1.5
+    correct_last: bool = False
+    per_sample: bool = True
+    max_iters: int = 100_000
+    default_grid: str = "uniform"
+    default_steps: int = 1
+    nfe_per_step: ClassVar[None] = None
+
+    def __post_init__(self):
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"rtol and atol must be > 0, got rtol={self.rtol}, atol={self.atol}")
+        if self.predictor_order not in (1, 2, 3):
+            raise ValueError(f"predictor_order must be 1, 2 or 3, got {self.predictor_order!r}")
+        if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor):
+            raise ValueError("need 0 < safety <= 1 and 0 < min_factor < 1 < max_factor, got "
+                             f"{self.safety}, {self.min_factor}, {self.max_factor}")
+        if not self.h_init > 0:
+            raise ValueError(f"h_init must be > 0, got {self.h_init}")
+
+    @property
+    def order(self) -> float:
+        return float(self.predictor_order + 1)
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return 1 + int(denoise)
+
+    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
+            keep: bool, progress: bool) -> Run:
+        p, b = self.predictor_order, x.shape[0]
+        f64 = dict(device=x.device, dtype=torch.float64)
+        tdt = torch.promote_types(x.dtype, torch.float32)
+        col = lambda v, like: append_dims(v, like.ndim).to(like.dtype)  # noqa: E731
+
+        def x0(y: Tensor, tt: Tensor) -> Tensor:
+            m, s = sde.marginal(tt)
+            return torch.addcmul(y, col(s * s, y), score(y, tt.to(tdt))).div_(col(m, y))
+
+        x = x.clone()
+        t = torch.full((b,), ts[0], **f64)
+        lam = torch.full((b,), 0.5 * sde.log_snr(ts[0]), **f64)
+        h = torch.full((b,), self.h_init, **f64)
+        score.step = 0
+        hist = x0(x, t).unsqueeze(0).repeat(p, *([1] * x.ndim))  # (p, B, ...) newest first
+        hlam = lam.unsqueeze(0).repeat(p, 1)  # (p, B)
+        n_hist = torch.ones(b, dtype=torch.long, device=x.device)
+        rows = torch.ones(b, **f64)
+        acc_n, rej_n, it = torch.zeros(b, **f64), torch.zeros(b, **f64), 0
+        traj = [x.clone()] if keep else None
+        for t_end in ts[1:]:
+            lam_end = 0.5 * sde.log_snr(t_end)
+            while True:
+                idx = (lam < lam_end).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                it += 1
+                if it > self.max_iters:
+                    raise RuntimeError(f"AdaptiveMultistep: no convergence after {self.max_iters} iterations")
+                score.step = it
+                xa, la, ta = x[idx], lam[idx], t[idx]
+                ha = torch.minimum(h[idx], lam_end - la)
+                last = ha >= lam_end - la
+                tn = torch.where(last, torch.full_like(ta, t_end), sde.t_from_log_snr(2 * (la + ha)))
+                m_n, s_n = sde.marginal(tn)
+                ratio = col(s_n / sde.std(ta), xa)
+                k = n_hist[idx].clamp(max=p)
+                past = hlam[:, idx] - la  # (p, b) offsets ≤ 0
+                x_pred = torch.empty_like(xa)
+                x_corr_base = torch.empty_like(xa)
+                wc0 = torch.empty(idx.numel(), **f64)
+                for kk in range(1, p + 1):  # rows grouped by their current order
+                    g = (k == kk).nonzero().squeeze(1)
+                    if g.numel() == 0:
+                        continue
+                    nodes = past[:kk, g].T  # (g, kk)
+                    wp = exp_weights_t(ha[g], nodes) * m_n[g, None]
+                    wc = exp_weights_t(ha[g], torch.cat([ha[g, None], nodes], 1)) * m_n[g, None]
+                    d = hist[:kk, idx[g]]  # (kk, g, ...)
+                    base = xa[g] * ratio[g]
+                    x_pred[g] = base + (col(wp.T, d) * d).sum(0)
+                    x_corr_base[g] = base + (col(wc[:, 1:].T, d) * d).sum(0)
+                    wc0[g] = wc[:, 0]
+                if not self.correct_last and t_end == ts[-1]:  # the final step: predictor only
+                    fin = last
+                    done = idx[fin]
+                    x[done] = x_pred[fin]
+                    lam[done] = lam_end
+                    t[done] = t_end
+                    acc_n[done] += 1
+                    keep_rows = ~fin
+                    idx, xa, la, ta, ha, last, tn = (v[keep_rows] for v in (idx, xa, la, ta, ha, last, tn))
+                    x_pred, x_corr_base, wc0, k = (v[keep_rows] for v in (x_pred, x_corr_base, wc0, k))
+                    if idx.numel() == 0:
+                        continue
+                d_new = x0(x_pred, tn)
+                rows[idx] += 1
+                x_corr = x_corr_base + col(wc0, xa) * d_new
+                delta = torch.maximum(xa.abs(), x_corr.abs()).mul_(self.rtol).add_(self.atol)
+                err = _rms((x_corr - x_pred) / delta).double()
+                if not self.per_sample:
+                    err = err.max().expand_as(err)
+                ok = err <= 1
+                acc = idx[ok]
+                x[acc] = x_corr[ok]
+                lam[acc] = torch.where(last[ok], torch.full_like(la[ok], lam_end), la[ok] + ha[ok])
+                t[acc] = tn[ok]
+                hist[:, acc] = torch.cat([d_new[ok].unsqueeze(0), hist[:-1, acc]])
+                hlam[:, acc] = torch.cat([lam[acc].unsqueeze(0), hlam[:-1, acc]])
+                n_hist[acc] += 1
+                acc_n[idx] += ok.double()
+                rej_n[idx] += (~ok).double()
+                fac = self.safety * err.clamp_min(1e-12).pow(-1.0 / (k.double() + 1))
+                fac = torch.where(ok, fac.clamp(self.min_factor, self.max_factor),
+                                  fac.clamp(self.min_factor, 1.0))
+                h[idx] = ha * fac
+            if keep:
+                traj.append(x.clone())
+        if denoise:
+            score.step = it + 1
+            x = ode.tweedie_denoise(sde, score, x, ts[-1])
+        stats = {"nfe_per_sample": rows.cpu(), "accepted": float(acc_n.mean()),
+                 "rejected": float(rej_n.mean()), "iterations": it}
+        return Run(x, traj, stats)

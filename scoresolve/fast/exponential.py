@@ -1,0 +1,254 @@
+"""Exponential integrators in the half log-SNR λ = log(m/σ) with the data prediction x̂_0:
+DDIM (η-family), DPM-Solver++ single-step 2S, multistep 2M/3M and the SDE variant 2M-SDE.
+
+With h = λ_{i+1} − λ_i > 0 every update is
+    x_{i+1} = (σ_{i+1}/σ_i) e^{−ηh} x_i + m_{i+1} Σ_j w_j x̂_0(x_j, t_j) [+ σ_{i+1} √(1 − e^{−2ηh}) z],
+the weights w_j integrating ρ e^{−ρ(h−u)} (ρ = 1 + η) against the polynomial through past
+data predictions.  All weights are Python floats computed from the grid before the loop.
+Reference: Song et al. 2021 (DDIM); Lu et al. 2022a (DPM-Solver), 2022b (DPM-Solver++).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from .. import ode
+from ..samplers import Run, _steps
+from ..sde import SDE
+from ._common import denoised, exp_weights, lincomb, schedule
+
+__all__ = ["DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "step_orders"]
+
+
+def step_orders(n_steps: int, order: int, lower_order_final: bool) -> list[int]:
+    """Per-step order of a multistep method: warm-up min(order, i+1); with ``lower_order_final``
+    and fewer than 15 steps the last steps also drop to min(order, n − i) (Lu et al. 2022b,
+    §3.3: the last λ-steps of short time-uniform grids are long, and high orders are unstable
+    there)."""
+    ks = [min(order, i + 1) for i in range(n_steps)]
+    if lower_order_final and n_steps < 15:
+        ks = [min(k, n_steps - i) for i, k in enumerate(ks)]
+    return ks
+
+
+def _finish(sde: SDE, score, x: Tensor, ts: list[float], denoise: bool) -> Tensor:
+    if denoise:
+        score.step = len(ts) - 1
+        x = ode.tweedie_denoise(sde, score, x, ts[-1])
+    return x
+
+
+@dataclass(frozen=True)
+class DDIM:
+    """DDIM, the first-order exponential integrator, with the stochastic η-family.
+
+    c = η σ_{i+1} √(1 − e^{−2h}) (the posterior std for η = 1) and
+    x_{i+1} = m_{i+1} x̂_0 + √(σ_{i+1}² − c²) ε̂ + c z,  ε̂ = (x_i − m_i x̂_0)/σ_i.
+    η = 0 is deterministic (order 1 for the probability-flow ODE); η = 1 is ancestral sampling
+    (weak order 1).  With ``denoise`` an ODE run ends with a Tweedie step (1 NFE) and a
+    stochastic run returns the last step's noise-free mean.
+    Reference: Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12 and 16.
+    """
+
+    eta: float = 0.0
+    default_grid: str = "log_snr"
+    default_steps: int = 50
+    nfe_per_step: ClassVar[int] = 1
+
+    def __post_init__(self):
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+
+    order: ClassVar[float] = 1.0
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return int(denoise and self.eta == 0)
+
+    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
+            keep: bool, progress: bool) -> Run:
+        sc = schedule(sde, ts)
+        traj = [x] if keep else None
+        x_mean = x
+        for i, (t, _) in enumerate(_steps(ts, progress, "ddim")):
+            score.step = i
+            h = sc.lam[i + 1] - sc.lam[i]
+            # keep-fraction of ε̂: q = √(1 − η²(1 − e^{−2h})); x̂_0 weight m'(1 − e^{−h} q), stably
+            logq = 0.5 * math.log1p(-(self.eta**2) * -math.expm1(-2 * h))
+            a = sc.sigma[i + 1] / sc.sigma[i] * math.exp(logq)
+            b = -sc.alpha[i + 1] * math.expm1(logq - h)
+            x0 = denoised(score, x, t, sc.alpha[i], sc.sigma[i])
+            x_mean = lincomb([(a, x), (b, x0)])
+            x = x_mean
+            if self.eta > 0:
+                c = self.eta * sc.sigma[i + 1] * math.sqrt(-math.expm1(-2 * h))
+                x = x_mean + c * noise(x.shape)
+            if keep:
+                traj.append(x)
+        if self.eta > 0:
+            return Run(x_mean if denoise else x, traj, {})
+        return Run(_finish(sde, score, x, ts, denoise), traj, {})
+
+
+@dataclass(frozen=True)
+class DPMSolver2S:
+    """DPM-Solver++(2S): single-step second order in data-prediction form, 2 NFE per step.
+
+    With the intermediate λ_s = λ_i + r h (r = ½ by default, t_s = t(λ_s)):
+    u = (σ_s/σ_i) x_i + m_s (1 − e^{−rh}) x̂_0(x_i);
+    x_{i+1} = (σ_{i+1}/σ_i) x_i + m_{i+1} (1 − e^{−h}) [(1 − 1/(2r)) x̂_0(x_i) + 1/(2r) x̂_0(u, t_s)].
+    Reference: Lu et al. 2022b, "DPM-Solver++", Algorithm 1.
+    """
+
+    r: float = 0.5
+    default_grid: str = "log_snr"
+    default_steps: int = 10
+    nfe_per_step: ClassVar[int] = 2
+
+    def __post_init__(self):
+        if not 0.0 < self.r < 1.0:
+            raise ValueError(f"r must lie in (0, 1), got {self.r}")
+
+    order: ClassVar[float] = 2.0
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return int(denoise)
+
+    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
+            keep: bool, progress: bool) -> Run:
+        sc = schedule(sde, ts)
+        traj = [x] if keep else None
+        for i, (t, _) in enumerate(_steps(ts, progress, "dpmpp_2s")):
+            score.step = i
+            h = sc.lam[i + 1] - sc.lam[i]
+            t_s = float(sde.t_from_log_snr(2.0 * (sc.lam[i] + self.r * h)))
+            a_s, s_s = sde.marginal(t_s)
+            x0 = denoised(score, x, t, sc.alpha[i], sc.sigma[i])
+            u = lincomb([(s_s / sc.sigma[i], x), (-a_s * math.expm1(-self.r * h), x0)])
+            x0_s = denoised(score, u, t_s, a_s, s_s)
+            w = -sc.alpha[i + 1] * math.expm1(-h)
+            c = 0.5 / self.r
+            x = lincomb([(sc.sigma[i + 1] / sc.sigma[i], x), (w * (1 - c), x0), (w * c, x0_s)])
+            if keep:
+                traj.append(x)
+        return Run(_finish(sde, score, x, ts, denoise), traj, {})
+
+
+def _multistep_weights(sc, i: int, k: int, rate: float, variant: str) -> list[float]:
+    """x̂_0 weights (newest first) for step i of a k-step exponential Adams-Bashforth method."""
+    h = sc.lam[i + 1] - sc.lam[i]
+    if variant == "midpoint" and k == 2:  # the published DPM-Solver++(2M) weights
+        w0 = -math.expm1(-rate * h)
+        half_r = 0.5 * h / (sc.lam[i] - sc.lam[i - 1])
+        return [w0 * (1 + half_r), -w0 * half_r]
+    return exp_weights(h, [sc.lam[i - j] - sc.lam[i] for j in range(k)], rate)
+
+
+@dataclass(frozen=True)
+class DPMSolverMultistep:
+    """DPM-Solver++(kM): multistep exponential Adams-Bashforth in λ on x̂_0, 1 NFE per step.
+
+    x_{i+1} = (σ_{i+1}/σ_i) x_i + m_{i+1} Σ_{j<k} w_j x̂_0(x_{i−j}), w_j = ∫_0^h e^{−(h−u)} L_j(u) du
+    with L_j the Lagrange basis on the past λ's, so any grid spacing is handled exactly.
+    ``variant="midpoint"`` with order 2 uses the published 2M weights (1 − e^{−h})·(1 + 1/(2r),
+    −1/(2r)); "exact" uses the integrals above.  (The widely copied 3M code weights the
+    second difference by half its Taylor value, which makes it second order; ours is third.)
+    Lower order in the first steps, and in the last ones for < 15 steps (``lower_order_final``).
+    Reference: Lu et al. 2022b, "DPM-Solver++", Algorithm 2 and Appendix B.
+    """
+
+    order: int = 2
+    variant: str = "midpoint"
+    lower_order_final: bool = True
+    default_grid: str = "log_snr"
+    default_steps: int = 20
+    nfe_per_step: ClassVar[int] = 1
+
+    def __post_init__(self):
+        if self.order not in (1, 2, 3, 4):
+            raise ValueError(f"order must be 1, 2, 3 or 4, got {self.order!r}")
+        if self.variant not in ("midpoint", "exact"):
+            raise ValueError(f"variant must be 'midpoint' or 'exact', got {self.variant!r}")
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return int(denoise)
+
+    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
+            keep: bool, progress: bool) -> Run:
+        sc = schedule(sde, ts)
+        ks = step_orders(len(ts) - 1, self.order, self.lower_order_final)
+        coef = [(sc.sigma[i + 1] / sc.sigma[i], [sc.alpha[i + 1] * w for w in
+                 _multistep_weights(sc, i, k, 1.0, self.variant)]) for i, k in enumerate(ks)]
+        traj = [x] if keep else None
+        hist: list[Tensor] = []  # x̂_0 at the last grid times, newest first
+        for i, (t, _) in enumerate(_steps(ts, progress, f"dpmpp_{self.order}m")):
+            score.step = i
+            hist = [denoised(score, x, t, sc.alpha[i], sc.sigma[i])] + hist[: self.order - 1]
+            a, w = coef[i]
+            x = lincomb([(a, x)] + list(zip(w, hist)))
+            if keep:
+                traj.append(x)
+        return Run(_finish(sde, score, x, ts, denoise), traj, {})
+
+
+@dataclass(frozen=True)
+class DPMSolverSDE:
+    """SDE-DPM-Solver++(2M): the reverse-SDE family η ∈ (0, 1] (η = 1 is the reverse SDE).
+
+    x_{i+1} = (σ_{i+1}/σ_i) e^{−ηh} x_i + m_{i+1} [w_0 x̂_0(x_i) + w_1 x̂_0(x_{i−1})]
+              + σ_{i+1} √(1 − e^{−2ηh}) z,
+    w the exact integrals of (1+η) e^{−(1+η)(h−u)} against the linear interpolant in λ.
+    First step first order.  With ``denoise`` the last step's noise-free mean is returned.
+    Reference: Lu et al. 2022b, "DPM-Solver++", Appendix B (SDE-DPM-Solver++(2M)).
+    """
+
+    eta: float = 1.0
+    solver_order: int = 2
+    lower_order_final: bool = True
+    default_grid: str = "log_snr"
+    default_steps: int = 25
+    nfe_per_step: ClassVar[int] = 1
+
+    def __post_init__(self):
+        if not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"eta must lie in (0, 1], got {self.eta}")
+        if self.solver_order not in (1, 2):
+            raise ValueError(f"solver_order must be 1 or 2, got {self.solver_order!r}")
+
+    @property
+    def order(self) -> float:
+        """Weak order, as measured on Gaussian targets (linear score, exact output moments):
+        2 with the history term, 1 without.  For nonlinear scores no proof is known to us."""
+        return float(self.solver_order)
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return 0
+
+    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
+            keep: bool, progress: bool) -> Run:
+        sc = schedule(sde, ts)
+        ks = step_orders(len(ts) - 1, self.solver_order, self.lower_order_final)
+        rate = 1.0 + self.eta
+        coef = []
+        for i, k in enumerate(ks):
+            h = sc.lam[i + 1] - sc.lam[i]
+            w = _multistep_weights(sc, i, k, rate, "exact")
+            coef.append((sc.sigma[i + 1] / sc.sigma[i] * math.exp(-self.eta * h),
+                         [sc.alpha[i + 1] * wj for wj in w],
+                         sc.sigma[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))))
+        traj = [x] if keep else None
+        hist: list[Tensor] = []
+        x_mean = x
+        for i, (t, _) in enumerate(_steps(ts, progress, "dpmpp_2m_sde")):
+            score.step = i
+            hist = [denoised(score, x, t, sc.alpha[i], sc.sigma[i])] + hist[: self.solver_order - 1]
+            a, w, c = coef[i]
+            x_mean = lincomb([(a, x)] + list(zip(w, hist)))
+            x = x_mean + c * noise(x.shape)
+            if keep:
+                traj.append(x)
+        return Run(x_mean if denoise else x, traj, {})
+
