@@ -1,0 +1,237 @@
+"""Run benchmark cells and append one row per cell to ``OUT/results.jsonl``.
+
+For every (problem, sde) the noise floor is computed once (cached in ``floors.json``); then
+each pending cell draws its samples in device-sized batches (a generator per seed and batch),
+times them with synchronisation, times the same number of bare score calls on the same batch,
+scores the samples, and appends its row atomically.  A cell that fails (non-finite samples,
+an exception) is recorded with its error and the run goes on; a re-run skips every key
+already in the file.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..sampling import sample
+from . import timing
+from .plan import (
+    BenchConfig,
+    Cell,
+    Group,
+    check_settings,
+    max_nfe,
+    method_info,
+    plan_cells,
+    settings,
+    tol_options,
+)
+from .quality import Judge, ratio
+from .store import ResultStore, atomic_write_bytes, atomic_write_json, read_json
+from .store import safe_name as _safe
+
+__all__ = ["run_bench"]
+
+SCHEMA = 1
+
+
+def _save_npy(path: Path, x: torch.Tensor) -> None:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, x.detach().cpu().float().numpy())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class BudgetExceeded(RuntimeError):
+    """An adaptive cell's counted NFE passed ``--max-nfe``."""
+
+
+class _Guard:
+    """Stops a run once rows / batch passes ``max_nfe`` (a runaway adaptive tolerance)."""
+
+    def __init__(self, fn, batch: int, max_nfe: int):
+        self.fn, self.max_rows, self.max_nfe, self.rows = fn, max_nfe * batch, max_nfe, 0
+
+    def __call__(self, x, t):
+        self.rows += x.shape[0]
+        if self.rows > self.max_rows:
+            raise BudgetExceeded(f"counted NFE passed --max-nfe {self.max_nfe}; the cell was stopped")
+        return self.fn(x, t)
+
+
+def _validate_score(group: Group, device: torch.device, dtype: torch.dtype) -> None:
+    """One call on a tiny batch, so a broken score fails before anything is written."""
+    score = group.problem.score_for(group.sde)
+    x = torch.randn((2, *group.problem.shape), device=device, dtype=dtype)
+    t = torch.full((2,), 0.5, device=device, dtype=torch.promote_types(dtype, torch.float32))
+    with torch.no_grad():
+        out = score(x, t)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"problem {group.problem.name!r}: the score returned {got} for x of shape "
+                         f"{tuple(x.shape)} (data shape {group.problem.shape}; check --shape)")
+
+
+def _floor(out: Path, group: Group, judge: Judge, cfg: BenchConfig) -> dict:
+    key = (f"{group.problem.name}|{group.sde_label}|n={cfg.samples}|denoise={cfg.denoise}"
+           f"|eps={judge.eps:g}|repeats={cfg.floor_repeats}|mmd_samples={cfg.mmd_samples}")
+    floors = read_json(out / "floors.json", {})
+    have = floors.get(key, {})
+    if not all(m in have for m in judge.metrics):
+        have = {**have, **judge.floor(cfg.floor_repeats)}
+        floors[key] = have
+        atomic_write_json(out / "floors.json", floors)
+    return {m: tuple(have[m]) for m in judge.metrics}
+
+
+def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchConfig, batch: int,
+              out: Path) -> dict:
+    device = torch.device(cfg.device)
+    score = group.problem.score_for(group.sde)
+    info = method_info(cell.method, cfg.denoise)
+    opts = tol_options(cell.method, cell.budget.value) if cell.budget.kind == "tol" else {
+        "nfe": int(cell.budget.value)}
+    eps = judge.eps
+    xs, wall, bare, timed, rows, calls, steps, n_batches = [], 0.0, 0.0, 0, 0.0, 0, 0, 0
+    with timing.PeakMemory(device) as mem, torch.no_grad():
+        done = 0
+        while done < cell.samples:
+            bs = min(batch, cell.samples - done)
+            g = torch.Generator(device=device).manual_seed(cell.seed * 1_000_003 + n_batches)
+            run_score = _Guard(score, bs, max_nfe(cfg)) if cell.budget.kind == "tol" else score
+            timing.sync(device)
+            start = time.perf_counter()
+            res = sample(run_score, group.sde, (bs, *group.problem.shape), cell.method, eps=eps,
+                         grid=cfg.grid, generator=g, device=device, dtype=cfg.dtype,
+                         denoise=cfg.denoise, check=cfg.check, **opts)
+            timing.sync(device)
+            wall += time.perf_counter() - start
+            b_time, b_timed = timing.bare_score_time(score, res.samples, res.nfe, group.sde.T, eps,
+                                                     max_calls=cfg.bare_max_calls)
+            bare, timed = bare + b_time, timed + b_timed
+            rows += res.nfe * bs
+            calls += res.stats.get("calls", 0)
+            steps = res.stats.get("steps", steps)
+            xs.append(res.samples.cpu())
+            done += bs
+            n_batches += 1
+    x = torch.cat(xs)
+    values = judge.evaluate(x, cell.seed)
+    ratios = {m: ratio(v, floor[m], m) for m, v in values.items()}
+    samples_file = None
+    n_save = cfg.save_samples if cfg.save_samples is not None else (1000 if group.problem.dim == 2 else 0)
+    if n_save > 0:
+        samples_file = f"samples/{_safe(cell.key)}.npy"
+        _save_npy(out / samples_file, x[:n_save])
+    nfe = rows / cell.samples
+    return {
+        "status": "ok", "error": None, "nfe": nfe, "steps": steps, "calls": calls,
+        "over_budget": cell.budget.kind == "nfe" and nfe > cell.budget.value + 1e-9,
+        "method_info": info, "metrics": values, "floor": floor,
+        "ratio": {m: r for m, (r, _) in ratios.items()},
+        "ratio_basis": {m: b for m, (_, b) in ratios.items()},
+        "wall_s": wall, "wall_per_batch_s": wall / n_batches, "bare_s": bare, "bare_calls_timed": timed,
+        "overhead": wall / bare if bare > 0 else None, "samples_per_s": cell.samples / wall,
+        "batch_size": batch, "n_batches": n_batches, "peak_mem_mb": mem.peak_mb,
+        "base_mem_mb": mem.base_mb, "mem_kind": mem.kind, "samples_file": samples_file,
+    }
+
+
+def _batch_size(group: Group, cfg: BenchConfig, eps: float) -> int:
+    if cfg.batch_size is not None:
+        return min(cfg.batch_size, cfg.samples)
+    return timing.auto_batch_size(group.problem.score_for(group.sde), group.problem.shape, cfg.samples,
+                                  torch.device(cfg.device), cfg.dtype, eps)
+
+
+def _base_row(cell: Cell, group: Group, cfg: BenchConfig, run_id: str, eps: float) -> dict:
+    return {
+        "schema": SCHEMA, "key": cell.key, "run_id": run_id,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "problem": cell.problem, "problem_desc": group.problem.description,
+        "dim": group.problem.dim, "sde": cell.sde, "sde_repr": repr(group.sde),
+        "method": cell.method, "budget_kind": cell.budget.kind, "budget": cell.budget.value,
+        "budget_label": cell.budget.label, "seed": cell.seed, "samples": cell.samples,
+        "eps": eps, "denoise": cfg.denoise, "grid": cfg.grid, "device": cfg.device,
+        "dtype": str(cfg.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "method_info": method_info(cell.method, cfg.denoise),
+    }
+
+
+def run_bench(cfg: BenchConfig, *, log=None) -> dict:
+    """Run every pending cell of ``cfg``; returns counts {"cells", "skipped", "ran", "failed",
+    "interrupted"}.  Invalid options raise ValueError before anything is written.
+
+    Raises:
+        ValueError: unknown problem/method/metric, infeasible budget, bad reference, ...
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    groups = plan_cells(cfg)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {cfg.device!r}; use cpu, cuda, cuda:N, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    out = Path(cfg.out)
+    check_settings(out, cfg, (read_json(out / "manifest.json") or {}).get("settings"))
+    for g in groups:
+        _validate_score(g, device, cfg.dtype)
+
+    store = ResultStore(out / "results.jsonl")
+    done = store.keys(ok_only=cfg.retry_failed)
+    total = sum(len(g.cells) for g in groups)
+    pending = [(g, c) for g in groups for c in g.cells if c.key not in done]
+    summary = {"cells": total, "skipped": total - len(pending), "ran": 0, "failed": 0, "interrupted": False}
+    if summary["skipped"]:
+        log(f"bench: {summary['skipped']} of {total} cells already in {out / 'results.jsonl'}; skipping them")
+    if not pending:
+        return summary
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "manifest.json", {"settings": settings(cfg), "argv": sys.argv[1:]})
+    run_id = uuid.uuid4().hex[:12]
+    bar = tqdm(total=len(pending), desc="bench", unit="cell", disable=not cfg.progress, file=sys.stderr)
+    prepared: dict[int, tuple] = {}
+    try:
+        for group, cell in pending:
+            if id(group) not in prepared:
+                eps = group.sde.default_eps if cfg.eps is None else cfg.eps
+                judge = Judge(group.problem, group.sde, cfg.samples, group.metrics, cfg.denoise, eps,
+                              cfg.mmd_samples)
+                bar.set_postfix_str(f"{group.problem.name}/{group.sde_label}: noise floor")
+                floor = _floor(out, group, judge, cfg)
+                if group.problem.dim == 2 and judge.truth is not None:
+                    exact = judge.truth.sample(1000, generator=torch.Generator().manual_seed(7))
+                    _save_npy(out / f"samples/{_safe(group.problem.name)}_{_safe(group.sde_label)}__exact.npy",
+                              exact)
+                prepared[id(group)] = (judge, floor, _batch_size(group, cfg, eps))
+            judge, floor, batch = prepared[id(group)]
+            bar.set_postfix_str(cell.key)
+            row = _base_row(cell, group, cfg, run_id, judge.eps)
+            try:
+                row.update(_run_cell(cell, group, judge, floor, cfg, batch, out))
+            except Exception as e:  # noqa: BLE001 - a failing cell is a result, not a crash
+                row.update({"status": "error", "error": f"{type(e).__name__}: {e}",
+                            "traceback": traceback.format_exc(limit=4)[-2000:], "floor": floor,
+                            "metrics": {}, "ratio": {}})
+                summary["failed"] += 1
+                bar.write(f"bench: {cell.key} failed: {row['error']}")
+            store.append(row, replace=cfg.retry_failed)
+            summary["ran"] += 1
+            bar.update(1)
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+        log(f"\nbench: interrupted after {summary['ran']} new cells; results so far are in "
+            f"{out / 'results.jsonl'}; re-run the same command to resume")
+    finally:
+        bar.close()
+    return summary
