@@ -5,7 +5,7 @@ probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, a
 score evaluations it actually made.
 """
 
-from . import control, metrics, ncsn, targets
+from . import control, metrics, ncsn, targets, train
 from .control import (
     classifier_free,
     colorize,
@@ -16,6 +16,7 @@ from .control import (
     interpolate,
     linear_inverse,
 )
+from . import distributed
 from .likelihood import LikelihoodResult, bits_per_dim, likelihood
 from .noise import Noise
 from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
@@ -41,7 +42,7 @@ __all__ = [
     "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
-    "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn",
+    "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
 ]

@@ -160,8 +160,9 @@ def sample(
 
     score = CountingScore(score_fn, shape[0], check=check)
     start = time.perf_counter()
-    run = sampler.run(sde, score, x, ts.tolist(), noise, denoise=denoise,
-                      keep=return_trajectory, progress=progress)
+    with torch.no_grad():  # a network score must not build a graph across steps (guidance enables it locally)
+        run = sampler.run(sde, score, x, ts.tolist(), noise, denoise=denoise,
+                          keep=return_trajectory, progress=progress)
     stats = {"calls": score.calls, "steps": len(ts) - 1, "method": type(sampler).__name__,
              "wall_time": time.perf_counter() - start, **run.stats}
     traj = torch.stack(run.trajectory) if run.trajectory is not None else None
