@@ -93,3 +93,20 @@ def test_sample_seeds_are_a_function_of_base_and_index():
     assert torch.equal(a[4:6], sample_seeds(3, [4, 5]))
     assert not torch.equal(a, sample_seeds(4, range(10)))
     assert len(set(a.tolist())) == 10
+
+
+def test_sample_cli_shards_a_trained_run_across_two_ranks(tmp_path):
+    train_cli = pytest.importorskip("scoresolve.train.cli")
+    rund = tmp_path / "run"
+    assert train_cli.train_main(["--data", "ring8", "--out", str(rund), "--steps", "10", "--width", "16",
+                                 "--depth", "1", "--no-progress", "--checkpoint-every", "10"]) == 0
+    args = ["sample", "--run-dir", str(rund), "--method", "em", "--steps", "5", "--samples", "12", "--chunk", "4"]
+    one = subprocess.run([sys.executable, "-m", "scoresolve", *args, "--shard-dir", str(tmp_path / "a")],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "scoresolve", *args, "--shard-dir", str(tmp_path / "b")],
+                         env=ENV, capture_output=True, text=True, timeout=180)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (torch.load(tmp_path / d / "samples.pt")["samples"] for d in "ab")
+    assert a.shape == (12, 2) and torch.equal(a, b)

@@ -166,7 +166,8 @@ def _sample_parser() -> argparse.ArgumentParser:
         "Sample a trained run and write a PNG: an image grid for image data, a scatter plot beside the "
         "training data for 2-D data."))
     a = p.add_argument
-    a("--run", required=True, help="run directory written by scoresolve train (or a checkpoint file)")
+    a("--run", "--run-dir", dest="run", required=True, help="run directory written by scoresolve train (or a "
+      "checkpoint file); under torchrun write --run-dir, since torchrun itself takes --run as --run-path")
     a("--method", default="ode", help="a scoresolve sampler name (default ode)")
     a("--n", type=int, default=None, help="samples (default 64 images / 5000 points)")
     a("--steps", type=int, default=None, help="sampler steps (default: the method's)")
@@ -175,7 +176,37 @@ def _sample_parser() -> argparse.ArgumentParser:
     a("--save", default=None, help="also save the raw-coordinate samples as a .pt tensor here")
     a("--no-ema", dest="ema", action="store_false", help="use the raw weights instead of the EMA")
     a("--threads", type=int, default=None)
+    a("--num", "--samples", dest="n", type=int, default=None, help="alias of --n (under torchrun write "
+      "--samples: torchrun takes --n and --num as its own options)")
+    a("--shard-dir", default=None, help="draw the samples in resumable chunks into this directory, spread "
+      "over the ranks when started with torchrun (merged into DIR/samples.pt, bit-identical for any world size)")
+    a("--chunk", type=int, default=1000, help="samples per chunk with --shard-dir")
     return p
+
+
+def _sample_sharded(run, args, n: int) -> int:
+    """``--shard-dir``: chunked, resumable sampling across torch.distributed ranks."""
+    import os
+
+    import torch.distributed as dist
+
+    from ..distributed import sample_to_dir
+
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        path = sample_to_dir(run.score_fn, run.sde, tuple(run.data_shape), n, args.shard_dir, method=args.method,
+                             seed=args.seed, chunk=args.chunk, steps=args.steps,
+                             config={"run": str(Path(args.run).resolve()), "ema": args.ema, "step": run.step})
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"scoresolve sample: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if path is not None:
+        print(f"{n} samples with {args.method} (model coordinates; raw = data.to_raw) in {path}")
+    return 0
 
 
 def sample_main(argv: list[str] | None = None) -> int:
@@ -193,6 +224,8 @@ def sample_main(argv: list[str] | None = None) -> int:
         return 2
     image = len(run.data_shape) == 3
     n = args.n or (64 if image else 5000)
+    if args.shard_dir:
+        return _sample_sharded(run, args, n)
     try:
         res = sample(run.score_fn, run.sde, (n, *run.data_shape), args.method, steps=args.steps,
                      generator=torch.Generator().manual_seed(args.seed))
