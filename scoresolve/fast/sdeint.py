@@ -81,6 +81,9 @@ class TorchSDE:
     sample) (with ``levy_area_approximation="space-time"`` for SRK); by default a fresh one
     seeded from the sampler's noise source (reproducible with a generator, but not
     batch-invariant with per-sample seeds).  With ``denoise`` a final Tweedie step (1 NFE).
+    Both are explicit: the reverse drift's stiffness g²/σ² near eps needs fine grids (reversible
+    Heun is only conditionally stable and diverges on the 8-ring at 20-50 uniform steps, so only
+    "srk" is registered); they are the reference backend, not fast samplers.
     """
 
     method: str = "srk"
