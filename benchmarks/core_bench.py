@@ -4,6 +4,10 @@ overhead = wall time of sampling / wall time of the same number of bare score ca
 batch (measured in the same run, interleaved).
 
     python benchmarks/core_bench.py [--samples 10000] [--threads 1] [--out benchmarks/core_results.md]
+                                    [--readme README.md]
+
+With ``--readme`` the compact table (one row per SDE and sampler) replaces the block between
+``<!-- core-table -->`` markers in that file.
 
 Results are appended per cell to a JSON-lines file beside the table (atomic rewrite) and a
 re-run skips finished cells.
@@ -54,6 +58,43 @@ def run_cell(sde, target, method: str, steps: int, n: int, seed: int) -> dict:
             "bare": bare, "overhead": wall / bare, **ev}
 
 
+def _ratio(r: dict, floor: dict, key: str) -> str:
+    return f"{r[key] / floor[key][0]:.1f}"
+
+
+def compact_table(rows: list[dict], floor: dict, steps: list[int]) -> str:
+    """One row per (sde, method): `NFE: W2×floor / logp×floor` per step count, and the median
+    overhead over the cells with ≥ 50 steps (shorter cells last < 0.1 s and time noisily)."""
+    head = "| sde | method | " + " | ".join(f"steps {s}" for s in steps) + " | overhead (median, ≥ 50 steps) |"
+    lines = [head, "|" + "---|" * (len(steps) + 3)]
+    keys = dict.fromkeys((r["sde"], r["method"]) for r in rows if "error" not in r)
+    for sde, method in keys:
+        cells, ovh = [], []
+        for s in steps:
+            r = next((r for r in rows if (r["sde"], r["method"], r["steps"]) == (sde, method, s)
+                      and "error" not in r), None)
+            cells.append("—" if r is None else
+                         f"{r['nfe']:g}: {_ratio(r, floor, 'component_w2')} / {_ratio(r, floor, 'logp_gap')}")
+            if r is not None and s >= 50:
+                ovh.append(r["overhead"])
+        med = sorted(ovh)[len(ovh) // 2] if ovh else float("nan")
+        lines.append(f"| {sde} | {method} | " + " | ".join(cells) + f" | {med:.2f} |")
+    return "\n".join(lines)
+
+
+def _replace_block(path: str, marker: str, text: str) -> None:
+    src = open(path).read()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in src or end not in src:
+        raise SystemExit(f"--readme: {path} has no {start} ... {end} block")
+    head, rest = src.split(start, 1)
+    new = head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=10_000)
@@ -61,6 +102,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/core_results.md")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", default=",".join(map(str, STEPS)))
+    p.add_argument("--readme", default=None, help="also write the compact table into this file")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     target = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
@@ -101,11 +143,16 @@ def main() -> None:
             f"{r['component_w2']:.4f} ({r['component_w2'] / floor['component_w2'][0]:.1f}) | "
             f"{r['mode_tv']:.4f} | {r['sliced_w2']:.4f} ({r['sliced_w2'] / floor['sliced_w2'][0]:.1f}) | "
             f"{r['logp_gap']:.4f} ({r['logp_gap'] / floor['logp_gap'][0]:.1f}) | {r['overhead']:.2f} |")
+    compact = compact_table(rows, floor, STEPS)
+    lines += ["", "## Compact: `NFE: comp. W2 / logp gap` as multiples of their floors", "", compact]
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, a.out)
     print(f"wrote {a.out}")
+    if a.readme:
+        _replace_block(a.readme, "core-table", compact)
+        print(f"updated {a.readme}")
 
 
 if __name__ == "__main__":
