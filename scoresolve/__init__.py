@@ -5,7 +5,7 @@ probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, a
 score evaluations it actually made.
 """
 
-from . import control, metrics, ncsn, targets, train
+from . import control, distributed, fast, metrics, ncsn, targets, train
 from .control import (
     classifier_free,
     colorize,
@@ -16,12 +16,23 @@ from .control import (
     interpolate,
     linear_inverse,
 )
-from . import distributed
+from .fast import (
+    DDIM,
+    AdaptiveMultistep,
+    AdaptiveODE,
+    DPMSolver2S,
+    DPMSolverMultistep,
+    DPMSolverSDE,
+    EDMHeun,
+    GottaGoFast,
+    TorchSDE,
+    UniPC,
+)
 from .likelihood import LikelihoodResult, bits_per_dim, likelihood
 from .noise import Noise
 from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
 from .results import SampleResult
-from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE
+from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE, grid_steps
 from .sampling import sample, steps_for_nfe
 from .score import (
     CountingScore,
@@ -39,7 +50,9 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "reverse_drift", "append_dims",
     "sample", "steps_for_nfe", "SampleResult",
-    "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE",
+    "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps", "fast",
+    "DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "UniPC", "EDMHeun",
+    "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",

@@ -28,9 +28,14 @@ class Run(NamedTuple):
     ts: Tensor | None = None
 
 
-def _steps(ts: list[float], progress: bool, desc: str):
+def grid_steps(ts: list[float], progress: bool, desc: str):
+    """The grid's consecutive pairs (t_i, t_{i+1}), T → eps, behind a tqdm bar (off unless
+    ``progress``): the loop every fixed-grid sampler, including a user's own, iterates."""
     pairs = list(zip(ts[:-1], ts[1:]))
     return tqdm(pairs, desc=desc, disable=not progress, leave=False)
+
+
+_steps = grid_steps  # former private name, still imported by some modules
 
 
 def _resolve(kind: str, fn):
@@ -83,7 +88,7 @@ class PC:
         use_corrector = corrector.__name__ != "none" and self.n_corrector_steps > 0
         traj = [x] if keep else None
         x_mean = x
-        for i, (t, t_next) in enumerate(_steps(ts, progress, "pc")):
+        for i, (t, t_next) in enumerate(grid_steps(ts, progress, "pc")):
             score.step = i
             if use_corrector:  # corrector first, at the current time (as in the reference)
                 x, x_mean = corrector(sde, score, x, t, noise, snr=self.snr,
@@ -136,7 +141,7 @@ class AnnealedLangevin:
         eps_lr = self.step_lr if self.step_lr is not None else ald_step_size(
             gamma, self.n_steps_each, sig[-1])
         traj = [x] if keep else None
-        for i, (t_prev, t) in enumerate(_steps(ts, progress, "ald")):
+        for i, (t_prev, t) in enumerate(grid_steps(ts, progress, "ald")):
             score.step = i
             x = x * (sde.mean_scale(t) / sde.mean_scale(t_prev))  # follow m(t) between levels
             alpha = eps_lr * (sde.std(t) / sig[-1]) ** 2
@@ -217,7 +222,7 @@ class FixedStepODE:
             keep: bool, progress: bool) -> Run:
         step = self._METHODS[self.method][0]
         traj = [x] if keep else None
-        for i, (t, t_next) in enumerate(_steps(ts, progress, f"ode_{self.method}")):
+        for i, (t, t_next) in enumerate(grid_steps(ts, progress, f"ode_{self.method}")):
             score.step = i
             x, _ = step(sde, score, x, t, t_next)
             if keep:

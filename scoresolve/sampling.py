@@ -86,8 +86,11 @@ def sample(
         score_fn: any callable (x, t) -> ∇_x log p_t(x), x of shape (B, ...), t of shape (B,).
         sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
         shape: (batch, *data_dims).
-        method: a name from ``SAMPLERS`` ("pc", "em", "reverse_diffusion", "ancestral", "ald",
-            "ode", "ode_euler", "ode_heun") or a sampler object.
+        method: a name from ``SAMPLERS`` or a sampler object.  Classical: "pc", "em",
+            "reverse_diffusion", "ancestral", "ald", "ode", "ode_euler", "ode_heun"; fast:
+            "ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m",
+            "dpmpp_2m_sde", "unipc", "gotta_go_fast", "ode_adaptive_ps", "ode_adaptive_rk23",
+            "sde_srk" (``list(scoresolve.SAMPLERS)`` is the authority).
         steps: grid steps (default: the method's); excludes ``nfe``.
         nfe: budget of score evaluations per sample; the step count is derived from it.
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing

@@ -295,3 +295,8 @@ def test_adaptive_step_statistics_match_the_solver(monkeypatch):
         res = ss.sample(RING.score_fn(sde), sde, (300, 2), "ode", rtol=tol, atol=tol, generator=gen())
         assert (res.stats["steps_accepted"], res.stats["steps_rejected"]) == (seen["accepted"], seen["rejected"])
         assert res.nfe == res.stats["rhs_evals"] + 1  # + the final denoising step
+
+
+def test_sample_docstring_lists_every_registered_method():
+    missing = [m for m in ss.SAMPLERS if f'"{m}"' not in ss.sample.__doc__]
+    assert not missing, f"sample() docstring does not name {missing}"

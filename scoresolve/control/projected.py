@@ -32,7 +32,7 @@ from torch import Tensor
 from .. import ode
 from ..ncsn import ald_step_size
 from ..registry import resolve
-from ..samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE, Run, _steps
+from ..samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE, Run, grid_steps
 from ..sde import SDE, append_dims
 
 __all__ = ["Observation", "Projected", "SUPPORTED"]
@@ -114,7 +114,7 @@ def _run_pc(base: PC, sde, score, x, ts, noise, obs, keep, progress):
     x = obs.replace(x, *sde.marginal(ts[0]), noise(x.shape))
     traj = [x] if keep else None
     x_mean = x
-    for i, (t, t_next) in enumerate(_steps(ts, progress, "pc_projected")):
+    for i, (t, t_next) in enumerate(grid_steps(ts, progress, "pc_projected")):
         score.step = i
         m, s = sde.marginal(t)
         for _ in range(n_corr):  # corrector at t, re-projected after each MCMC step
@@ -132,7 +132,7 @@ def _run_ald(base: AnnealedLangevin, sde, score, x, ts, noise, obs, keep, progre
     gamma = (sig[0] / sig[-1]) ** (1.0 / (len(sig) - 1)) if len(sig) > 1 else 1.0
     lr = base.step_lr if base.step_lr is not None else ald_step_size(gamma, base.n_steps_each, sig[-1])
     traj = [x] if keep else None
-    for i, (_, t) in enumerate(_steps(ts, progress, "ald_projected")):
+    for i, (_, t) in enumerate(grid_steps(ts, progress, "ald_projected")):
         score.step = i
         alpha = lr * (sde.std(t) / sig[-1]) ** 2
         m, s = sde.marginal(t)
@@ -150,7 +150,7 @@ def _run_fixed_ode(base: FixedStepODE, sde, score, x, ts, noise, obs, keep, prog
     pinned = _PinnedScore(score, obs, sde)
     x = obs.replace(x, sde.mean_scale(ts[0]))
     traj = [x] if keep else None
-    for i, (t, t_next) in enumerate(_steps(ts, progress, f"ode_{base.method}_projected")):
+    for i, (t, t_next) in enumerate(grid_steps(ts, progress, f"ode_{base.method}_projected")):
         score.step = i
         x, _ = step(sde, pinned, x, t, t_next)
         x = obs.replace(x, sde.mean_scale(t_next))

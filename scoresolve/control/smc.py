@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import predictors
 from ..registry import resolve
-from ..samplers import PC, Run, _steps
+from ..samplers import PC, Run, grid_steps
 from ..sde import SDE
 from .projected import Observation
 
@@ -137,7 +137,7 @@ class ParticleSampler:
         ess_min = torch.ones((), device=x.device, dtype=x.dtype)
         resamples = torch.zeros((), device=x.device, dtype=torch.long)
         traj = [x] if keep else None
-        for i, (t, t_next) in enumerate(_steps(ts, progress, "smc")):
+        for i, (t, t_next) in enumerate(grid_steps(ts, progress, "smc")):
             score.step = i
             x_new, x_mean = predictor(sde, score, x, t, t_next, noise)
             # the observed path one step back: bridge k_{t'} | k_t, k_0 = b
