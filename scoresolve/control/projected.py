@@ -184,8 +184,29 @@ def _runner(base):
     )
 
 
+class WrapsBase:
+    """Mixin for samplers that wrap another (field ``base``): NFE per step, order, grid and
+    step defaults are the base sampler's."""
+
+    @property
+    def nfe_per_step(self):
+        return self.base.nfe_per_step
+
+    @property
+    def order(self) -> float:
+        return self.base.order
+
+    @property
+    def default_grid(self) -> str:
+        return self.base.default_grid
+
+    @property
+    def default_steps(self) -> int:
+        return self.base.default_steps
+
+
 @dataclass(frozen=True, eq=False)
-class Projected:
+class Projected(WrapsBase):
     """Run ``base`` (a PC, ALD or probability-flow ODE sampler) with the observed part of the
     state replaced after every step (Song et al. 2021, Appendix I.2-I.3).
 
@@ -203,22 +224,6 @@ class Projected:
 
     def __post_init__(self):
         _runner(self.base)
-
-    @property
-    def nfe_per_step(self):
-        return self.base.nfe_per_step
-
-    @property
-    def order(self) -> float:
-        return self.base.order
-
-    @property
-    def default_grid(self) -> str:
-        return self.base.default_grid
-
-    @property
-    def default_steps(self) -> int:
-        return self.base.default_steps
 
     def extra_nfe(self, denoise: bool) -> int:
         return self.base.extra_nfe(denoise)

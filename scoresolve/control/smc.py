@@ -28,7 +28,7 @@ from .. import predictors
 from ..registry import resolve
 from ..samplers import PC, Run, grid_steps
 from ..sde import SDE
-from .projected import Observation
+from .projected import Observation, WrapsBase
 
 __all__ = ["ParticleSampler", "PREDICTOR_STD"]
 
@@ -56,7 +56,7 @@ def _systematic(logw: Tensor, u: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class ParticleSampler:
+class ParticleSampler(WrapsBase):
     """SMCDiff for A x = y with ``particles`` particles per observation (batch = groups × K).
 
     Args:
@@ -92,22 +92,6 @@ class ParticleSampler:
             raise ValueError(f"particles must be an integer >= 2, got {self.particles!r}")
         if not 0 < self.ess_threshold <= 1:
             raise ValueError(f"ess_threshold must lie in (0, 1], got {self.ess_threshold}")
-
-    @property
-    def nfe_per_step(self) -> int:
-        return self.base.nfe_per_step
-
-    @property
-    def order(self) -> float:
-        return self.base.order
-
-    @property
-    def default_grid(self) -> str:
-        return self.base.default_grid
-
-    @property
-    def default_steps(self) -> int:
-        return self.base.default_steps
 
     def extra_nfe(self, denoise: bool) -> int:
         return 0
