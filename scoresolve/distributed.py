@@ -17,20 +17,22 @@ Without torchrun (no process group) everything runs in the one process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .noise import _GOLDEN, _mix
+from .noise import _GOLDEN, _mix, _uniform
 
 __all__ = [
-    "dist_info", "sample_seeds", "chunk_ranges", "run_chunks", "merge_chunks", "sample_to_dir",
-    "likelihood_to_dir", "barrier",
+    "dist_info", "sample_seeds", "derive_seeds", "seeded_uniform", "chunk_ranges", "run_chunks", "map_chunks",
+    "merge_chunks", "sample_to_dir", "likelihood_to_dir", "barrier", "broadcast", "gather", "process_group",
 ]
 
 
@@ -44,10 +46,58 @@ def dist_info() -> tuple[int, int]:
 
 
 def barrier() -> None:
+    """``torch.distributed.barrier()`` inside a process group; nothing without one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank (``broadcast_object_list``); ``obj`` itself without a group."""
+    import torch.distributed as dist
+
+    if dist_info()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's ``obj`` in rank order (``all_gather_object``); ``[obj]`` without a group."""
+    import torch.distributed as dist
+
+    world = dist_info()[1]
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[tuple[int, int]]:
+    """Join torchrun's process group for the duration of a command; yields (rank, world size).
+
+    Started by torchrun (``RANK`` in the environment) with no group yet, this initialises one
+    (NCCL when CUDA is available, each rank on GPU ``LOCAL_RANK``; Gloo otherwise) and destroys it
+    on exit.  A group the caller already initialised is used as it is and left alone; without
+    torchrun nothing is initialised and the command runs in this one process.
+    """
+    import torch.distributed as dist
+
+    mine = "RANK" in os.environ and dist.is_available() and not dist.is_initialized()
+    if mine:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist_info()
+    finally:
+        if mine and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def sample_seeds(base: int, indices) -> Tensor:
@@ -58,7 +108,23 @@ def sample_seeds(base: int, indices) -> Tensor:
     return _mix(_mix(b + _GOLDEN) + idx)
 
 
+def derive_seeds(seeds: Tensor, stream: int) -> Tensor:
+    """Independent per-sample seeds for random stream ``stream`` (e.g. one per repeat), derived
+    from each sample's own seed, so they too do not depend on the batch or the world size."""
+    s = torch.as_tensor(seeds, dtype=torch.int64)
+    return _mix(s + (int(stream) + 1) * torch.full((), _GOLDEN, dtype=torch.int64))
+
+
+def seeded_uniform(seeds: Tensor, numel: int) -> Tensor:
+    """float64 uniforms in (0, 1) of shape (len(seeds), numel), a pure function of (seed, element):
+    the counter-based generator of ``scoresolve.noise``, for dequantization noise."""
+    s = torch.as_tensor(seeds, dtype=torch.int64)
+    idx = torch.arange(numel, dtype=torch.int64, device=s.device)
+    return _uniform(_mix(_mix(s.unsqueeze(1)) + (2 * idx + 1) * _GOLDEN))
+
+
 def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    """The global chunks [start, stop) of [0, n), ``chunk`` items each (the last may be shorter)."""
     if n < 1 or chunk < 1:
         raise ValueError(f"need n >= 1 and chunk >= 1, got n={n}, chunk={chunk}")
     return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -102,22 +168,37 @@ def _check_manifest(out: Path, config: dict) -> None:
         _atomic_write_text(json.dumps(config, indent=1, sort_keys=True), path)
 
 
+def _check_world(n: int, chunk: int, world: int, unit: str) -> None:
+    """More ranks than items is an error; more ranks than chunks only leaves some idle."""
+    if world > n:
+        raise ValueError(f"world size {world} is larger than the number of {unit} ({n}): "
+                         f"start at most {n} processes")
+    chunks = math.ceil(n / chunk)
+    if world > chunks and dist_info()[0] == 0:
+        print(f"scoresolve.distributed: {world - chunks} of {world} ranks have no work: {n} {unit} make only "
+              f"{chunks} chunk(s) of {chunk}; a chunk size of at most {math.ceil(n / world)} uses every rank",
+              file=sys.stderr)
+
+
 def run_chunks(
     fn: Callable[[int, int], dict], n: int, out: str | os.PathLike, *, chunk: int, config: dict,
-    progress: bool = False,
+    progress: bool = False, unit: str = "items",
 ) -> list[tuple[int, int]]:
-    """Compute ``fn(start, stop) -> {name: tensor}`` for this rank's unfinished chunks of
-    [0, n) and save each atomically.  Returns the chunks this rank computed."""
+    """Compute ``fn(start, stop) -> {name: tensor or list}`` for this rank's unfinished chunks of
+    [0, n) (chunk k belongs to rank k mod world) and save each atomically.  Returns the chunks
+    this rank computed.
+
+    Raises:
+        ValueError: more ranks than items, or ``out`` holds another job's chunks (its manifest
+            differs from ``config``, or chunk files without a manifest).
+    """
     rank, world = dist_info()
-    if world > math.ceil(n / chunk):
-        raise ValueError(
-            f"world size {world} is larger than the number of chunks ({math.ceil(n / chunk)} of "
-            f"{chunk} items for n={n}): lower --chunk or the number of processes"
-        )
+    ranges = chunk_ranges(n, chunk)
+    _check_world(n, chunk, world, unit)
     out = Path(out)
     _check_manifest(out, {**config, "n": n, "chunk": chunk})
     barrier()
-    mine = [c for k, c in enumerate(chunk_ranges(n, chunk)) if k % world == rank]
+    mine = [c for k, c in enumerate(ranges) if k % world == rank]
     todo = [c for c in mine if not _chunk_path(out, *c).exists()]
     from tqdm.auto import tqdm
 
@@ -127,8 +208,22 @@ def run_chunks(
     return todo
 
 
-def merge_chunks(out: str | os.PathLike, n: int, chunk: int) -> dict[str, Tensor]:
-    """Concatenate the chunk files of [0, n) in order, checking that none is missing."""
+def _concat(parts: list[dict]) -> dict:
+    """Join chunk results in order: tensors are concatenated, lists chained."""
+    keys = [k for k in parts[0] if k not in ("start", "stop")]
+    return {k: torch.cat([p[k] for p in parts]) if isinstance(parts[0][k], Tensor) else
+            [v for p in parts for v in p[k]] for k in keys}
+
+
+def map_chunks(fn: Callable[[int, int], dict], n: int, *, chunk: int) -> dict:
+    """``fn`` over the chunks of [0, n) in this process, joined as ``merge_chunks`` joins the
+    files: the same numbers as a sharded run with the same chunk size, with nothing written."""
+    return _concat([fn(start, stop) for start, stop in chunk_ranges(n, chunk)])
+
+
+def merge_chunks(out: str | os.PathLike, n: int, chunk: int) -> dict:
+    """Join the chunk files of [0, n) in order (tensors concatenated, lists chained), checking
+    that none is missing and each holds the range its name says."""
     out = Path(out)
     parts = []
     for start, stop in chunk_ranges(n, chunk):
@@ -139,8 +234,7 @@ def merge_chunks(out: str | os.PathLike, n: int, chunk: int) -> dict[str, Tensor
         if (d["start"], d["stop"]) != (start, stop):
             raise ValueError(f"{p} holds [{d['start']}, {d['stop']}), expected [{start}, {stop})")
         parts.append(d)
-    keys = [k for k in parts[0] if k not in ("start", "stop")]
-    return {k: torch.cat([p[k] for p in parts]) for k in keys}
+    return _concat(parts)
 
 
 def sample_to_dir(
@@ -169,7 +263,7 @@ def sample_to_dir(
                      device=device, dtype=dtype, **sample_kwargs)
         return {"samples": res.samples.cpu(), "nfe": torch.full((stop - start,), float(res.nfe))}
 
-    run_chunks(draw, num, out, chunk=chunk, config=job, progress=progress)
+    run_chunks(draw, num, out, chunk=chunk, config=job, progress=progress, unit="samples")
     barrier()
     rank, _ = dist_info()
     if rank != 0:
@@ -209,7 +303,7 @@ def likelihood_to_dir(
         return {"logp": res.logp.cpu(), "logp_stderr": res.logp_stderr.cpu(), "bpd": res.bpd.cpu(),
                 "nfe": torch.full((stop - start,), float(res.nfe))}
 
-    run_chunks(solve, n, out, chunk=chunk, config=job, progress=progress)
+    run_chunks(solve, n, out, chunk=chunk, config=job, progress=progress, unit="points")
     barrier()
     if dist_info()[0] != 0:
         return None

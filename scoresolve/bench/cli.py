@@ -1,7 +1,8 @@
 """``scoresolve bench ...`` (run cells) and ``scoresolve bench report DIR`` (tables + plots).
 
 Options may also come from a file: ``scoresolve bench @suite.args`` reads whitespace-separated
-arguments from it (``#`` starts a comment).
+arguments from it (``#`` starts a comment).  ``torchrun --nproc-per-node N -m scoresolve bench ...``
+spreads the cells over N processes and gathers them into the same results.jsonl and report.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"analytic problem(s): {', '.join(PROBLEMS)}, gmm<d>, gauss<d>")
     g.add_argument("--score", help="user score 'module:function' (a score (x, t) -> s, or a factory "
                                    "taking no arguments or sde=/device= that returns one)")
-    g.add_argument("--run", help="a `scoresolve train` run directory")
+    g.add_argument("--run", "--run-dir", dest="run", help="a `scoresolve train` run directory (under torchrun "
+                   "write --run-dir: torchrun's own parser rejects --run)")
     g.add_argument("--shape", type=_list(int), help="data shape of --score, e.g. 3,32,32")
     g.add_argument("--reference", help="reference samples (.pt or .npy, shape (N, *shape))")
     g.add_argument("--name", help="problem name for --score / --run (default: function / directory)")
@@ -184,12 +186,21 @@ def _report_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command.  Under torchrun the cells are spread over the ranks and rank 0 writes
+    the merged results.jsonl and the report (see ``run_bench``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return _report_main(argv[1:])
     a = build_parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    from ..distributed import process_group
+
+    with process_group() as (rank, world):
+        return _run(a, rank, world)
+
+
+def _run(a: argparse.Namespace, rank: int, world: int) -> int:
     from .runner import run_bench
 
     start = time.perf_counter()
@@ -198,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"scoresolve bench: error: {e}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 130 if summary["interrupted"] else 0
     elapsed = time.perf_counter() - start
-    print(f"bench: {summary['ran']} cells run ({summary['failed']} failed), {summary['skipped']} already "
+    ranks = f" on {world} ranks" if world > 1 else ""
+    print(f"bench: {summary['ran']} cells run{ranks} ({summary['failed']} failed), {summary['skipped']} already "
           f"done, in {elapsed:.1f} s -> {a.out}", file=sys.stderr)
     if summary["interrupted"]:
         return 130

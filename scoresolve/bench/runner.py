@@ -5,11 +5,12 @@ each pending cell draws its samples in device-sized batches (a generator per see
 times them with synchronisation, times the same number of bare score calls on the same batch,
 scores the samples, and appends its row atomically.  A cell that fails (non-finite samples,
 an exception) is recorded with its error and the run goes on; a re-run skips every key
-already in the file.
+already in the file.  Under torchrun the cells are spread over the ranks (see ``run_bench``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import barrier, broadcast, dist_info, gather
 from ..sampling import sample
 from . import timing
 from .plan import (
@@ -41,6 +43,7 @@ from .store import safe_name as _safe
 __all__ = ["run_bench"]
 
 SCHEMA = 1
+RANK_DIR = "ranks"  # per-rank result files of a distributed run, merged by rank 0
 
 
 def _save_npy(path: Path, x: torch.Tensor) -> None:
@@ -167,14 +170,79 @@ def _base_row(cell: Cell, group: Group, cfg: BenchConfig, run_id: str, eps: floa
     }
 
 
+def _prepare(group: Group, cfg: BenchConfig, out: Path, *, batch: int | None = None) -> tuple:
+    """(judge, floor, batch size) of a group; the floor is computed once and cached in floors.json."""
+    eps = group.sde.default_eps if cfg.eps is None else cfg.eps
+    judge = Judge(group.problem, group.sde, cfg.samples, group.metrics, cfg.denoise, eps, cfg.mmd_samples)
+    floor = _floor(out, group, judge, cfg)
+    return judge, floor, _batch_size(group, cfg, eps) if batch is None else batch
+
+
+def _prepare_shared(groups: dict[int, Group], cfg: BenchConfig, out: Path, bar) -> dict[int, tuple]:
+    """Rank 0's part before the cells: ``_prepare`` for every group of ``groups`` (by index) and
+    the exact-sample files of 2-D problems.  Other ranks then use rank 0's batch sizes."""
+    prepared = {}
+    for gi, group in groups.items():
+        bar.set_postfix_str(f"{group.problem.name}/{group.sde_label}: noise floor")
+        prepared[gi] = _prepare(group, cfg, out)
+        judge = prepared[gi][0]
+        if group.problem.dim == 2 and judge.truth is not None:
+            exact = judge.truth.sample(1000, generator=torch.Generator().manual_seed(7))
+            _save_npy(out / f"samples/{_safe(group.problem.name)}_{_safe(group.sde_label)}__exact.npy", exact)
+    return prepared
+
+
+def _run_one(cell: Cell, group: Group, prepared: tuple, cfg: BenchConfig, run_id: str, out: Path, bar) -> dict:
+    """The row of one cell; a failing cell gives an error row instead of an exception."""
+    judge, floor, batch = prepared
+    row = _base_row(cell, group, cfg, run_id, judge.eps)
+    try:
+        row.update(_run_cell(cell, group, judge, floor, cfg, batch, out))
+    except Exception as e:  # noqa: BLE001 - a failing cell is a result, not a crash
+        row.update({"status": "error", "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc(limit=4)[-2000:], "floor": floor,
+                    "metrics": {}, "ratio": {}})
+        bar.write(f"bench: {cell.key} failed: {row['error']}")
+    return row
+
+
+def _rank_store(out: Path, rank: int) -> ResultStore:
+    return ResultStore(out / RANK_DIR / f"results.rank{rank}.jsonl")
+
+
+def _merge_rank_files(out: Path, order: dict[str, int]) -> int:
+    """Move the rows of the per-rank files into results.jsonl, in plan order after the rows
+    already there (a row of the same key replaces the old one, as a retry does); returns the
+    number of rows moved.  Run by rank 0 only, while the other ranks wait at a barrier."""
+    files = sorted((out / RANK_DIR).glob("results.rank*.jsonl"))
+    rows = [r for f in files for r in ResultStore(f).rows()]
+    if rows:
+        rows.sort(key=lambda r: order.get(r["key"], len(order)))
+        ResultStore(out / "results.jsonl").extend(rows)
+    for f in files:
+        f.unlink()
+    with contextlib.suppress(OSError):  # left in place if it holds anything else
+        (out / RANK_DIR).rmdir()
+    return len(rows)
+
+
 def run_bench(cfg: BenchConfig, *, log=None) -> dict:
     """Run every pending cell of ``cfg``; returns counts {"cells", "skipped", "ran", "failed",
     "interrupted"}.  Invalid options raise ValueError before anything is written.
 
+    Inside a torch.distributed process group (torchrun) the cells are spread over the ranks:
+    cell j of the plan runs on rank j mod world and its row goes to the rank's own file
+    ``OUT/ranks/results.rankR.jsonl`` (atomic appends, so a killed rank loses only its current
+    cell).  Rank 0 computes the noise floors first and, after a barrier at the end, moves the
+    rows into ``OUT/results.jsonl`` in plan order: the same rows, in the same order, as a run
+    in one process (timings apart).  The returned counts are summed over the ranks.
+
     Raises:
-        ValueError: unknown problem/method/metric, infeasible budget, bad reference, ...
+        ValueError: unknown problem/method/metric, infeasible budget, bad reference, more ranks
+            than cells, ...
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    rank, world = dist_info()
     groups = plan_cells(cfg)
     try:
         device = torch.device(cfg.device)
@@ -186,52 +254,60 @@ def run_bench(cfg: BenchConfig, *, log=None) -> dict:
     check_settings(out, cfg, (read_json(out / "manifest.json") or {}).get("settings"))
     for g in groups:
         _validate_score(g, device, cfg.dtype)
-
-    store = ResultStore(out / "results.jsonl")
-    done = store.keys(ok_only=cfg.retry_failed)
-    total = sum(len(g.cells) for g in groups)
-    pending = [(g, c) for g in groups for c in g.cells if c.key not in done]
-    summary = {"cells": total, "skipped": total - len(pending), "ran": 0, "failed": 0, "interrupted": False}
-    if summary["skipped"]:
-        log(f"bench: {summary['skipped']} of {total} cells already in {out / 'results.jsonl'}; skipping them")
+    cells = [(gi, c) for gi, g in enumerate(groups) for c in g.cells]
+    if world > len(cells):
+        raise ValueError(f"world size {world} is larger than the number of cells ({len(cells)}): start at most "
+                         f"{len(cells)} processes")
+    order = {c.key: j for j, (_, c) in enumerate(cells)}
+    barrier()
+    if rank == 0 and (out / RANK_DIR).is_dir():  # rows of a killed distributed run
+        _merge_rank_files(out, order)
+    barrier()
+    done = ResultStore(out / "results.jsonl").keys(ok_only=cfg.retry_failed)
+    pending = [(j, gi, c) for j, (gi, c) in enumerate(cells) if c.key not in done]
+    summary = {"cells": len(cells), "skipped": len(cells) - len(pending), "ran": 0, "failed": 0,
+               "interrupted": False}
+    if summary["skipped"] and rank == 0:
+        log(f"bench: {summary['skipped']} of {len(cells)} cells already in {out / 'results.jsonl'}; skipping them")
     if not pending:
         return summary
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "manifest.json", {"settings": settings(cfg), "argv": sys.argv[1:]})
-    run_id = uuid.uuid4().hex[:12]
-    bar = tqdm(total=len(pending), desc="bench", unit="cell", disable=not cfg.progress, file=sys.stderr)
-    prepared: dict[int, tuple] = {}
+    mine = [(gi, c) for j, gi, c in pending if j % world == rank]
+    bar = tqdm(total=len(mine), desc="bench" if world == 1 else f"bench rank {rank}", unit="cell",
+               disable=not cfg.progress, file=sys.stderr)
     try:
-        for group, cell in pending:
-            if id(group) not in prepared:
-                eps = group.sde.default_eps if cfg.eps is None else cfg.eps
-                judge = Judge(group.problem, group.sde, cfg.samples, group.metrics, cfg.denoise, eps,
-                              cfg.mmd_samples)
-                bar.set_postfix_str(f"{group.problem.name}/{group.sde_label}: noise floor")
-                floor = _floor(out, group, judge, cfg)
-                if group.problem.dim == 2 and judge.truth is not None:
-                    exact = judge.truth.sample(1000, generator=torch.Generator().manual_seed(7))
-                    _save_npy(out / f"samples/{_safe(group.problem.name)}_{_safe(group.sde_label)}__exact.npy",
-                              exact)
-                prepared[id(group)] = (judge, floor, _batch_size(group, cfg, eps))
-            judge, floor, batch = prepared[id(group)]
-            bar.set_postfix_str(cell.key)
-            row = _base_row(cell, group, cfg, run_id, judge.eps)
-            try:
-                row.update(_run_cell(cell, group, judge, floor, cfg, batch, out))
-            except Exception as e:  # noqa: BLE001 - a failing cell is a result, not a crash
-                row.update({"status": "error", "error": f"{type(e).__name__}: {e}",
-                            "traceback": traceback.format_exc(limit=4)[-2000:], "floor": floor,
-                            "metrics": {}, "ratio": {}})
-                summary["failed"] += 1
-                bar.write(f"bench: {cell.key} failed: {row['error']}")
-            store.append(row, replace=cfg.retry_failed)
-            summary["ran"] += 1
-            bar.update(1)
+        summary.update(_run_pending(cfg, groups, pending, mine, out, bar, rank, world))
     except KeyboardInterrupt:
         summary["interrupted"] = True
-        log(f"\nbench: interrupted after {summary['ran']} new cells; results so far are in "
-            f"{out / 'results.jsonl'}; re-run the same command to resume")
+        log(f"\nbench: interrupted; results so far are in {out}; re-run the same command to resume")
     finally:
         bar.close()
+    barrier()
+    if rank == 0 and world > 1:
+        _merge_rank_files(out, order)
+    counts = gather((summary["ran"], summary["failed"]))
+    summary["ran"], summary["failed"] = sum(r for r, _ in counts), sum(f for _, f in counts)
     return summary
+
+
+def _run_pending(cfg: BenchConfig, groups: list[Group], pending: list, mine: list, out: Path, bar,
+                 rank: int, world: int) -> dict:
+    """Rank 0 prepares every pending group (floors, batch sizes), then each rank runs its cells."""
+    prepared: dict[int, tuple] = {}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "manifest.json", {"settings": settings(cfg), "argv": sys.argv[1:]})
+        prepared = _prepare_shared({gi: groups[gi] for _, gi, _ in pending}, cfg, out, bar)
+    batches = {gi: p[2] for gi, p in prepared.items()}
+    batches, run_id = broadcast((batches, uuid.uuid4().hex[:12]))  # rank 0's, on every rank
+    barrier()
+    store = ResultStore(out / "results.jsonl") if world == 1 else _rank_store(out, rank)
+    ran = failed = 0
+    for gi, cell in mine:
+        if gi not in prepared:
+            prepared[gi] = _prepare(groups[gi], cfg, out, batch=batches[gi])
+        bar.set_postfix_str(cell.key)
+        row = _run_one(cell, groups[gi], prepared[gi], cfg, run_id, out, bar)
+        store.append(row, replace=cfg.retry_failed)
+        ran, failed = ran + 1, failed + (row["status"] != "ok")
+        bar.update(1)
+    return {"ran": ran, "failed": failed}

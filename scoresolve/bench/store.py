@@ -120,6 +120,15 @@ class ResultStore:
             old += b"\n"
         atomic_write_bytes(self.path, old + line.encode() + b"\n")
 
+    def extend(self, rows: list[dict]) -> None:
+        """Add ``rows`` in one atomic rewrite; an older row of the same key is dropped (the
+        lines kept are copied byte for byte)."""
+        keys = {r["key"] for r in rows}
+        old = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [ln for ln in old if ln.strip() and _key(ln) not in keys]
+        new = [json.dumps(clean_json(r), sort_keys=True, allow_nan=False) for r in rows]
+        atomic_write_bytes(self.path, "".join(f"{ln}\n" for ln in kept + new).encode())
+
 
 def _key(line: str) -> str | None:
     try:

@@ -1,6 +1,7 @@
 """Run under torchrun (or alone): draw mixture samples and likelihood-free stats into a directory.
 
-    python -m torch.distributed.run --standalone --nproc-per-node N tests/dist/sample_job.py OUT NUM CHUNK [METHOD] [SLEEP]
+    python -m torch.distributed.run --standalone --nproc-per-node N tests/dist/sample_job.py \\
+        OUT NUM CHUNK [METHOD] [SLEEP]
 """
 
 import os
