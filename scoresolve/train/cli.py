@@ -186,24 +186,17 @@ def _sample_parser() -> argparse.ArgumentParser:
 
 def _sample_sharded(run, args, n: int) -> int:
     """``--shard-dir``: chunked, resumable sampling across torch.distributed ranks."""
-    import os
+    from ..distributed import process_group, sample_to_dir
 
-    import torch.distributed as dist
-
-    from ..distributed import sample_to_dir
-
-    if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        path = sample_to_dir(run.score_fn, run.sde, tuple(run.data_shape), n, args.shard_dir, method=args.method,
-                             seed=args.seed, chunk=args.chunk, steps=args.steps,
-                             config={"run": str(Path(args.run).resolve()), "ema": args.ema, "step": run.step})
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"scoresolve sample: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with process_group():  # torchrun's group for this command, or the caller's, left open
+        try:
+            path = sample_to_dir(run.score_fn, run.sde, tuple(run.data_shape), n, args.shard_dir,
+                                 method=args.method, seed=args.seed, chunk=args.chunk, steps=args.steps,
+                                 config={"run": str(Path(args.run).resolve()), "ema": args.ema,
+                                         "step": run.step})
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            print(f"scoresolve sample: {e}", file=sys.stderr)
+            return 2
     if path is not None:
         print(f"{n} samples with {args.method} (model coordinates; raw = data.to_raw) in {path}")
     return 0
