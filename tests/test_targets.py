@@ -33,6 +33,44 @@ def test_score_equals_autograd_of_log_prob(gm, sde, t):
 
 
 @given(gm=mixtures(), sde=st.sampled_from(list(SDES)), t=st.floats(1e-3, 1.0))
+def test_score_per_row_times_equals_autograd_and_shared_path(gm, sde, t):
+    """Rows at different times take the per-row path; a shared time the batched-precision path."""
+    sde = SDES[sde]
+    x = gm.sample(16, t, sde, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    tt = t * torch.linspace(0.5, 1.0, 16, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(gm.log_prob(xr, tt, sde).sum(), xr)
+    torch.testing.assert_close(gm.score(x, tt, sde), grad, rtol=1e-8, atol=1e-8)
+    per_row = torch.cat([gm.score(x[i:i + 1], tt[i:i + 1], sde) for i in range(16)])
+    torch.testing.assert_close(gm.score(x, tt, sde), per_row, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gm.score(x, t, sde), gm.score(x, torch.full((16,), t, dtype=torch.float64), sde))
+    x32 = x.float()
+    torch.testing.assert_close(gm.score(x32, t, sde), gm.score(x, t, sde).float(), rtol=1e-4, atol=1e-4)
+
+
+@given(gm=mixtures(), sde=st.sampled_from(list(SDES)), t=st.floats(1e-3, 1.0))
+def test_score_vjp_equals_hessian_of_log_prob(gm, sde, t):
+    """The hand-written VJP of the shared-time score (both branches: with the per-row Jacobians
+    kept, and without) is the Hessian of log p_t."""
+    from scoresolve.targets import mixture
+
+    sde = SDES[sde]
+    x = gm.sample(8, t, sde, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    hess = torch.func.vmap(torch.func.hessian(lambda z: gm.log_prob(z[None], t, sde)[0]))(x)
+    eye = torch.eye(gm.dim, dtype=x.dtype)
+    limits = (mixture._JAC_REL, mixture._JAC_ABS)
+    try:
+        for keep in (True, False):
+            mixture._JAC_REL, mixture._JAC_ABS = limits if keep else (0, 0)
+            xr = x.clone().requires_grad_(True)
+            s = gm.score(xr, t, sde)
+            vjps = [torch.autograd.grad(s, xr, eye[i].expand_as(x), retain_graph=True)[0] for i in range(gm.dim)]
+            torch.testing.assert_close(torch.stack(vjps, 1), hess, rtol=1e-8, atol=1e-8)
+    finally:
+        mixture._JAC_REL, mixture._JAC_ABS = limits
+
+
+@given(gm=mixtures(), sde=st.sampled_from(list(SDES)), t=st.floats(1e-3, 1.0))
 def test_diffused_mixture_equals_log_prob_at_t(gm, sde, t):
     sde = SDES[sde]
     x = torch.randn(8, gm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
