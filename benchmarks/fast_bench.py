@@ -1,6 +1,7 @@
 """Fast-sampler benchmark (issue 5): quality at ≤ 25 NFE, per-sample adaptivity, overhead.
 
     python benchmarks/fast_bench.py quality     # `scoresolve bench` on ring8/gmm64 × VP/VE
+    python benchmarks/fast_bench.py general     # default ode_adaptive_ps on held-out gmm16/gmm32
     python benchmarks/fast_bench.py easyhard    # per-sample vs shared step size, equal error
     python benchmarks/fast_bench.py overhead    # wall / time inside the score, batch 10 000
     python benchmarks/fast_bench.py report      # -> benchmarks/fast_results.md
@@ -33,11 +34,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FIXED = ["ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
          "unipc"]
-ADAPTIVE_TOLS = {"ode_adaptive_ps": "0.01,0.005,0.004,0.003,0.002,0.001",
+ADAPTIVE_TOLS = {"ode_adaptive_ps": "0.02,0.015,0.01,0.007,0.005",
                  "ode_adaptive_rk23": "0.01,0.003,0.001", "gotta_go_fast": "0.05,0.02"}
 NFES = "10,15,20,25,35,50"
 CASES = [("ring8", "vp"), ("ring8", "ve"), ("gmm64", "vp"), ("gmm64", "ve")]
 BAR_NFE = 25
+GENERAL = [("gmm16", "vp"), ("gmm16", "ve"), ("gmm32", "vp"), ("gmm32", "ve")]  # held-out check
+GENERAL_METHODS = {"ode_adaptive_ps": "0.01"}  # the default tolerance only
 
 
 def quality(samples: int, seeds: int) -> None:
@@ -50,6 +53,18 @@ def quality(samples: int, seeds: int) -> None:
         for m, tols in ADAPTIVE_TOLS.items():
             argv += ["--tols-for", f"{m}:{tols}"]
         print(f"[quality] {problem} {sde}", flush=True)
+        bench_main(argv)
+
+
+def general(samples: int, seeds: int) -> None:
+    """The default adaptive solver on mixtures it was not tuned on (other d, means, weights)."""
+    for problem, sde in GENERAL:
+        argv = ["--problem", problem, "--sde", sde, "--methods", ",".join(GENERAL_METHODS), "--no-denoise",
+                "--samples", str(samples), "--seeds", str(seeds), "--threads", "1", "--bare-max-calls", "8",
+                "--no-progress", "--metrics", "logp_gap,component_w2", "--out", str(RESULTS / f"fast_{problem}_{sde}")]
+        for m, tols in GENERAL_METHODS.items():
+            argv += ["--tols-for", f"{m}:{tols}"]
+        print(f"[general] {problem} {sde}", flush=True)
         bench_main(argv)
 
 
@@ -222,6 +237,13 @@ def report() -> None:
               "small value at a low budget that is not followed by small values at larger budgets is the",
               "bias changing sign (e.g. dpmpp_2m at 10 NFE on gmm64 VP, unipc at 10 NFE on ring8 VP), not",
               "an accurate sampler.", "",
+              "`ode_adaptive_ps` uses the noise-relative error norm and predictive step control (its defaults,",
+              "tol = rtol = atol = 0.01). Its bias measured paired against the exact flow from the same x_T",
+              "(a rtol = 1e-7 solve), in floor units, at tol = 0.01: ring8 VP −0.66, VE −0.70, gmm64 VP +0.46,",
+              "VE +0.39. The exact flow itself scores 0.85 / 0.86 / 1.58 / 1.25 on these seeds (the three",
+              "reference sets all fall on the same side on gmm64), so on gmm64 a positive bias reads smaller",
+              "than it is: the looser tol = 0.02 passes here with a larger bias. Before this change (δ relative",
+              "to |x|, plain controller) it needed 25.3 NFE on gmm64 VP (tol 0.003) and 28.8 on gmm64 VE.", "",
               "## Best at ≤ 25 NFE and NFE needed for the bar", "",
               "| case | best ≤ 25 NFE (by max of the two ratios) | smallest NFE with both ratios ≤ 2 |",
               "|---|---|---|"]
@@ -236,10 +258,29 @@ def report() -> None:
         f = (f"{first[1][0]} {first[1][1]} @ {first[2]['nfe']:.1f} NFE: {first[2]['logp']:.2f} / {first[2]['w2']:.2f}"
              if first else "none measured")
         lines.append(f"| {c[0]} {c[1].upper()} | {b} | {f} |")
+    gen = {c: _agg(_rows(*c)) for c in GENERAL}
+    if any(gen.values()):
+        lines += ["", "## Held-out mixtures (default tolerance)", "",
+                  "`GaussianMixture.random(d, 10, seed=0)` for d = 16, 32 (other means, covariances and weights; "
+                  "not used to choose the defaults), same protocol.", "",
+                  "| method | budget | " + " | ".join(f"{p} {s.upper()} (NFE: logp/W2)" for p, s in GENERAL) + " |",
+                  "|---|---|" + "---|" * len(GENERAL)]
+        for m, tols in GENERAL_METHODS.items():
+            for tol in tols.split(","):
+                cells = []
+                for c in GENERAL:
+                    v = gen[c].get((m, f"tol={tol}"))
+                    ok = v is not None and v["logp"] <= 2 and v["w2"] <= 2 and v["nfe"] <= BAR_NFE + 1e-9
+                    cells.append("–" if v is None else
+                                 f"{v['nfe']:.1f}: {v['logp']:.2f} / {v['w2']:.2f}" + (" ✅" if ok else ""))
+                lines.append(f"| {m} | tol={tol} | " + " | ".join(cells) + " |")
     eh = RESULTS / "fast_easyhard.json"
     if eh.exists():
         d = json.loads(eh.read_text())
-        lines += ["", "## Per-sample vs shared step size (equal error)", "", d["problem"] + ".", ""]
+        lines += ["", "## Per-sample vs shared step size (equal error)", "", d["problem"] + ".",
+                  "(Measured with the previous `AdaptiveMultistep` defaults, δ relative to |x|; with the noise",
+                  "norm every sample has the same δ at a given λ and the per-sample gain is smaller: 0.89× the",
+                  "shared NFE at rtol = atol = 1e-3 in tests/test_fast.py, against ≤ 0.85× with the state norm.)", ""]
         for kind, label in (("ode", f"ode_adaptive_ps, {d['n']} samples (error: mean ‖x − exact flow‖, paired "
                                     "with a rtol = 1e-8 solve from the same x_T)"),
                             ("sde", f"gotta_go_fast, {d['sde']['n']} samples (error: |mean log p_eps − E log p_eps|, "
@@ -256,6 +297,7 @@ def report() -> None:
     if oh.exists():
         d = json.loads(oh.read_text())
         lines += ["## Solver overhead at batch 10 000 (wall / time inside the score, same run; median)", "",
+                  "(ode_adaptive_ps row: previous defaults, tol 1e-3.)", "",
                   "| method | ring8 (2-D) | gmm64 (64-d) | NFE |", "|---|---|---|---|"]
         for m in methods:
             r8, g64 = d.get(f"ring8|{m}"), d.get(f"gmm64|{m}")
@@ -270,7 +312,7 @@ def report() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["quality", "easyhard", "overhead", "report", "all"])
+    p.add_argument("what", choices=["quality", "general", "easyhard", "overhead", "report", "all"])
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--seeds", type=int, default=3)
     a = p.parse_args(argv)
@@ -278,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     if a.what in ("quality", "all"):
         quality(a.samples, a.seeds)
+    if a.what in ("general", "all"):
+        general(a.samples, a.seeds)
     if a.what in ("easyhard", "all"):
         (RESULTS / "fast_easyhard.json").write_text(json.dumps(easyhard(), indent=1))
     if a.what in ("overhead", "all"):
