@@ -69,8 +69,20 @@ def _check_tols(rtol: float, atol: float, safety: float):
         raise ValueError(f"safety must lie in (0, 1], got {safety}")
 
 
+class _AdaptiveChecks:
+    """Shared by the adaptive samplers: argument checks and the final denoising NFE."""
+
+    def __post_init__(self):
+        _check_tols(self.rtol, self.atol, self.safety)
+        if not self.h_init > 0:
+            raise ValueError(f"h_init must be > 0, got {self.h_init}")
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return int(denoise)
+
+
 @dataclass(frozen=True)
-class GottaGoFast:
+class GottaGoFast(_AdaptiveChecks):
     """Adaptive reverse-SDE solver with a step size per sample (Gotta Go Fast).
 
     With dt = −h, the reverse drift F(x, t) = f(t) x − g(t)² s(x, t) and one draw z:
@@ -100,14 +112,6 @@ class GottaGoFast:
     default_steps: int = 1
     order: ClassVar[float] = 2.0
     nfe_per_step: ClassVar[None] = None
-
-    def __post_init__(self):
-        _check_tols(self.rtol, self.atol, self.safety)
-        if not self.h_init > 0:
-            raise ValueError(f"h_init must be > 0, got {self.h_init}")
-
-    def extra_nfe(self, denoise: bool) -> int:
-        return int(denoise)
 
     def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
             keep: bool, progress: bool) -> Run:
@@ -160,7 +164,7 @@ class GottaGoFast:
 
 
 @dataclass(frozen=True)
-class AdaptiveODE:
+class AdaptiveODE(_AdaptiveChecks):
     """Probability-flow ODE with an embedded exponential RK 3(2) pair and per-sample steps.
 
     In λ = log(m/σ) with the data prediction D = x̂_0 (h a per-sample step, λ_1 = λ + h/3,
@@ -186,14 +190,6 @@ class AdaptiveODE:
     default_steps: int = 1
     order: ClassVar[float] = 3.0
     nfe_per_step: ClassVar[None] = None
-
-    def __post_init__(self):
-        _check_tols(self.rtol, self.atol, self.safety)
-        if not self.h_init > 0:
-            raise ValueError(f"h_init must be > 0, got {self.h_init}")
-
-    def extra_nfe(self, denoise: bool) -> int:
-        return int(denoise)
 
     def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
             keep: bool, progress: bool) -> Run:
