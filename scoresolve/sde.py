@@ -15,6 +15,7 @@ Equations", eqs. 5-6 (reverse SDE, probability-flow ODE), 9-11 and Appendix B (V
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +41,12 @@ def _softplus(x: Scalar) -> Scalar:
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-class SDE:
+class SDE(ABC):
     """A linear forward SDE dx = f(t) x dt + g(t) dw on [0, T].
 
-    Subclasses define ``log_mean_scale``, ``std`` and ``diffusion``; the drift coefficient
-    f(t) = d log m(t)/dt and the rest are derived here.
+    Subclasses define ``log_mean_scale``, ``std``, ``diffusion``, ``drift_coef`` (f(t) =
+    d log m(t)/dt) and ``t_from_log_snr``; marginals, transitions, log-SNR, prior and reverse
+    drifts are derived here.
     """
 
     T: float = 1.0
@@ -52,23 +54,25 @@ class SDE:
     name: str = "sde"
 
     # --- marginal p_t(x | x_0) = N(m(t) x_0, σ(t)² I) -------------------------------------
+    @abstractmethod
     def log_mean_scale(self, t: Scalar) -> Scalar:
-        raise NotImplementedError  # abstract
+        """log m(t)."""
 
+    @abstractmethod
     def std(self, t: Scalar) -> Scalar:
-        raise NotImplementedError  # abstract
+        """σ(t)."""
 
+    @abstractmethod
     def diffusion(self, t: Scalar) -> Scalar:
         """g(t)."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def drift_coef(self, t: Scalar) -> Scalar:
         """f(t) = d log m(t) / dt, so that the drift is f(t) x."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         """Inverse of ``log_snr``."""
-        raise NotImplementedError  # abstract
 
     def mean_scale(self, t: Scalar) -> Scalar:
         return _ops(t).exp(self.log_mean_scale(t))
