@@ -275,6 +275,21 @@ def test_non_finite_score_names_step_and_time():
         ss.sample(bad, ss.VPSDE(), (4, 2), "em", steps=10, eps=0.1)
 
 
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+def test_one_infinite_entry_is_caught_and_an_overflowing_sum_is_not(value):
+    """The finiteness check reduces by a sum first; a single ±Inf must still be found, and finite
+    entries whose float32 sum overflows must not be mistaken for Inf."""
+    def one_bad(x, t):
+        out = -x.clone()
+        out[-1, -1] = value
+        return out
+
+    with pytest.raises(ss.NonFiniteScoreError, match="1 of 4 samples affected"):
+        ss.sample(one_bad, ss.VPSDE(), (4, 2), "em", steps=3)
+    huge = ss.CountingScore(lambda x, t: torch.full_like(x, 3e38), batch_size=4)
+    assert torch.isinf(huge(torch.zeros(4, 2), 0.5).sum())  # the sum overflows, the entries are finite
+
+
 def test_adaptive_step_statistics_match_the_solver(monkeypatch):
     """Accepted/rejected dopri5 steps inferred from the evaluation times equal what torchdiffeq's
     own step routine did (instrumented here)."""
