@@ -63,9 +63,9 @@ def _ratio(r: dict, floor: dict, key: str) -> str:
 
 
 def compact_table(rows: list[dict], floor: dict, steps: list[int]) -> str:
-    """One row per (sde, method): `NFE: W2×floor / logp×floor` per step count, and the median
-    overhead over the cells with ≥ 50 steps (shorter cells last < 0.1 s and time noisily)."""
-    head = "| sde | method | " + " | ".join(f"steps {s}" for s in steps) + " | overhead (median, ≥ 50 steps) |"
+    """One row per (sde, method): `NFE: W2×floor / logp×floor` per step count, and the mean
+    overhead of the 50- and 100-step cells (shorter cells last < 0.1 s and time noisily)."""
+    head = "| sde | method | " + " | ".join(f"steps {s}" for s in steps) + " | overhead (50 and 100 steps) |"
     lines = [head, "|" + "---|" * (len(steps) + 3)]
     keys = dict.fromkeys((r["sde"], r["method"]) for r in rows if "error" not in r)
     for sde, method in keys:
@@ -75,9 +75,9 @@ def compact_table(rows: list[dict], floor: dict, steps: list[int]) -> str:
                       and "error" not in r), None)
             cells.append("—" if r is None else
                          f"{r['nfe']:g}: {_ratio(r, floor, 'component_w2')} / {_ratio(r, floor, 'logp_gap')}")
-            if r is not None and s >= 50:
+            if r is not None and s in (50, 100):
                 ovh.append(r["overhead"])
-        med = sorted(ovh)[len(ovh) // 2] if ovh else float("nan")
+        med = sum(ovh) / len(ovh) if ovh else float("nan")
         lines.append(f"| {sde} | {method} | " + " | ".join(cells) + f" | {med:.2f} |")
     return "\n".join(lines)
 
@@ -131,7 +131,9 @@ def main() -> None:
              + ", ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in floor.items()) + "\n",
              "Ratios are metric / floor mean. Steps for `ode` (adaptive) map to rtol=atol "
              "1e-2, 1e-3, 1e-4, 1e-5, 1e-7. Overhead = sampling wall time / time of the same number "
-             "of bare score calls on the same batch.\n",
+             "of bare score calls on the same batch; rows with `quiet_rerun` in the JSONL were rerun alone "
+             "on the machine (the 50- and 100-step cells, 2026-12-03), the others shared it with other jobs "
+             "(single cells vary by ±0.15 there).\n",
              "| sde | method | steps | NFE | comp. W2 (×floor) | mode TV | sliced W2 (×floor) | "
              "logp gap (×floor) | overhead |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
