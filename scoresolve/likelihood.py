@@ -41,6 +41,7 @@ PROBES = ("rademacher", "gaussian")
 # accept/reject callbacks we count steps with
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 ERROR_NORMS = ("point", "batch")
+VJPS = ("loop", "vmap")
 DEQUANTIZE = ("uniform", "none")
 SCALINGS = ("bins", "levels")
 
@@ -87,8 +88,9 @@ class _AugmentedFlow:
     call once per attempted step."""
 
     def __init__(self, sde: SDE, score: CountingScore, probes: Tensor | None, check: bool,
-                 skip: frozenset[int] = frozenset()):
+                 skip: frozenset[int] = frozenset(), vmap: bool = False):
         self.sde, self.score, self.probes, self.check, self.skip = sde, score, probes, check, skip
+        self.vmap = vmap
         self.rhs_evals = 0
         self.div_evals = 0
         self.vjps = 0
@@ -141,9 +143,12 @@ class _AugmentedFlow:
 
     def _divergence(self, s: Tensor, xr: Tensor) -> Tensor:
         """tr ∇s per row, shape (B, K): exact (K = 1) by d VJPs with one-hot cotangents, or
-        Hutchinson v_kᵀ ∇s v_k for the K fixed probes.  A Python loop of VJPs on the one
-        forward graph measured faster than one vmapped batched VJP (is_grads_batched) and than
-        replicating the batch K times (see benchmarks/likelihood_results.md)."""
+        Hutchinson v_kᵀ ∇s v_k for the K fixed probes.  By default a Python loop of VJPs on the
+        one forward graph (measured faster on CPU than one vmapped batched VJP for autograd-traced
+        networks, see benchmarks/likelihood_results.md); with ``vmap`` all of them in one batched
+        backward (``is_grads_batched``), for scores whose backward vmap supports."""
+        if self.vmap:
+            return self._divergence_vmap(s, xr)
         if self.probes is None:
             b, d = s.shape[0], s[0].numel()
             onehot = torch.zeros(b, d, dtype=s.dtype, device=s.device)
@@ -158,6 +163,25 @@ class _AugmentedFlow:
         return torch.stack([
             (self._vjp(s, xr, v, retain=j < k - 1) * v).flatten(1).sum(1)
             for j, v in enumerate(self.probes)], 1)
+
+
+    def _divergence_vmap(self, s: Tensor, xr: Tensor) -> Tensor:
+        b, d = s.shape[0], s[0].numel()
+        if self.probes is None:  # cotangent i is the i-th basis vector in every row
+            eye = torch.eye(d, dtype=s.dtype, device=s.device)
+            cot = eye.unsqueeze(1).expand(d, b, d).reshape(d, *s.shape)
+        else:
+            cot = self.probes
+        try:
+            (g,) = torch.autograd.grad(s, xr, cot, is_grads_batched=True)
+        except RuntimeError as err:
+            raise RuntimeError(f"vjp='vmap': torch could not batch this score's backward ({err}); "
+                               "use vjp='loop'") from err
+        self.vjps += cot.shape[0]
+        g = g.flatten(2)  # (K, B, d)
+        if self.probes is None:
+            return torch.diagonal(g, dim1=0, dim2=2).sum(-1, keepdim=True)
+        return (g * cot.flatten(2)).sum(-1).T
 
 
 def _weightless_stages(method: str) -> frozenset[int]:
@@ -250,6 +274,7 @@ def likelihood(
     return_latent: bool = True,
     check: bool = True,
     skip_stages: bool = True,
+    vjp: Literal["loop", "vmap"] = "loop",
 ) -> LikelihoodResult:
     """log p_eps(x) by integrating the probability-flow ODE and its divergence from eps to T.
 
@@ -282,6 +307,11 @@ def likelihood(
         check: validate score outputs and the divergence (NaN/Inf reported with the time).
         skip_stages: do not compute the divergence at Runge-Kutta stages whose weight is zero
             for Δ (dopri5: 1 of 6 evaluations per step, dopri8: 4 of 12); same result, fewer VJPs.
+        vjp: "loop" (one VJP at a time on the one forward graph) or "vmap" (all d or K of them in
+            one batched backward, ``torch.autograd.grad(..., is_grads_batched=True)``): the same
+            numbers, fewer backward calls; for scores whose backward vmap supports (the analytic
+            targets; most networks), worth it where per-call overhead dominates (small models,
+            GPUs).  A score vmap cannot batch raises a RuntimeError naming this option.
 
     Returns:
         LikelihoodResult(logp, logp_stderr, bpd, nfe, latent, prior_logp, delta_logp, stats);
@@ -302,7 +332,9 @@ def likelihood(
     x = x.detach()
     score = CountingScore(score_fn, b, check=check)
     v = _draw_probes(probe, probes, x, generator, seeds) if trace == "hutchinson" else None
-    flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(method) if skip_stages else frozenset())
+    _choice("vjp", vjp, VJPS)
+    flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(method) if skip_stages else frozenset(),
+                          vmap=vjp == "vmap")
     k = 1 if v is None else probes
     y0 = (x, torch.zeros(b, k, dtype=x.dtype, device=x.device))
     ts = torch.tensor([float(eps), sde.T], dtype=torch.promote_types(x.dtype, torch.float32),

@@ -125,7 +125,7 @@ class CountingScore:
             )
         # one reduction: the sum is finite iff every entry is, barring overflow of the sum itself,
         # which the exact check below rules out (isfinite().all() costs ~25x more per call)
-        if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
+        if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
             where = "" if self.step is None else f" at step {self.step}"
             bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
             raise NonFiniteScoreError(

@@ -292,8 +292,11 @@ class _SharedTimeScore(torch.autograd.Function):
     ones (the d VJPs of an exact trace, the K probes of Hutchinson's), otherwise each VJP applies
     the formula directly (O(B K d²)).  Either way a VJP costs a few passes over (B, K, d) data,
     where autograd through the same forward takes about ten.  Not twice differentiable (double
-    backward raises).
+    backward raises).  Its backward is vmap-compatible (``generate_vmap_rule``), so batched
+    cotangents (``torch.autograd.grad(..., is_grads_batched=True)``) run as one call.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, a: Tensor, prec: Tensor, c: Tensor):
@@ -319,7 +322,7 @@ class _SharedTimeScore(torch.autograd.Function):
         b, k, d = g.shape
         if ctx.jac is None and b * d * d <= max(_JAC_REL * b * k * d, _JAC_ABS):
             ctx.jac = _jacobians(s, r, g, prec)
-        out = torch.einsum("bij,bj->bi", ctx.jac, v) if ctx.jac is not None else _jvp_direct(s, r, g, prec, v)
+        out = (ctx.jac @ v.unsqueeze(-1)).squeeze(-1) if ctx.jac is not None else _jvp_direct(s, r, g, prec, v)
         return out, None, None, None
 
 
