@@ -35,9 +35,6 @@ def grid_steps(ts: list[float], progress: bool, desc: str):
     return tqdm(pairs, desc=desc, disable=not progress, leave=False)
 
 
-_steps = grid_steps  # former private name, still imported by some modules
-
-
 def _resolve(kind: str, fn):
     from .registry import resolve
 

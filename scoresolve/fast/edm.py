@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..samplers import Run, _steps
+from ..samplers import Run, grid_steps
 from ..sde import SDE
 from ._common import denoised, lincomb
 
@@ -69,7 +69,7 @@ class EDMHeun:
             x0 = denoised(score, y * m, t, m, s)
             return lincomb([(1.0 / s_tilde, y), (-1.0 / s_tilde, x0)])
 
-        for i, (t, t_next) in enumerate(_steps(ts, progress, "edm")):
+        for i, (t, t_next) in enumerate(grid_steps(ts, progress, "edm")):
             score.step = i
             s_cur, s_next = sig[i], sig[i + 1]
             if gamma > 0 and self.s_tmin <= s_cur <= self.s_tmax:

@@ -17,7 +17,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from .. import ode
-from ..samplers import Run, _steps
+from ..samplers import Run, grid_steps
 from ..sde import SDE
 from ._common import denoised, exp_weights, lincomb, schedule
 
@@ -73,7 +73,7 @@ class DDIM:
         sc = schedule(sde, ts)
         traj = [x] if keep else None
         x_mean = x
-        for i, (t, _) in enumerate(_steps(ts, progress, "ddim")):
+        for i, (t, _) in enumerate(grid_steps(ts, progress, "ddim")):
             score.step = i
             h = sc.lam[i + 1] - sc.lam[i]
             # keep-fraction of ε̂: q = √(1 − η²(1 − e^{−2h})); x̂_0 weight m'(1 − e^{−h} q), stably
@@ -121,7 +121,7 @@ class DPMSolver2S:
             keep: bool, progress: bool) -> Run:
         sc = schedule(sde, ts)
         traj = [x] if keep else None
-        for i, (t, _) in enumerate(_steps(ts, progress, "dpmpp_2s")):
+        for i, (t, _) in enumerate(grid_steps(ts, progress, "dpmpp_2s")):
             score.step = i
             h = sc.lam[i + 1] - sc.lam[i]
             t_s = float(sde.t_from_log_snr(2.0 * (sc.lam[i] + self.r * h)))
@@ -184,7 +184,7 @@ class DPMSolverMultistep:
                  _multistep_weights(sc, i, k, 1.0, self.variant)]) for i, k in enumerate(ks)]
         traj = [x] if keep else None
         hist: list[Tensor] = []  # x̂_0 at the last grid times, newest first
-        for i, (t, _) in enumerate(_steps(ts, progress, f"dpmpp_{self.order}m")):
+        for i, (t, _) in enumerate(grid_steps(ts, progress, f"dpmpp_{self.order}m")):
             score.step = i
             hist = [denoised(score, x, t, sc.alpha[i], sc.sigma[i])] + hist[: self.order - 1]
             a, w = coef[i]
@@ -242,7 +242,7 @@ class DPMSolverSDE:
         traj = [x] if keep else None
         hist: list[Tensor] = []
         x_mean = x
-        for i, (t, _) in enumerate(_steps(ts, progress, "dpmpp_2m_sde")):
+        for i, (t, _) in enumerate(grid_steps(ts, progress, "dpmpp_2m_sde")):
             score.step = i
             hist = [denoised(score, x, t, sc.alpha[i], sc.sigma[i])] + hist[: self.solver_order - 1]
             a, w, c = coef[i]

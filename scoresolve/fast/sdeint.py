@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import ode
-from ..samplers import Run, _steps
+from ..samplers import Run, grid_steps
 from ..sde import SDE
 
 __all__ = ["TorchSDE"]
@@ -133,7 +133,7 @@ class TorchSDE:
         score.step = 0
         extra = solver.init_extra_solver_state(tau[0], y)
         traj = [x] if keep else None
-        for i, _ in enumerate(_steps(ts, progress, f"sde_{self.method}")):
+        for i, _ in enumerate(grid_steps(ts, progress, f"sde_{self.method}")):
             score.step = i
             y, extra = solver.step(tau[i], tau[i + 1], y, extra)
             if keep:

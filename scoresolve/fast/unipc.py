@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..samplers import Run, _steps
+from ..samplers import Run, grid_steps
 from ..sde import SDE
 from ._common import denoised, exp_weights, lincomb, schedule
 from .exponential import _finish, step_orders
@@ -67,7 +67,7 @@ class UniPC:
         traj = [x] if keep else None
         score.step = 0
         hist = [denoised(score, x, ts[0], sc.alpha[0], sc.sigma[0])]  # newest first
-        for i, (_, t_next) in enumerate(_steps(ts, progress, "unipc")):
+        for i, (_, t_next) in enumerate(grid_steps(ts, progress, "unipc")):
             a, wp, wc = coef[i]
             k = len(wp)
             x_pred = lincomb([(a, x)] + list(zip(wp, hist[:k])))
