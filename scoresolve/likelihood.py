@@ -91,6 +91,7 @@ class _AugmentedFlow:
                  skip: frozenset[int] = frozenset(), vmap: bool = False):
         self.sde, self.score, self.probes, self.check, self.skip = sde, score, probes, check, skip
         self.vmap = vmap
+        self._basis: Tensor | None = None  # the (d, B, ...) one-hot cotangents of vjp="vmap"
         self.rhs_evals = 0
         self.div_evals = 0
         self.vjps = 0
@@ -167,9 +168,11 @@ class _AugmentedFlow:
 
     def _divergence_vmap(self, s: Tensor, xr: Tensor) -> Tensor:
         b, d = s.shape[0], s[0].numel()
-        if self.probes is None:  # cotangent i is the i-th basis vector in every row
-            eye = torch.eye(d, dtype=s.dtype, device=s.device)
-            cot = eye.unsqueeze(1).expand(d, b, d).reshape(d, *s.shape)
+        if self.probes is None:  # cotangent i is the i-th basis vector in every row, built once per solve
+            if self._basis is None or self._basis.shape[1:] != s.shape:
+                eye = torch.eye(d, dtype=s.dtype, device=s.device)
+                self._basis = eye.unsqueeze(1).expand(d, b, d).reshape(d, *s.shape)
+            cot = self._basis
         else:
             cot = self.probes
         try:
@@ -311,7 +314,8 @@ def likelihood(
             one batched backward, ``torch.autograd.grad(..., is_grads_batched=True)``): the same
             numbers, fewer backward calls; for scores whose backward vmap supports (the analytic
             targets; most networks), worth it where per-call overhead dominates (small models,
-            GPUs).  A score vmap cannot batch raises a RuntimeError naming this option.
+            GPUs).  The exact trace then holds d one-hot cotangents of the batch's size (d²·B
+            numbers).  If torch cannot batch the score's backward, a RuntimeError names this option.
 
     Returns:
         LikelihoodResult(logp, logp_stderr, bpd, nfe, latent, prior_logp, delta_logp, stats);
