@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .noise import Noise
-from .score import CountingScore, NonFiniteScoreError, ScoreFn
+from .score import CountingScore, NonFiniteScoreError, ScoreFn, all_finite
 from .sde import SDE
 
 __all__ = ["likelihood", "bits_per_dim", "LikelihoodResult", "TRACES", "PROBES", "METHODS",
@@ -130,7 +130,7 @@ class _AugmentedFlow:
         d = x[0].numel()
         dx = f * x - (0.5 * g2) * s.detach()
         ddelta = (d * f) - (0.5 * g2) * div
-        if self.check and not bool(torch.isfinite(ddelta).all()):
+        if self.check and not all_finite(ddelta):
             bad = int((~torch.isfinite(ddelta)).any(1).sum())
             raise NonFiniteScoreError(
                 f"the divergence of score_fn is NaN/Inf at t={tf:.6g} (step "
@@ -234,7 +234,7 @@ def _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_nor
     if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
         raise ValueError(f"x must have shape (B, *data_dims) with B >= 1, got {tuple(x.shape)} "
                          "(a single point needs a batch dim: x[None])")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError("x contains NaN/Inf")
     _choice("trace", trace, TRACES)
     _choice("probe", probe, PROBES)

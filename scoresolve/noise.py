@@ -84,17 +84,21 @@ class Noise:
             self.seeds = s.to(device=self.device, dtype=torch.int64)
         self.draws = 0
 
-    def __call__(self, shape: Sequence[int]) -> Tensor:
-        """The next standard-normal draw of the given shape (shape[0] is the batch)."""
+    def __call__(self, shape: Sequence[int], std: float = 1.0) -> Tensor:
+        """The next draw of N(0, std² I) of the given shape (shape[0] is the batch).
+
+        ``std`` is applied while drawing (no extra pass over the tensor); the result is a fresh
+        tensor the caller owns, so samplers may accumulate into it in place."""
         shape = tuple(shape)
         self.draws += 1
         if self.seeds is None:
-            return torch.randn(shape, generator=self.generator, device=self.device,
-                               dtype=self.dtype)
+            out = torch.empty(shape, device=self.device, dtype=self.dtype)
+            return out.normal_(0.0, std, generator=self.generator)
         if shape[0] != self.seeds.shape[0]:
             raise ValueError(f"seeds has {self.seeds.shape[0]} entries but the batch is {shape[0]}")
         numel = math.prod(shape[1:])
-        return counter_normal(self.seeds, self.draws, numel, self.dtype).reshape(shape)
+        z = counter_normal(self.seeds, self.draws, numel, torch.float64)
+        return (z if std == 1.0 else z * std).to(self.dtype).reshape(shape)
 
     def like(self, x: Tensor) -> Tensor:
         return self(x.shape)

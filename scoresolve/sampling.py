@@ -12,7 +12,7 @@ from torch import Tensor
 from .noise import Noise
 from .registry import resolve
 from .results import SampleResult
-from .score import CountingScore, ScoreFn
+from .score import CountingScore, ScoreFn, all_finite
 from .sde import SDE
 from .timegrid import GRIDS, check_grid, make_grid
 
@@ -159,7 +159,7 @@ def sample(
         x = x_init.to(device=device, dtype=dtype)
         noise.draws += 1  # keep the noise stream the same as with a prior draw
     else:
-        x = sde.prior_std() * noise(shape)
+        x = noise(shape, std=sde.prior_std())
 
     score = CountingScore(score_fn, shape[0], check=check)
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def sample(
     stats = {"calls": score.calls, "steps": len(ts) - 1, "method": type(sampler).__name__,
              "wall_time": time.perf_counter() - start, **run.stats}
     traj = torch.stack(run.trajectory) if run.trajectory is not None else None
-    if not bool(torch.isfinite(run.x).all()):
+    if not all_finite(run.x):
         raise FloatingPointError(
             f"sampling produced non-finite samples ({type(sampler).__name__}, {len(ts) - 1} steps)"
         )

@@ -27,6 +27,13 @@ __all__ = [
 ]
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry is finite, in one reduction: the sum is finite iff every entry is,
+    barring overflow of the sum itself, which the exact check then rules out
+    (``isfinite().all()`` alone costs ~25x more)."""
+    return math.isfinite(float(x.detach().sum())) or bool(torch.isfinite(x).all())
+
+
 @runtime_checkable
 class ScoreFn(Protocol):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
@@ -109,6 +116,8 @@ class CountingScore:
             self._validate(x, t, out)
         if out.dtype != x.dtype:  # a half-precision score: keep the solver state's precision
             out = out.to(x.dtype)
+        elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            out = out.clone()  # samplers may reuse their own input buffers once the call returns
         return out
 
     def _validate(self, x: Tensor, t: Tensor, out: Tensor) -> None:
@@ -123,9 +132,7 @@ class CountingScore:
                 f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; "
                 "it must return a tensor shaped like x"
             )
-        # one reduction: the sum is finite iff every entry is, barring overflow of the sum itself,
-        # which the exact check below rules out (isfinite().all() costs ~25x more per call)
-        if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
+        if not all_finite(out):
             where = "" if self.step is None else f" at step {self.step}"
             bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
             raise NonFiniteScoreError(

@@ -36,10 +36,10 @@ class BasisNoise:
     def __init__(self):
         self.k = 0
 
-    def __call__(self, shape):
+    def __call__(self, shape, std: float = 1.0):
         z = torch.zeros(shape, dtype=torch.float64)
         if self.k + 2 < shape[0]:
-            z[self.k + 2] = 1.0
+            z[self.k + 2] = std
         self.k += 1
         return z
 

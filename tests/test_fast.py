@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import SDES, gaussian_1d, gaussian_flow_map, loglog_slope
+from helpers import SDES, BasisNoise, gaussian_1d, gaussian_flow_map, loglog_slope
 
 import scoresolve as ss
 from scoresolve.fast import (
@@ -116,26 +116,12 @@ def test_adaptive_ode_error_falls_with_nfe_at_its_declared_order(sampler, sde_na
 
 
 # ---------------------------------------------------------------- orders (SDE, weak, exact moments)
-class _Basis:
-    """k-th draw: 1 in row k + 2, 0 elsewhere (so the output's noise coefficients read off)."""
-
-    def __init__(self):
-        self.k = 0
-
-    def __call__(self, shape):
-        z = torch.zeros(shape, dtype=torch.float64)
-        if self.k + 2 < shape[0]:
-            z[self.k + 2] = 1.0
-        self.k += 1
-        return z
-
-
 def _exact_moments(step_fn, gm, sde, n_draws: int) -> tuple[float, float]:
     """Mean and variance of a sampler that is linear in x_T and its draws, from p_T exactly."""
     p_T = gm.diffused(sde.T, sde)
     x = torch.full((n_draws + 2, 1), float(p_T.mean()[0]), dtype=torch.float64)
     x[1] += math.sqrt(float(p_T.cov()[0, 0]))
-    out = step_fn(x, _Basis())[:, 0]
+    out = step_fn(x, BasisNoise())[:, 0]
     return float(out[0]), float((out[1] - out[0]) ** 2 + ((out[2:] - out[0]) ** 2).sum())
 
 

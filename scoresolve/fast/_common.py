@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ..sde import SDE
 
-__all__ = ["Schedule", "schedule", "denoised", "exp_moments", "exp_weights", "exp_weights_t", "lincomb"]
+__all__ = ["Schedule", "schedule", "scaled_denoised", "denoised", "exp_moments", "exp_weights", "exp_weights_t",
+           "lincomb"]
 
 
 class Schedule(NamedTuple):
@@ -34,6 +35,12 @@ def schedule(sde: SDE, ts: list[float]) -> Schedule:
     alpha, sigma = zip(*(sde.marginal(t) for t in ts))
     lam = [0.5 * sde.log_snr(t) for t in ts]
     return Schedule(list(ts), list(alpha), list(sigma), lam)
+
+
+def scaled_denoised(score, x: Tensor, t: float, sigma: float) -> Tensor:
+    """m x̂_0 = x + σ² s(x, t): one evaluation and one pass over x (the fixed-step samplers fold
+    the 1/m into their Python-float weights)."""
+    return torch.add(x, score(x, t), alpha=sigma * sigma)
 
 
 def denoised(score, x: Tensor, t: float | Tensor, alpha, sigma) -> Tensor:
@@ -130,10 +137,14 @@ def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0) -> Tensor:
     return torch.linalg.solve(vt, rhs)
 
 
-def lincomb(terms: list[tuple[float | Tensor, Tensor]]) -> Tensor:
-    """Σ c_i x_i with one allocation (coefficients are floats or broadcastable tensors)."""
-    (c0, x0), rest = terms[0], terms[1:]
-    out = x0 * c0
+def lincomb(terms: list[tuple[float | Tensor, Tensor]], into: Tensor | None = None) -> Tensor:
+    """Σ c_i x_i with one allocation (coefficients are floats or broadcastable tensors); with
+    ``into`` (a buffer the caller owns) ``into + Σ c_i x_i`` in place, with none."""
+    if into is None:
+        (c0, x0), rest = terms[0], terms[1:]
+        out = x0 * c0
+    else:
+        out, rest = into, terms
     for c, x in rest:
         if isinstance(c, Tensor):
             out.addcmul_(c, x)

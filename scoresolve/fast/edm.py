@@ -60,34 +60,30 @@ class EDMHeun:
         n = len(ts) - 1
         sig = [math.exp(-0.5 * sde.log_snr(t)) for t in ts]  # σ̃ = σ/m
         gamma = min(self.s_churn / n, math.sqrt(2.0) - 1.0)
-        m0 = sde.mean_scale(ts[0])
-        xs = x / m0  # x̃
         traj = [x] if keep else None
-
-        def d_of(y: Tensor, t: float, s_tilde: float) -> Tensor:
-            m, s = sde.marginal(t)
-            x0 = denoised(score, y * m, t, m, s)
-            return lincomb([(1.0 / s_tilde, y), (-1.0 / s_tilde, x0)])
-
+        # In x itself: d = (x̃ − x̂_0)/σ̃ = −σ s(x, t) with x̃ = x/m, so with r = m_{i+1}/m_i
+        # x' = r x − m_{i+1} Δσ̃ σ_i s and x_{i+1} = r x − m_{i+1} Δσ̃ (σ_i s + σ_{i+1} s')/2.
         for i, (t, t_next) in enumerate(grid_steps(ts, progress, "edm")):
             score.step = i
             s_cur, s_next = sig[i], sig[i + 1]
+            m_cur = sde.mean_scale(t)
             if gamma > 0 and self.s_tmin <= s_cur <= self.s_tmax:
                 s_hat = min(s_cur * (1.0 + gamma), sig[0])
                 if s_hat > s_cur:  # churn: raise the noise level, then integrate from σ̂
-                    xs = xs + (math.sqrt(s_hat**2 - s_cur**2) * self.s_noise) * noise(xs.shape)
-                    s_cur = s_hat
                     t = float(sde.t_from_log_snr(-2.0 * math.log(s_hat)))
-            dt = s_next - s_cur
-            d = d_of(xs, t, s_cur)
-            x_pred = xs + dt * d
-            d2 = d_of(x_pred, t_next, s_next)
-            xs = lincomb([(1.0, xs), (0.5 * dt, d), (0.5 * dt, d2)])
+                    m_hat = sde.mean_scale(t)
+                    std = m_hat * math.sqrt(s_hat**2 - s_cur**2) * self.s_noise
+                    x = lincomb([(m_hat / m_cur, x)], into=noise(x.shape, std=std))
+                    s_cur, m_cur = s_hat, m_hat
+            m_next = sde.mean_scale(t_next)
+            c = m_next * (s_next - s_cur)
+            s1 = score(x, t)
+            x_pred = lincomb([(m_next / m_cur, x), (-c * s_cur * m_cur, s1)])
+            s2 = score(x_pred, t_next)
+            x = lincomb([(0.5 * c * s_cur * m_cur, s1), (-0.5 * c * s_next * m_next, s2)], into=x_pred)
             if keep:
-                traj.append(xs * sde.mean_scale(t_next))
-        m_end, s_end = sde.marginal(ts[-1])
-        x = xs * m_end
+                traj.append(x)
         if denoise:  # Euler step σ̃_N -> 0: x̃ − σ̃ d = x̂_0
             score.step = n
-            x = denoised(score, x, ts[-1], m_end, s_end)
+            x = denoised(score, x, ts[-1], *sde.marginal(ts[-1]))
         return Run(x, traj, {})

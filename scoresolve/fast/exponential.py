@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import ode
 from ..samplers import Run, grid_steps
 from ..sde import SDE
-from ._common import denoised, exp_weights, lincomb, schedule
+from ._common import exp_weights, lincomb, scaled_denoised, schedule
 
 __all__ = ["DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "step_orders"]
 
@@ -71,8 +71,8 @@ class DDIM:
     def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
             keep: bool, progress: bool) -> Run:
         sc = schedule(sde, ts)
+        n = len(ts) - 1
         traj = [x] if keep else None
-        x_mean = x
         for i, (t, _) in enumerate(grid_steps(ts, progress, "ddim")):
             score.step = i
             h = sc.lam[i + 1] - sc.lam[i]
@@ -80,16 +80,17 @@ class DDIM:
             logq = 0.5 * math.log1p(-(self.eta**2) * -math.expm1(-2 * h))
             a = sc.sigma[i + 1] / sc.sigma[i] * math.exp(logq)
             b = -sc.alpha[i + 1] * math.expm1(logq - h)
-            x0 = denoised(score, x, t, sc.alpha[i], sc.sigma[i])
-            x_mean = lincomb([(a, x), (b, x0)])
-            x = x_mean
-            if self.eta > 0:
+            # a x + b x̂_0 with x̂_0 = (x + σ² s)/m, as one combination of x and s
+            terms = [(a + b / sc.alpha[i], x), (b * sc.sigma[i] ** 2 / sc.alpha[i], score(x, t))]
+            if self.eta > 0 and not (denoise and i == n - 1):
                 c = self.eta * sc.sigma[i + 1] * math.sqrt(-math.expm1(-2 * h))
-                x = x_mean + c * noise(x.shape)
+                x = lincomb(terms, into=noise(x.shape, std=c))
+            else:  # ODE, or a stochastic run's last step returning its noise-free mean
+                x = lincomb(terms)
             if keep:
                 traj.append(x)
         if self.eta > 0:
-            return Run(x_mean if denoise else x, traj, {})
+            return Run(x, traj, {})
         return Run(_finish(sde, score, x, ts, denoise), traj, {})
 
 
@@ -126,12 +127,14 @@ class DPMSolver2S:
             h = sc.lam[i + 1] - sc.lam[i]
             t_s = float(sde.t_from_log_snr(2.0 * (sc.lam[i] + self.r * h)))
             a_s, s_s = sde.marginal(t_s)
-            x0 = denoised(score, x, t, sc.alpha[i], sc.sigma[i])
-            u = lincomb([(s_s / sc.sigma[i], x), (-a_s * math.expm1(-self.r * h), x0)])
-            x0_s = denoised(score, u, t_s, a_s, s_s)
+            d0 = scaled_denoised(score, x, t, sc.sigma[i])  # m_i x̂_0(x_i)
+            u = lincomb([(s_s / sc.sigma[i], x), (-a_s * math.expm1(-self.r * h) / sc.alpha[i], d0)])
+            s_u = score(u, t_s)
             w = -sc.alpha[i + 1] * math.expm1(-h)
             c = 0.5 / self.r
-            x = lincomb([(sc.sigma[i + 1] / sc.sigma[i], x), (w * (1 - c), x0), (w * c, x0_s)])
+            # x_{i+1} = (σ'/σ_i) x + w (1 − c) x̂_0(x_i) + w c (u + σ_s² s_u)/m_s, accumulated into u
+            x = lincomb([(s_s**2, s_u), (sc.sigma[i + 1] / sc.sigma[i] * a_s / (w * c), x),
+                         (a_s * (1 - c) / (c * sc.alpha[i]), d0)], into=u).mul_(w * c / a_s)
             if keep:
                 traj.append(x)
         return Run(_finish(sde, score, x, ts, denoise), traj, {})
@@ -145,6 +148,11 @@ def _multistep_weights(sc, i: int, k: int, rate: float, variant: str) -> list[fl
         half_r = 0.5 * h / (sc.lam[i] - sc.lam[i - 1])
         return [w0 * (1 + half_r), -w0 * half_r]
     return exp_weights(h, [sc.lam[i - j] - sc.lam[i] for j in range(k)], rate)
+
+
+def _history_weights(sc, i: int, w: list[float]) -> list[float]:
+    """Weights of x̂_0(x_{i−j}) in step i (times m_{i+1}) as weights of the stored m_{i−j} x̂_0."""
+    return [sc.alpha[i + 1] * wj / sc.alpha[i - j] for j, wj in enumerate(w)]
 
 
 @dataclass(frozen=True)
@@ -180,13 +188,13 @@ class DPMSolverMultistep:
             keep: bool, progress: bool) -> Run:
         sc = schedule(sde, ts)
         ks = step_orders(len(ts) - 1, self.order, self.lower_order_final)
-        coef = [(sc.sigma[i + 1] / sc.sigma[i], [sc.alpha[i + 1] * w for w in
-                 _multistep_weights(sc, i, k, 1.0, self.variant)]) for i, k in enumerate(ks)]
+        coef = [(sc.sigma[i + 1] / sc.sigma[i],
+                 _history_weights(sc, i, _multistep_weights(sc, i, k, 1.0, self.variant))) for i, k in enumerate(ks)]
         traj = [x] if keep else None
-        hist: list[Tensor] = []  # x̂_0 at the last grid times, newest first
+        hist: list[Tensor] = []  # m x̂_0 at the last grid times, newest first
         for i, (t, _) in enumerate(grid_steps(ts, progress, f"dpmpp_{self.order}m")):
             score.step = i
-            hist = [denoised(score, x, t, sc.alpha[i], sc.sigma[i])] + hist[: self.order - 1]
+            hist = [scaled_denoised(score, x, t, sc.sigma[i])] + hist[: self.order - 1]
             a, w = coef[i]
             x = lincomb([(a, x)] + list(zip(w, hist)))
             if keep:
@@ -236,19 +244,21 @@ class DPMSolverSDE:
         for i, k in enumerate(ks):
             h = sc.lam[i + 1] - sc.lam[i]
             w = _multistep_weights(sc, i, k, rate, "exact")
-            coef.append((sc.sigma[i + 1] / sc.sigma[i] * math.exp(-self.eta * h),
-                         [sc.alpha[i + 1] * wj for wj in w],
+            coef.append((sc.sigma[i + 1] / sc.sigma[i] * math.exp(-self.eta * h), _history_weights(sc, i, w),
                          sc.sigma[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))))
+        n = len(ks)
         traj = [x] if keep else None
         hist: list[Tensor] = []
-        x_mean = x
         for i, (t, _) in enumerate(grid_steps(ts, progress, "dpmpp_2m_sde")):
             score.step = i
-            hist = [denoised(score, x, t, sc.alpha[i], sc.sigma[i])] + hist[: self.solver_order - 1]
+            hist = [scaled_denoised(score, x, t, sc.sigma[i])] + hist[: self.solver_order - 1]
             a, w, c = coef[i]
-            x_mean = lincomb([(a, x)] + list(zip(w, hist)))
-            x = x_mean + c * noise(x.shape)
+            terms = [(a, x)] + list(zip(w, hist))
+            if denoise and i == n - 1:  # the last step's noise-free mean
+                x = lincomb(terms)
+            else:
+                x = lincomb(terms, into=noise(x.shape, std=c))
             if keep:
                 traj.append(x)
-        return Run(x_mean if denoise else x, traj, {})
+        return Run(x, traj, {})
 
