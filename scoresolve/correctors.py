@@ -51,8 +51,8 @@ def langevin(
             gn, zn = gn.mean().expand_as(gn), zn.mean().expand_as(zn)
         step = 2.0 * (snr * zn / gn.clamp_min(torch.finfo(gn.dtype).tiny)) ** 2
         step = append_dims(step, x.ndim)
-        x_mean = x + step * s
-        x = x_mean + (2.0 * step).sqrt() * z
+        x_mean = torch.addcmul(x, step, s)
+        x = z.mul_((2.0 * step).sqrt()).add_(x_mean)
     return Step(x, x_mean)
 
 
@@ -67,8 +67,8 @@ def annealed_langevin(
     x_mean = x
     for _ in range(n_steps):
         s = score(x, t)
-        x_mean = x + step * s
-        x = x_mean + math.sqrt(2.0 * step) * noise(x.shape)
+        x_mean = torch.add(x, s, alpha=step)
+        x = noise(x.shape, std=math.sqrt(2.0 * step)).add_(x_mean)
     return Step(x, x_mean)
 
 

@@ -1,8 +1,8 @@
 """Predictors: one reverse-time step t -> t_next (t_next < t), as pure functions.
 
 Signature: ``predictor(sde, score, x, t, t_next, noise) -> Step(x, x_mean)`` with ``t``,
-``t_next`` floats, ``score(x, t)`` the (counted) score, ``noise(shape)`` a standard-normal
-source.  Coefficients come from the SDE's continuous marginal through
+``t_next`` floats, ``score(x, t)`` the (counted) score, ``noise(shape, std=1.0)`` a fresh
+N(0, std²) draw.  Coefficients come from the SDE's continuous marginal through
 ``sde.transition(t_next, t) = (a, v)``, so every predictor is valid on any grid and step count.
 Reference: Song et al. 2021, §4.1-4.2 and Appendix E-F.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from .sde import SDE
@@ -30,8 +31,8 @@ def euler_maruyama(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -
     dt = t_next - t
     s = score(x, t)
     f, g = sde.drift_coef(t), sde.diffusion(t)
-    x_mean = x + (f * dt) * x - (g * g * dt) * s
-    return Step(x_mean + (g * math.sqrt(-dt)) * noise(x.shape), x_mean)
+    x_mean = torch.mul(x, 1.0 + f * dt).add_(s, alpha=-g * g * dt)
+    return Step(noise(x.shape, std=g * math.sqrt(-dt)).add_(x_mean), x_mean)
 
 
 def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:
@@ -40,8 +41,8 @@ def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise
     Reference: Song et al. 2021, eq. 46 (Appendix E)."""
     a, v = sde.transition(t_next, t)
     s = score(x, t)
-    x_mean = (2.0 - a) * x + v * s
-    return Step(x_mean + math.sqrt(v) * noise(x.shape), x_mean)
+    x_mean = torch.mul(x, 2.0 - a).add_(s, alpha=v)
+    return Step(noise(x.shape, std=math.sqrt(v)).add_(x_mean), x_mean)
 
 
 def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:
@@ -50,9 +51,9 @@ def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Ste
     the posterior variance β̃), for VE the SMLD sampler (Song et al. 2021, eq. 47)."""
     a, v = sde.transition(t_next, t)
     s = score(x, t)
-    x_mean = (x + v * s) / a
+    x_mean = torch.add(x, s, alpha=v).mul_(1.0 / a)
     sd = sde.std(t_next) * math.sqrt(v) / sde.std(t)
-    return Step(x_mean + sd * noise(x.shape), x_mean)
+    return Step(noise(x.shape, std=sd).add_(x_mean), x_mean)
 
 
 def none(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:

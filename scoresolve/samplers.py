@@ -140,10 +140,13 @@ class AnnealedLangevin:
         traj = [x] if keep else None
         for i, (t_prev, t) in enumerate(grid_steps(ts, progress, "ald")):
             score.step = i
-            x = x * (sde.mean_scale(t) / sde.mean_scale(t_prev))  # follow m(t) between levels
+            ratio = sde.mean_scale(t) / sde.mean_scale(t_prev)
+            if ratio != 1.0:
+                x = x * ratio  # follow m(t) between levels
             alpha = eps_lr * (sde.std(t) / sig[-1]) ** 2
             for _ in range(self.n_steps_each):
-                x = x + (0.5 * alpha) * score(x, t) + alpha**0.5 * noise(x.shape)
+                s = score(x, t)
+                x = noise(x.shape, std=alpha**0.5).add_(x).add_(s, alpha=0.5 * alpha)
             if keep:
                 traj.append(x)
         if denoise:
