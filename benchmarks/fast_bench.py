@@ -324,9 +324,10 @@ def report() -> None:
         d = json.loads(oh.read_text())
         lines += ["## Solver overhead at batch 10 000 (wall / time inside the score, same run; median)", "",
                   "Every row at the current defaults, on a quiet machine.  *draws* is the part of the ratio "
-                  "spent in Gaussian draws (torch's CPU Mersenne Twister fills ≈ 3.5 ns per float in this "
-                  "setting: one (10 000, 64) draw ≈ 2.3 ms ≈ 0.085 of a gmm64 score call), which a "
-                  "stochastic method pays once per step whatever its bookkeeping; *solver* is the rest.", "",
+                  "spent in Gaussian draws (torch's CPU Mersenne Twister: one (10 000, 64) draw ≈ 2.5 ms "
+                  "inside the loop, ≈ 3.9 ns per float, 1.8 ms when hot in cache; ≈ 0.08 of a gmm64 score "
+                  "call), which a stochastic method pays once per step whatever its bookkeeping; *solver* "
+                  "is the rest.", "",
                   "| method | ring8 (2-D) | ring8 draws / solver | gmm64 (64-d) | gmm64 draws / solver | NFE |",
                   "|---|---|---|---|---|---|"]
         for m in methods:
