@@ -73,6 +73,13 @@ def test_noise_source_modes():
         n((2, 5))
 
 
+def test_noise_std_scales_the_draw_it_would_have_made():
+    for make in (lambda: ss.Noise(generator=torch.Generator().manual_seed(5), dtype=F64),
+                 lambda: ss.Noise(seeds=[4, 5, 6], dtype=F64)):
+        unit, scaled = make()((3, 7)), make()((3, 7), std=0.37)
+        torch.testing.assert_close(scaled, 0.37 * unit, rtol=1e-15, atol=0)
+
+
 # ---------------------------------------------------------------- adapters
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_adapters_reproduce_the_exact_score(sde_name):
