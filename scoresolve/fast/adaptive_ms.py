@@ -28,6 +28,32 @@ from ._common import exp_weights_t
 __all__ = ["AdaptiveMultistep"]
 
 
+class _Rows:
+    """The rows ``idx`` of a batch of ``n``.  When idx is every row (the usual case: all samples
+    running, at full order, accepted) reads are the tensors themselves and writes rebind, so the
+    per-sample bookkeeping does not gather and scatter the whole state at every step."""
+
+    def __init__(self, idx: Tensor, n: int):
+        self.idx, self.all = idx, idx.numel() == n
+
+    def of(self, v: Tensor, dim: int = 0) -> Tensor:
+        return v if self.all else v.index_select(dim, self.idx)
+
+    def set(self, v: Tensor, value: Tensor) -> Tensor:
+        """v with its rows idx replaced by value: value itself when idx is every row, else v
+        updated in place."""
+        if self.all:
+            return value
+        v[self.idx] = value
+        return v
+
+    def add(self, v: Tensor, value) -> None:
+        if self.all:
+            v += value
+        else:
+            v[self.idx] += value
+
+
 def _rms(v: Tensor) -> Tensor:
     return v.flatten(1).pow(2).mean(1).sqrt()
 
@@ -144,30 +170,36 @@ class AdaptiveMultistep:
                 if it > self.max_iters:
                     raise RuntimeError(f"AdaptiveMultistep: no convergence after {self.max_iters} iterations")
                 score.step = it
-                xa, la, ta = x[idx], lam[idx], t[idx]
-                ha = torch.minimum(h[idx], lam_end - la)
+                run = _Rows(idx, b)
+                xa, la, ta = run.of(x), run.of(lam), run.of(t)
+                ha = torch.minimum(run.of(h), lam_end - la)
                 last = ha >= lam_end - la
                 tn = torch.where(last, torch.full_like(ta, t_end), sde.t_from_log_snr(2 * (la + ha)))
                 m_n, s_n = sde.marginal(tn)
                 ratio = col(s_n / sde.std(ta), xa)
-                k = n_hist[idx].clamp(max=p)
-                past = hlam[:, idx] - la  # (p, b) offsets ≤ 0
-                x_pred = torch.empty_like(xa)
-                x_corr_base = torch.empty_like(xa)
-                wc0 = torch.empty(idx.numel(), **f64)
+                k = run.of(n_hist).clamp(max=p)
+                past = run.of(hlam, 1) - la  # (p, b) offsets ≤ 0
+                parts = []
                 for kk in range(1, p + 1):  # rows grouped by their current order
-                    g = (k == kk).nonzero().squeeze(1)
-                    if g.numel() == 0:
+                    grp = _Rows((k == kk).nonzero().squeeze(1), idx.numel())
+                    if grp.idx.numel() == 0:
                         continue
-                    nodes = past[:kk, g].T  # (g, kk)
-                    wp = exp_weights_t(ha[g], nodes) * m_n[g, None]
-                    wc = exp_weights_t(ha[g], torch.cat([ha[g, None], nodes], 1)) * m_n[g, None]
-                    d = hist[:kk, idx[g]]  # (kk, g, ...)
-                    base = xa[g] * ratio[g]
-                    x_pred[g] = base + (col(wp.T, d) * d).sum(0)
-                    x_corr_base[g] = base + (col(wc[:, 1:].T, d) * d).sum(0)
-                    wc0[g] = wc[:, 0]
-                if not self.correct_last and t_end == ts[-1]:  # the final step: predictor only
+                    hg, mg = grp.of(ha), grp.of(m_n)[:, None]
+                    nodes = grp.of(past[:kk], 1).T  # (g, kk)
+                    wp = exp_weights_t(hg, nodes) * mg
+                    wc = exp_weights_t(hg, torch.cat([hg[:, None], nodes], 1)) * mg
+                    d = _Rows(idx if grp.all else idx[grp.idx], b).of(hist[:kk], 1)  # (kk, g, ...)
+                    base = grp.of(xa) * grp.of(ratio)
+                    parts.append((grp, base + (col(wp.T, d) * d).sum(0), base + (col(wc[:, 1:].T, d) * d).sum(0),
+                                  wc[:, 0]))
+                if parts[0][0].all:
+                    _, x_pred, x_corr_base, wc0 = parts[0]
+                else:
+                    x_pred, x_corr_base = torch.empty_like(xa), torch.empty_like(xa)
+                    wc0 = torch.empty(idx.numel(), **f64)
+                    for grp, xp, xc, w0 in parts:
+                        grp.set(x_pred, xp), grp.set(x_corr_base, xc), grp.set(wc0, w0)
+                if not self.correct_last and t_end == ts[-1] and bool(last.any()):  # final step: predictor only
                     fin = last
                     done = idx[fin]
                     x[done] = x_pred[fin]
@@ -180,26 +212,33 @@ class AdaptiveMultistep:
                     m_n, s_n = m_n[keep_rows], s_n[keep_rows]
                     if idx.numel() == 0:
                         continue
+                    run = _Rows(idx, b)
                 d_new = x0(x_pred, tn)
-                rows[idx] += 1
+                run.add(rows, 1.0)
                 x_corr = x_corr_base + col(wc0, xa) * d_new
                 delta = self._tolerance(xa, x_corr, m_n, s_n)
                 err = _rms((x_corr - x_pred) / delta).double()
                 if not self.per_sample:
                     err = err.max().expand_as(err)
                 ok = err <= 1
-                acc = idx[ok]
-                x[acc] = x_corr[ok]
-                lam[acc] = torch.where(last[ok], torch.full_like(la[ok], lam_end), la[ok] + ha[ok])
-                t[acc] = tn[ok]
-                hist[:, acc] = torch.cat([d_new[ok].unsqueeze(0), hist[:-1, acc]])
-                hlam[:, acc] = torch.cat([lam[acc].unsqueeze(0), hlam[:-1, acc]])
-                n_hist[acc] += 1
-                acc_n[idx] += ok.double()
-                rej_n[idx] += (~ok).double()
-                fac = self._factor(err, eprev[idx], k.double() + 1, ok)
-                eprev[idx] = torch.where(ok, err.clamp_min(1e-4), eprev[idx])
-                h[idx] = ha * fac
+                oks = _Rows(ok.nonzero().squeeze(1), ok.numel())  # accepted among the running rows
+                acc = _Rows(idx[ok], b)  # ... and in the batch
+                x = acc.set(x, oks.of(x_corr))
+                lam = acc.set(lam, oks.of(torch.where(last, torch.full_like(la, lam_end), la + ha)))
+                t = acc.set(t, oks.of(tn))
+                if acc.all:  # shift every row's history by one
+                    hist = torch.cat([d_new.unsqueeze(0), hist[:-1]])
+                    hlam = torch.cat([lam.unsqueeze(0), hlam[:-1]])
+                else:
+                    hist[:, acc.idx] = torch.cat([d_new[ok].unsqueeze(0), hist[:-1, acc.idx]])
+                    hlam[:, acc.idx] = torch.cat([lam[acc.idx].unsqueeze(0), hlam[:-1, acc.idx]])
+                acc.add(n_hist, 1)
+                run.add(acc_n, ok.double())
+                run.add(rej_n, (~ok).double())
+                e_run = run.of(eprev)
+                fac = self._factor(err, e_run, k.double() + 1, ok)
+                eprev = run.set(eprev, torch.where(ok, err.clamp_min(1e-4), e_run))
+                h = run.set(h, ha * fac)
             if keep:
                 traj.append(x.clone())
         if denoise:
