@@ -187,6 +187,18 @@ def test_a_score_returning_its_input_is_not_corrupted_by_buffer_reuse(method):
 
 
 @pytest.mark.parametrize("method", list(ss.SAMPLERS))
+def test_trajectory_starts_at_x_init_and_ends_at_the_samples(method):
+    # no sampler may write into a state it has already handed to the trajectory
+    sde = ss.VPSDE()
+    x_T = torch.randn(16, 2, generator=gen(4))
+    kw = {} if ss.SAMPLERS[method].nfe_per_step is None else {"nfe": 12}
+    res = ss.sample(RING.score_fn(sde), sde, x_T.shape, method, x_init=x_T.clone(), generator=gen(5),
+                    denoise=False, return_trajectory=True, **kw)
+    assert torch.equal(res.trajectory[0], x_T)
+    assert torch.equal(res.trajectory[-1], res.samples)
+
+
+@pytest.mark.parametrize("method", list(ss.SAMPLERS))
 def test_same_generator_same_samples(method):
     sde = ss.VESDE()
     kw = {} if ss.SAMPLERS[method].nfe_per_step is None else {"nfe": 40}

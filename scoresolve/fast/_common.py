@@ -20,7 +20,7 @@ from torch import Tensor
 from ..sde import SDE
 
 __all__ = ["Schedule", "schedule", "scaled_denoised", "denoised", "exp_moments", "exp_weights", "exp_weights_t",
-           "lincomb"]
+           "lincomb", "Rows"]
 
 
 class Schedule(NamedTuple):
@@ -154,6 +154,39 @@ def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0) -> Tensor:
         num.addcmul_(c[n], mom[n])
     den = (v.unsqueeze(1) - others).prod(1)  # Π_{m≠j} (v_j − v_m)
     return (num / den).T
+
+
+class Rows:
+    """The rows ``idx`` of a batch of ``n``.  When idx is every row (the usual case: all samples
+    running, at full order, accepted) reads are the tensors themselves and writes rebind, so the
+    per-sample bookkeeping does not gather and scatter the whole state at every step."""
+
+    def __init__(self, idx: Tensor, n: int):
+        self.idx, self.all = idx, idx.numel() == n
+
+    def of(self, v: Tensor, dim: int = 0) -> Tensor:
+        return v if self.all else v.index_select(dim, self.idx)
+
+    def set(self, v: Tensor, value: Tensor) -> Tensor:
+        """v with its rows idx replaced by value: value itself when idx is every row, else v
+        updated in place."""
+        if self.all:
+            return value
+        v[self.idx] = value
+        return v
+
+    def write(self, v: Tensor, value: Tensor) -> None:
+        """Rows idx of v (a view into a buffer, say) overwritten in place."""
+        if self.all:
+            v.copy_(value)
+        else:
+            v[self.idx] = value
+
+    def add(self, v: Tensor, value) -> None:
+        if self.all:
+            v += value
+        else:
+            v[self.idx] += value
 
 
 def lincomb(terms: list[tuple[float | Tensor, Tensor]], into: Tensor | None = None) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import ode
 from ..samplers import Run
 from ..sde import SDE, append_dims
+from ._common import Rows
 from .brownian import BrownianMemory
 
 __all__ = ["GottaGoFast", "AdaptiveODE", "improved_euler_step"]
@@ -123,7 +124,7 @@ class GottaGoFast(_AdaptiveChecks):
         memory = BrownianMemory(x)
         rows = torch.zeros(b, **f64)
         acc_n, rej_n, it = torch.zeros(b, **f64), torch.zeros(b, **f64), 0
-        traj = [x] if keep else None
+        traj = [x.clone()] if keep else None
 
         for t_end in ts[1:]:
             while True:
@@ -135,24 +136,25 @@ class GottaGoFast(_AdaptiveChecks):
                     raise RuntimeError(f"GottaGoFast: no convergence after {self.max_iters} iterations "
                                        f"({idx.numel()} samples left at t ≈ {float(t[idx].max()):.3g})")
                 score.step = it
-                xa, ta = x[idx], t[idx]
-                ha = torch.minimum(h[idx], ta - t_end)
+                run = Rows(idx, b)
+                xa, ta = run.of(x), run.of(t)
+                ha = torch.minimum(run.of(h), ta - t_end)
                 last = ha >= ta - t_end
                 tn = torch.where(last, torch.full_like(ta, t_end), ta - ha)
-                w_h = memory.propose(idx, ha, noise(x.shape)[idx])  # W(h), unbiased by rejections
+                w_h = memory.propose(idx, ha, run.of(noise(x.shape)))  # W(h), unbiased by rejections
                 x1, x2 = improved_euler_step(sde, score, xa, ta, tn, w_h / _col(ha.sqrt(), xa))
-                rows[idx] += 2
-                delta = torch.maximum(x1.abs(), x_prev[idx]).mul_(self.rtol).clamp_(min=self.atol)
+                run.add(rows, 2.0)
+                delta = torch.maximum(x1.abs(), run.of(x_prev)).mul_(self.rtol).clamp_(min=self.atol)
                 err = _rms((x1 - x2) / delta).double()
                 ok = err <= 1 if self.per_sample else (err.max() <= 1).expand_as(err)
                 memory.resolve(idx, ha, w_h, ok)
-                acc = idx[ok]
-                x[acc] = x2[ok]
-                x_prev[acc] = x1[ok].abs()
-                t[acc] = tn[ok]
-                acc_n[idx] += ok.double()
-                rej_n[idx] += (~ok).double()
-                h[idx] = _new_size(ha, err, self.safety, self.exponent, self.per_sample)
+                oks, acc = Rows(ok.nonzero().squeeze(1), ok.numel()), Rows(idx[ok], b)
+                x = acc.set(x, oks.of(x2))
+                x_prev = acc.set(x_prev, oks.of(x1).abs())
+                t = acc.set(t, oks.of(tn))
+                run.add(acc_n, ok.double())
+                run.add(rej_n, (~ok).double())
+                h = run.set(h, _new_size(ha, err, self.safety, self.exponent, self.per_sample))
             if keep:
                 traj.append(x.clone())
         if denoise:
@@ -203,7 +205,7 @@ class AdaptiveODE(_AdaptiveChecks):
         have_d0 = torch.zeros(b, dtype=torch.bool, device=x.device)
         rows = torch.zeros(b, **f64)
         acc_n, rej_n, it = torch.zeros(b, **f64), torch.zeros(b, **f64), 0
-        traj = [x] if keep else None
+        traj = [x.clone()] if keep else None
 
         def x0(y: Tensor, tt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             m, s = sde.marginal(tt)
@@ -220,13 +222,14 @@ class AdaptiveODE(_AdaptiveChecks):
                 if it > self.max_iters:
                     raise RuntimeError(f"AdaptiveODE: no convergence after {self.max_iters} iterations")
                 score.step = it
-                need = idx[~have_d0[idx]]
-                if need.numel():  # D_0 at the current point (kept across rejections)
-                    d0[need] = x0(x[need], t[need])[0]
-                    rows[need] += 1
-                    have_d0[need] = True
-                xa, la, ta, da = x[idx], lam[idx], t[idx], d0[idx]
-                ha = torch.minimum(h[idx], lam_end - la)
+                run = Rows(idx, b)
+                need = Rows(idx[~run.of(have_d0)], b)
+                if need.idx.numel():  # D_0 at the current point (kept across rejections)
+                    need.write(d0, x0(need.of(x), need.of(t))[0])
+                    need.add(rows, 1.0)
+                    need.write(have_d0, torch.ones_like(need.idx, dtype=torch.bool))
+                xa, la, ta, da = run.of(x), run.of(lam), run.of(t), run.of(d0)
+                ha = torch.minimum(run.of(h), lam_end - la)
                 last = ha >= lam_end - la
                 l1, l2 = la + ha / 3, la + 2 * ha / 3
                 t1, t2 = sde.t_from_log_snr(2 * l1), sde.t_from_log_snr(2 * l2)
@@ -240,7 +243,7 @@ class AdaptiveODE(_AdaptiveChecks):
                 phi2 = _col(1 - i2 / (2 * ha / 3), xa)
                 u2 = xa * (s2 / s) + m2 * _col(i2, xa) * da + 2 * m2 * phi2 * (d1 - da)
                 d2 = x0(u2, t2)[0]
-                rows[idx] += 2
+                run.add(rows, 2.0)
                 mn, sn = (_col(v, xa) for v in sde.marginal(tn))
                 base = xa * (sn / s) + mn * _col(i3, xa) * da
                 x3 = base + 1.5 * mn * _col(1 - i3 / ha, xa) * (d2 - da)
@@ -248,14 +251,14 @@ class AdaptiveODE(_AdaptiveChecks):
                 delta = torch.maximum(x2.abs(), xa.abs()).mul_(self.rtol).clamp_(min=self.atol)
                 err = _rms((x3 - x2) / delta).double()
                 ok = err <= 1 if self.per_sample else (err.max() <= 1).expand_as(err)
-                acc = idx[ok]
-                x[acc] = x3[ok]
-                lam[acc] = torch.where(last[ok], torch.full_like(la[ok], lam_end), la[ok] + ha[ok])
-                t[acc] = tn[ok]
-                have_d0[acc] = False
-                acc_n[idx] += ok.double()
-                rej_n[idx] += (~ok).double()
-                h[idx] = _new_size(ha, err, self.safety, 1.0 / 3.0, self.per_sample)
+                oks, acc = Rows(ok.nonzero().squeeze(1), ok.numel()), Rows(idx[ok], b)
+                x = acc.set(x, oks.of(x3))
+                lam = acc.set(lam, oks.of(torch.where(last, torch.full_like(la, lam_end), la + ha)))
+                t = acc.set(t, oks.of(tn))
+                acc.write(have_d0, torch.zeros_like(acc.idx, dtype=torch.bool))
+                run.add(acc_n, ok.double())
+                run.add(rej_n, (~ok).double())
+                h = run.set(h, _new_size(ha, err, self.safety, 1.0 / 3.0, self.per_sample))
             if keep:
                 traj.append(x.clone())
         if denoise:

@@ -23,35 +23,9 @@ from torch import Tensor
 from .. import ode
 from ..samplers import Run
 from ..sde import SDE, append_dims
-from ._common import exp_weights_t
+from ._common import Rows, exp_weights_t
 
 __all__ = ["AdaptiveMultistep"]
-
-
-class _Rows:
-    """The rows ``idx`` of a batch of ``n``.  When idx is every row (the usual case: all samples
-    running, at full order, accepted) reads are the tensors themselves and writes rebind, so the
-    per-sample bookkeeping does not gather and scatter the whole state at every step."""
-
-    def __init__(self, idx: Tensor, n: int):
-        self.idx, self.all = idx, idx.numel() == n
-
-    def of(self, v: Tensor, dim: int = 0) -> Tensor:
-        return v if self.all else v.index_select(dim, self.idx)
-
-    def set(self, v: Tensor, value: Tensor) -> Tensor:
-        """v with its rows idx replaced by value: value itself when idx is every row, else v
-        updated in place."""
-        if self.all:
-            return value
-        v[self.idx] = value
-        return v
-
-    def add(self, v: Tensor, value) -> None:
-        if self.all:
-            v += value
-        else:
-            v[self.idx] += value
 
 
 def _rms(v: Tensor) -> Tensor:
@@ -170,7 +144,7 @@ class AdaptiveMultistep:
                 if it > self.max_iters:
                     raise RuntimeError(f"AdaptiveMultistep: no convergence after {self.max_iters} iterations")
                 score.step = it
-                run = _Rows(idx, b)
+                run = Rows(idx, b)
                 xa, la, ta = run.of(x), run.of(lam), run.of(t)
                 ha = torch.minimum(run.of(h), lam_end - la)
                 last = ha >= lam_end - la
@@ -181,14 +155,14 @@ class AdaptiveMultistep:
                 past = run.of(hlam, 1) - la  # (p, b) offsets ≤ 0
                 parts = []
                 for kk in range(1, p + 1):  # rows grouped by their current order
-                    grp = _Rows((k == kk).nonzero().squeeze(1), idx.numel())
+                    grp = Rows((k == kk).nonzero().squeeze(1), idx.numel())
                     if grp.idx.numel() == 0:
                         continue
                     hg, mg = grp.of(ha), grp.of(m_n)[:, None]
                     nodes = grp.of(past[:kk], 1).T  # (g, kk)
                     wp = exp_weights_t(hg, nodes) * mg
                     wc = exp_weights_t(hg, torch.cat([hg[:, None], nodes], 1)) * mg
-                    d = _Rows(idx if grp.all else idx[grp.idx], b).of(hist[:kk], 1)  # (kk, g, ...)
+                    d = Rows(idx if grp.all else idx[grp.idx], b).of(hist[:kk], 1)  # (kk, g, ...)
                     base = grp.of(xa) * grp.of(ratio)
                     parts.append((grp, base + (col(wp.T, d) * d).sum(0), base + (col(wc[:, 1:].T, d) * d).sum(0),
                                   wc[:, 0]))
@@ -212,7 +186,7 @@ class AdaptiveMultistep:
                     m_n, s_n = m_n[keep_rows], s_n[keep_rows]
                     if idx.numel() == 0:
                         continue
-                    run = _Rows(idx, b)
+                    run = Rows(idx, b)
                 d_new = x0(x_pred, tn)
                 run.add(rows, 1.0)
                 x_corr = x_corr_base + col(wc0, xa) * d_new
@@ -221,8 +195,8 @@ class AdaptiveMultistep:
                 if not self.per_sample:
                     err = err.max().expand_as(err)
                 ok = err <= 1
-                oks = _Rows(ok.nonzero().squeeze(1), ok.numel())  # accepted among the running rows
-                acc = _Rows(idx[ok], b)  # ... and in the batch
+                oks = Rows(ok.nonzero().squeeze(1), ok.numel())  # accepted among the running rows
+                acc = Rows(idx[ok], b)  # ... and in the batch
                 x = acc.set(x, oks.of(x_corr))
                 lam = acc.set(lam, oks.of(torch.where(last, torch.full_like(la, lam_end), la + ha)))
                 t = acc.set(t, oks.of(tn))

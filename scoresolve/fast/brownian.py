@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..sde import append_dims
+from ._common import Rows
 
 __all__ = ["BrownianMemory"]
 
@@ -33,15 +34,24 @@ class BrownianMemory:
         self.tau = torch.full((b, depth), torch.inf, dtype=torch.float64, device=x.device)
         self.w = torch.zeros((b, depth) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
 
+    def _used(self, idx: Tensor) -> int:
+        """Revealed points held by the fullest of the rows idx (one host sync); the methods
+        below only touch that many slots (usually 0-2 of ``depth``)."""
+        return int(torch.isfinite(Rows(idx, self.tau.shape[0]).of(self.tau)).sum(1).max()) if idx.numel() else 0
+
     def propose(self, idx: Tensor, h: Tensor, xi: Tensor) -> Tensor:
-        tau, w = self.tau[idx], self.w[idx]  # sorted ascending, inf = empty
+        u = self._used(idx)
+        if u == 0:  # nothing revealed: a fresh increment
+            return append_dims(h.sqrt(), xi.ndim).to(xi.dtype) * xi
+        sel = Rows(idx, self.tau.shape[0])
+        tau, w = sel.of(self.tau[:, :u]), sel.of(self.w[:, :u])  # sorted ascending, inf = empty
         i = (tau < h.unsqueeze(1)).sum(1)  # revealed points strictly before h
         rows = torch.arange(idx.numel(), device=idx.device)
         tau0 = torch.cat([torch.zeros_like(tau[:, :1]), tau], 1)
         w0 = torch.cat([torch.zeros_like(w[:, :1]), w], 1)
         t_l, w_l = tau0[rows, i], w0[rows, i]
-        t_r, w_r = tau0[rows, (i + 1).clamp(max=tau.shape[1])], w0[rows, (i + 1).clamp(max=tau.shape[1])]
-        has_r = (i < tau.shape[1]) & torch.isfinite(t_r)
+        t_r, w_r = tau0[rows, (i + 1).clamp(max=u)], w0[rows, (i + 1).clamp(max=u)]
+        has_r = (i < u) & torch.isfinite(t_r)
         span = torch.where(has_r, t_r - t_l, torch.ones_like(t_l))
         frac = torch.where(has_r, (h - t_l) / span, torch.zeros_like(h))
         var = torch.where(has_r, (h - t_l) * (t_r - h) / span, h - t_l).clamp_min(0)
@@ -49,7 +59,10 @@ class BrownianMemory:
         return mean + append_dims(var.sqrt(), xi.ndim).to(xi.dtype) * xi
 
     def resolve(self, idx: Tensor, h: Tensor, w_h: Tensor, ok: Tensor) -> None:
-        tau, w = self.tau[idx], self.w[idx]
+        # every row of idx has at most u points, so the first u + 1 slots hold all there will be
+        n = min(self._used(idx) + 1, self.tau.shape[1])
+        sel = Rows(idx, self.tau.shape[0])
+        tau, w = sel.of(self.tau[:, :n]), sel.of(self.w[:, :n])
         dims = (1,) * (w.ndim - 2)
         # accepted rows: shift the origin to h, forget what lies before it
         shifted = tau - h.unsqueeze(1)
@@ -62,5 +75,5 @@ class BrownianMemory:
         tau_new = torch.where(okc, tau_acc, tau_rej)
         w_new = torch.where(okc.reshape(okc.shape + dims), w_acc, w_rej)
         order = tau_new.argsort(1)
-        self.tau[idx] = tau_new.gather(1, order)
-        self.w[idx] = w_new.gather(1, order.reshape(order.shape + dims).expand_as(w_new))
+        sel.write(self.tau[:, :n], tau_new.gather(1, order))
+        sel.write(self.w[:, :n], w_new.gather(1, order.reshape(order.shape + dims).expand_as(w_new)))
