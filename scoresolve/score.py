@@ -34,6 +34,13 @@ def all_finite(x: Tensor) -> bool:
     return math.isfinite(float(x.detach().sum())) or bool(torch.isfinite(x).all())
 
 
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (functorch wrappers, ...)
+        return a is b
+
+
 @runtime_checkable
 class ScoreFn(Protocol):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
@@ -83,6 +90,8 @@ class CountingScore:
     ``nfe`` = rows evaluated / batch size, so a call on half the batch counts ½; ``calls`` is
     the number of invocations.  With ``check=True`` every output is checked for shape and
     finiteness, and a failure names the sampler step and the time (one host sync per call).
+    An output that shares memory with its input is copied, so samplers may reuse their own
+    buffers once a call has returned.
     """
 
     def __init__(self, fn: ScoreFn, batch_size: int, check: bool = True):
@@ -116,7 +125,7 @@ class CountingScore:
             self._validate(x, t, out)
         if out.dtype != x.dtype:  # a half-precision score: keep the solver state's precision
             out = out.to(x.dtype)
-        elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        elif _shares_memory(out, x):
             out = out.clone()  # samplers may reuse their own input buffers once the call returns
         return out
 
