@@ -59,10 +59,10 @@ _SERIES_TERMS = 12
 
 
 @functools.cache
-def _series_coefficients(n: int) -> Tensor:
-    """C_jk = k!/(j+k+1)!, j < 12, k ≤ n (float64, CPU; cached)."""
+def _series_coefficients(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """C_jk = k!/(j+k+1)!, j < 12, k ≤ n (cached per device and dtype: no copy per call)."""
     return torch.tensor([[math.factorial(k) / math.factorial(j + k + 1) for k in range(n + 1)]
-                         for j in range(_SERIES_TERMS)], dtype=torch.float64)
+                         for j in range(_SERIES_TERMS)], dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def exp_moments(h: Tensor, n: int) -> Tensor:
@@ -75,7 +75,7 @@ def exp_moments(h: Tensor, n: int) -> Tensor:
     h = h.unsqueeze(-1)
     neg = (-h.clamp(max=_SERIES_H)).expand(h.shape[:-1] + (_SERIES_TERMS - 1,))
     powers = torch.cat([torch.ones_like(h), neg.cumprod(-1)], -1)  # (−h)^j, j < 12
-    series = powers @ _series_coefficients(n).to(h)  # Σ_j (−h)^j C_jk
+    series = powers @ _series_coefficients(n, h.device, h.dtype)  # Σ_j (−h)^j C_jk
     hr = h[..., 0].clamp(min=_SERIES_H)
     rec = [-torch.expm1(-hr) / hr]
     for kk in range(1, n + 1):
