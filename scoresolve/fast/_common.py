@@ -19,8 +19,8 @@ from torch import Tensor
 
 from ..sde import SDE
 
-__all__ = ["Schedule", "schedule", "scaled_denoised", "denoised", "exp_moments", "exp_weights", "exp_weights_t",
-           "lincomb", "Rows"]
+__all__ = ["Schedule", "schedule", "scaled_denoised", "denoised", "exp_moments", "exp_moments_t", "exp_weights",
+           "exp_weights_t", "lincomb", "Rows"]
 
 
 class Schedule(NamedTuple):
@@ -133,8 +133,14 @@ def exp_weights(h: float, nodes: list[float], rate: float = 1.0) -> list[float]:
     return _solve([[(u / h) ** n for u in nodes] for n in range(k)], rhs)
 
 
-def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0) -> Tensor:
-    """Batched ``exp_weights``: h (b,), nodes (b, k) float64 -> weights (b, k).
+def exp_moments_t(h: Tensor, k: int, rate: float = 1.0) -> Tensor:
+    """M_n = ρh Ĵ_n(ρh), n < k, shape (b, k): the right-hand sides of ``exp_weights_t``."""
+    return (rate * h).unsqueeze(-1) * exp_moments(rate * h, k - 1)
+
+
+def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0, moments: Tensor | None = None) -> Tensor:
+    """Batched ``exp_weights``: h (b,), nodes (b, k) float64 -> weights (b, k); ``moments`` =
+    ``exp_moments_t(h, k, rate)`` if already computed (the same h serves several node sets).
 
     In Lagrange form, w_j = Σ_n c_jn M_n / Π_{m≠j}(v_j − v_m) with v = u/h, c_jn the monomial
     coefficients of Π_{m≠j}(v − v_m) and M_n = ρ h Ĵ_n(ρh): about k² small elementwise
@@ -143,7 +149,7 @@ def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0) -> Tensor:
     """
     k = nodes.shape[-1]
     v = (nodes / h.unsqueeze(-1)).T.contiguous()  # (k, b): rows are contiguous
-    mom = ((rate * h).unsqueeze(-1) * exp_moments(rate * h, k - 1)).T  # (k, b)
+    mom = (exp_moments_t(h, k, rate) if moments is None else moments).T  # (k, b)
     others = torch.stack([torch.cat([v[:j], v[j + 1:]]) for j in range(k)])  # (k, k−1, b)
     c = [torch.ones_like(v)]  # c[n]: coefficient of v^n in Π_{m≠j} (v − v_m), row j
     for r in range(k - 1):  # multiply in one root at a time (no division, so no cancellation)

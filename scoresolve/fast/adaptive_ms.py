@@ -1,7 +1,7 @@
 """Per-sample adaptive exponential multistep predictor-corrector for the probability-flow ODE.
 
 Every sample keeps its own log-SNR λ, step h and history of data predictions, so the Lagrange
-weights differ per sample and are computed batched (a k×k solve per row, k ≤ 4).  A step costs
+weights differ per sample and are computed batched (``exp_weights_t``, k ≤ 4 nodes per row).  A step costs
 one evaluation (at the predicted point); the corrector (one order higher, UniC-style) both
 improves the state and, through its difference to the predictor, estimates the local error.
 
@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import ode
 from ..samplers import Run
 from ..sde import SDE, append_dims
-from ._common import Rows, exp_weights_t
+from ._common import Rows, exp_moments_t, exp_weights_t
 
 __all__ = ["AdaptiveMultistep"]
 
@@ -56,7 +56,7 @@ class AdaptiveMultistep:
     Wanner, "Solving ODEs I", §III.5 (variable-step Adams methods, step-size control);
     Gustafsson 1994 (ACM TOMS 20), Hairer & Wanner, "Solving ODEs II", §IV.8 (predictive control).
     Defaults (rtol = atol = 0.01, s_d = 0.2, θ = 0.75, max_factor 2, β = 1) were chosen on the
-    8-ring and a 64-d mixture and checked on 16-d and 32-d ones (benchmarks/fast_results.md).
+    8-ring and a 64-d mixture and checked on held-out ones (benchmarks/fast_results.md).
     """
 
     rtol: float = 1e-2
@@ -160,8 +160,9 @@ class AdaptiveMultistep:
                         continue
                     hg, mg = grp.of(ha), grp.of(m_n)[:, None]
                     nodes = grp.of(past[:kk], 1).T  # (g, kk)
-                    wp = exp_weights_t(hg, nodes) * mg
-                    wc = exp_weights_t(hg, torch.cat([hg[:, None], nodes], 1)) * mg
+                    mom = exp_moments_t(hg, kk + 1)  # shared by the predictor (first kk) and corrector
+                    wp = exp_weights_t(hg, nodes, moments=mom[:, :kk]) * mg
+                    wc = exp_weights_t(hg, torch.cat([hg[:, None], nodes], 1), moments=mom) * mg
                     d = Rows(idx if grp.all else idx[grp.idx], b).of(hist[:kk], 1)  # (kk, g, ...)
                     base = grp.of(xa) * grp.of(ratio)
                     parts.append((grp, base + (col(wp.T, d) * d).sum(0), base + (col(wc[:, 1:].T, d) * d).sum(0),
@@ -172,7 +173,9 @@ class AdaptiveMultistep:
                     x_pred, x_corr_base = torch.empty_like(xa), torch.empty_like(xa)
                     wc0 = torch.empty(idx.numel(), **f64)
                     for grp, xp, xc, w0 in parts:
-                        grp.set(x_pred, xp), grp.set(x_corr_base, xc), grp.set(wc0, w0)
+                        grp.write(x_pred, xp)
+                        grp.write(x_corr_base, xc)
+                        grp.write(wc0, w0)
                 if not self.correct_last and t_end == ts[-1] and bool(last.any()):  # final step: predictor only
                     fin = last
                     done = idx[fin]
