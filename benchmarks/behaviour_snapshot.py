@@ -1,0 +1,91 @@
+"""Samples of every registered method on fixed seeds, to check that a refactor keeps behaviour.
+
+    python benchmarks/behaviour_snapshot.py write tests/data/behaviour_0.1.0.pt   # the release's set
+    python benchmarks/behaviour_snapshot.py check tests/data/behaviour_0.1.0.pt   # compare this tree
+
+Each case is (method, SDE, dtype, options): samples from a fixed generator and from per-sample
+seeds on an 8-mode ring (float64 and float32), plus inpainting with the classical samplers.
+``check`` prints, per case, whether the samples are bit-identical, else their max relative
+difference (max |a − b| / max |b|), and exits 1 if any case exceeds 1e-6.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import scoresolve as ss
+from scoresolve.targets import GaussianMixture
+
+RING = GaussianMixture.ring(8, 2.0, 0.2)
+SDES = {"vp": ss.VPSDE(), "ve": ss.VESDE(sigma_max=20.0), "subvp": ss.SubVPSDE()}
+TOL = 1e-6
+
+
+def _budget(method: str) -> dict:
+    s = ss.SAMPLERS[method]
+    if s.nfe_per_step is None:
+        return {}
+    return {"nfe": 24} if method != "ald" else {"steps": 6}
+
+
+def cases():
+    """name -> a function drawing the samples of that case."""
+    out = {}
+    for sde_name in ("vp", "ve", "subvp"):
+        sde = SDES[sde_name]
+        for method in ss.SAMPLERS:
+            for dtype in (torch.float64, torch.float32):
+                def run(method=method, sde=sde, dtype=dtype):
+                    g = torch.Generator().manual_seed(1234)
+                    return ss.sample(RING.score_fn(sde), sde, (64, 2), method, generator=g, dtype=dtype,
+                                     **_budget(method)).samples
+                out[f"{method}/{sde_name}/{str(dtype)[6:]}/generator"] = run
+            def run_seeds(method=method, sde=sde):
+                return ss.sample(RING.score_fn(sde), sde, (16, 2), method, seeds=list(range(100, 116)),
+                                 dtype=torch.float64, denoise=False, **_budget(method)).samples
+            out[f"{method}/{sde_name}/float64/seeds/no-denoise"] = run_seeds
+        for method in ("pc", "em", "ancestral", "ald", "ode", "ode_euler", "ode_heun"):
+            def run_inpaint(method=method, sde=sde):
+                g = torch.Generator().manual_seed(99)
+                known = torch.tensor([[2.0, 0.0]], dtype=torch.float64).expand(32, 2).clone()
+                mask = torch.tensor([1.0, 0.0], dtype=torch.float64)
+                return ss.inpaint(RING.score_fn(sde), sde, known, mask, method=method, generator=g,
+                                  **_budget(method)).samples
+            out[f"inpaint/{method}/{sde_name}"] = run_inpaint
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("write", "check"):
+        print(__doc__)
+        return 2
+    mode, path = argv
+    todo = cases()
+    if mode == "write":
+        torch.save({k: f() for k, f in todo.items()}, path)
+        print(f"wrote {len(todo)} cases to {path}")
+        return 0
+    ref = torch.load(path, weights_only=True)
+    worst, bad, same = 0.0, [], 0
+    for name, f in todo.items():
+        if name not in ref:
+            print(f"{name}: new case (no reference)")
+            continue
+        a, b = f(), ref[name]
+        if a.shape == b.shape and torch.equal(a, b):
+            same += 1
+            continue
+        rel = float((a - b).abs().max() / b.abs().max()) if a.shape == b.shape else float("inf")
+        worst = max(worst, rel)
+        print(f"{name}: max rel diff {rel:.3g}")
+        if not rel <= TOL:
+            bad.append(name)
+    print(f"{same} of {len(todo)} cases bit-identical; worst relative difference {worst:.3g}; "
+          f"{len(bad)} above {TOL:g}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
