@@ -6,6 +6,7 @@ score evaluations it actually made.
 """
 
 from . import control, distributed, fast, metrics, ncsn, targets, train
+from .adapters import edm_precond, from_diffusers, from_karras, from_v_prediction
 from .control import (
     classifier_free,
     colorize,
@@ -34,6 +35,7 @@ from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
 from .results import SampleResult
 from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE, grid_steps
 from .sampling import sample, steps_for_nfe
+from .schedules import DiscreteVPSDE, KarrasSDE, grid_from_sigmas, spaced_timesteps, timestep_grid
 from .score import (
     CountingScore,
     NonFiniteScoreError,
@@ -58,4 +60,6 @@ __all__ = [
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
+    "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "grid_from_sigmas",
+    "from_diffusers", "from_karras", "from_v_prediction", "edm_precond",
 ]
