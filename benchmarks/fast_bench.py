@@ -28,8 +28,8 @@ import torch
 import scoresolve as ss
 from scoresolve.bench.cli import main as bench_main
 from scoresolve.bench.problems import analytic_problem
-from scoresolve.fast import AdaptiveMultistep, GottaGoFast
 from scoresolve.noise import Noise
+from scoresolve.samplers import AdaptiveMultistep, GottaGoFast
 from scoresolve.targets import GaussianMixture
 
 HERE = Path(__file__).resolve().parent

@@ -5,7 +5,7 @@ probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, a
 score evaluations it actually made.
 """
 
-from . import control, distributed, fast, metrics, ncsn, targets, train
+from . import control, distributed, metrics, ncsn, protocol, samplers, targets, train
 from .adapters import edm_precond, from_diffusers, from_karras, from_v_prediction
 from .control import (
     classifier_free,
@@ -17,24 +17,30 @@ from .control import (
     interpolate,
     linear_inverse,
 )
-from .fast import (
+from .likelihood import LikelihoodResult, bits_per_dim, likelihood
+from .loop import StepBudgetExceeded
+from .noise import Noise
+from .protocol import AdaptiveSampler, Context, Sampler, State
+from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
+from .results import SampleResult
+from .samplers import (
     DDIM,
+    PC,
     AdaptiveMultistep,
     AdaptiveODE,
+    AnnealedLangevin,
     DPMSolver2S,
     DPMSolverMultistep,
     DPMSolverSDE,
     EDMHeun,
+    FixedStepODE,
     GottaGoFast,
+    ProbabilityFlowODE,
     TorchSDE,
     UniPC,
+    grid_steps,
 )
-from .likelihood import LikelihoodResult, bits_per_dim, likelihood
-from .noise import Noise
-from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
-from .results import SampleResult
-from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE, grid_steps
-from .sampling import sample, steps_for_nfe
+from .sampling import Start, sample, start, steps_for_nfe
 from .schedules import DiscreteVPSDE, KarrasSDE, grid_from_sigmas, spaced_timesteps, timestep_grid
 from .score import (
     CountingScore,
@@ -49,10 +55,19 @@ from .timegrid import GRIDS, make_grid
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    if name == "fast":  # renamed to scoresolve.samplers; the alias goes away in the next release
+        import importlib
+
+        return importlib.import_module(".fast", __name__)
+    raise AttributeError(f"module 'scoresolve' has no attribute {name!r}")
+
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "reverse_drift", "append_dims",
-    "sample", "steps_for_nfe", "SampleResult",
-    "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps", "fast",
+    "sample", "start", "Start", "steps_for_nfe", "SampleResult",
+    "Sampler", "AdaptiveSampler", "State", "Context", "StepBudgetExceeded", "protocol", "samplers",
+    "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps",
     "DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "UniPC", "EDMHeun",
     "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",

@@ -14,7 +14,7 @@ from torch import Tensor
 from .predictors import Step
 from .sde import SDE, append_dims
 
-__all__ = ["langevin", "annealed_langevin", "none"]
+__all__ = ["langevin", "annealed_langevin", "none", "CORRECTORS"]
 
 
 def _per_sample_norm(v: Tensor) -> Tensor:
@@ -76,3 +76,6 @@ def none(sde: SDE, score, x: Tensor, t: float, noise, *, snr: float = 0.0, n_ste
          norm: str = "batch") -> Step:
     """No corrector."""
     return Step(x, x)
+
+
+CORRECTORS = {"langevin": langevin, "annealed_langevin": annealed_langevin, "none": none}

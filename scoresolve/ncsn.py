@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.optimize import brentq, minimize_scalar
-from scipy.stats import norm
 from torch import Tensor
 
 __all__ = [
@@ -45,6 +43,9 @@ def sigma_max_from_data(x: Tensor, chunk: int = 2048) -> float:
 def gamma_from_dim(dim: int, target: float = 0.5) -> float:
     """NCSNv2 Technique 2: the common ratio γ = σ_{i-1}/σ_i solving
     Φ(√(2D)(γ−1) + 3γ) − Φ(√(2D)(γ−1) − 3γ) = target (≈ 0.5)."""
+    from scipy.optimize import brentq  # scipy only when needed: `import scoresolve` stays light
+    from scipy.stats import norm
+
     r = math.sqrt(2 * dim)
     if r <= 3:  # then Φ(r(γ−1) − 3γ) → 0 as γ grows and the left side never falls to 0.5
         raise ValueError(f"the γ rule needs dim >= 5 (it is meant for high-dimensional data), got {dim}")
@@ -73,6 +74,8 @@ def ald_variance_ratio(u: float, gamma: float, n_steps_each: int) -> float:
 def ald_step_size(gamma: float, n_steps_each: int, sigma_last: float) -> float:
     """NCSNv2 Technique 4: the step ε (α_i = ε σ_i²/σ_L²) making the variance ratio of
     ``ald_variance_ratio`` as close to 1 as possible."""
+    from scipy.optimize import minimize_scalar  # scipy only when needed
+
     if gamma <= 1.0:
         gamma = 1.0 + 1e-9
     res = minimize_scalar(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .sde import SDE
 
-__all__ = ["Step", "euler_maruyama", "reverse_diffusion", "ancestral", "none"]
+__all__ = ["Step", "euler_maruyama", "reverse_diffusion", "ancestral", "none", "PREDICTORS"]
 
 
 class Step(NamedTuple):
@@ -59,3 +59,7 @@ def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Ste
 def none(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:
     """No predictor: the state is left as it is (corrector-only sampling)."""
     return Step(x, x)
+
+
+PREDICTORS = {"euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_diffusion, "ancestral": ancestral,
+              "none": none}

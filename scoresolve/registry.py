@@ -1,67 +1,36 @@
 """Every method by name, in one place.  ``method=`` anywhere accepts a name from these dicts
-or an object of the same kind; ``resolve`` gives an error listing the valid choices."""
+or an object of the same kind; ``resolve`` gives an error listing the valid choices.
+
+``PREDICTORS`` and ``CORRECTORS`` (pure step functions) are defined beside their functions in
+``predictors.py`` / ``correctors.py`` and collected here; ``SAMPLERS`` maps names to sampler
+objects (frozen dataclasses implementing ``protocol.Sampler``)."""
 
 from __future__ import annotations
 
-from . import correctors, predictors
-from .fast import (
+from .correctors import CORRECTORS
+from .predictors import PREDICTORS
+from .protocol import Sampler
+from .samplers import (
     DDIM,
+    PC,
     AdaptiveMultistep,
     AdaptiveODE,
+    AnnealedLangevin,
     DPMSolver2S,
     DPMSolverMultistep,
     DPMSolverSDE,
     EDMHeun,
+    FixedStepODE,
     GottaGoFast,
+    ProbabilityFlowODE,
     TorchSDE,
     UniPC,
 )
-from .samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE
 
 __all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
 
-PREDICTORS = {
-    "euler_maruyama": predictors.euler_maruyama,
-    "reverse_diffusion": predictors.reverse_diffusion,
-    "ancestral": predictors.ancestral,
-    "none": predictors.none,
-}
-
-CORRECTORS = {
-    "langevin": correctors.langevin,
-    "annealed_langevin": correctors.annealed_langevin,
-    "none": correctors.none,
-}
-
-
-
-def resolve(kind: str, name_or_obj):
-    """Look up ``name_or_obj`` in the registry of ``kind`` ("predictor", "corrector" or
-    "method"); objects (callables, sampler instances) are returned as they are."""
-    tables = {"predictor": PREDICTORS, "corrector": CORRECTORS}
-    table = tables[kind] if kind in tables else SAMPLERS
-    if isinstance(name_or_obj, str):
-        try:
-            return table[name_or_obj]
-        except KeyError:
-            raise ValueError(
-                f"unknown {kind} {name_or_obj!r}; valid choices: {', '.join(table)}"
-            ) from None
-    if kind == "method":
-        if hasattr(name_or_obj, "run") and hasattr(name_or_obj, "nfe_per_step"):
-            return name_or_obj
-        raise TypeError(
-            f"method must be a name ({', '.join(table)}) or a sampler object with run() "
-            f"and nfe_per_step, e.g. scoresolve.PC(...); got {type(name_or_obj).__name__}"
-        )
-    if callable(name_or_obj):
-        return name_or_obj
-    raise TypeError(f"{kind} must be a name ({', '.join(table)}) or a callable, "
-                    f"got {type(name_or_obj).__name__}")
-
-
-# Built after resolve() exists: sampler objects validate their predictor/corrector names.
-SAMPLERS = {
+SAMPLERS: dict[str, Sampler] = {
+    # classical (Song et al. 2021)
     "pc": PC(),
     "em": PC(predictor="euler_maruyama", corrector="none"),
     "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none"),
@@ -70,14 +39,14 @@ SAMPLERS = {
     "ode": ProbabilityFlowODE(),
     "ode_euler": FixedStepODE("euler"),
     "ode_heun": FixedStepODE("heun"),
-    # fast samplers (scoresolve.fast)
+    # exponential integrators, EDM, adaptive and torchsde samplers
     "ddim": DDIM(),
     "ddim_eta": DDIM(eta=1.0),
     "heun_edm": EDMHeun(),
     "edm_churn": EDMHeun(s_churn=2.0, s_tmin=0.05, s_tmax=50.0),
     "dpmpp_2s": DPMSolver2S(),
-    "dpmpp_2m": DPMSolverMultistep(order=2),
-    "dpmpp_3m": DPMSolverMultistep(order=3, variant="exact"),
+    "dpmpp_2m": DPMSolverMultistep(solver_order=2),
+    "dpmpp_3m": DPMSolverMultistep(solver_order=3, variant="exact"),
     "dpmpp_2m_sde": DPMSolverSDE(),
     "unipc": UniPC(),
     "gotta_go_fast": GottaGoFast(),
@@ -87,3 +56,24 @@ SAMPLERS = {
     # TorchSDE("reversible_heun") is not registered: on the 8-ring its per-component W2 grows
     # with NFE (2951x the floor at 20 NFE, 13118x at 50); usable as an object, not yet trusted.
 }
+
+
+def resolve(kind: str, name_or_obj):
+    """Look up ``name_or_obj`` in the registry of ``kind`` ("predictor", "corrector" or
+    "method"); objects (callables, sampler instances) are returned as they are."""
+    table = {"predictor": PREDICTORS, "corrector": CORRECTORS}.get(kind, SAMPLERS)
+    if isinstance(name_or_obj, str):
+        try:
+            return table[name_or_obj]
+        except KeyError:
+            raise ValueError(f"unknown {kind} {name_or_obj!r}; valid choices: {', '.join(table)}") from None
+    if kind == "method":
+        if isinstance(name_or_obj, Sampler):
+            return name_or_obj
+        raise TypeError(
+            f"method must be a name ({', '.join(table)}) or an object implementing "
+            f"scoresolve.protocol.Sampler (e.g. scoresolve.PC(...)); got {type(name_or_obj).__name__}"
+        )
+    if callable(name_or_obj):
+        return name_or_obj
+    raise TypeError(f"{kind} must be a name ({', '.join(table)}) or a callable, got {type(name_or_obj).__name__}")

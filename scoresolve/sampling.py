@@ -1,22 +1,27 @@
-"""``sample``: the one entry point that draws samples with any registered sampler."""
+"""``sample``: the one entry point that draws samples with any registered sampler, and
+``start``: the same set-up for driving a sampler step by step by hand."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from . import loop
+from ._compat import translate
 from .noise import Noise
+from .protocol import Context, Sampler
 from .registry import resolve
 from .results import SampleResult
 from .score import CountingScore, ScoreFn, all_finite
-from .sde import SDE
+from .sde import SDE, append_dims
 from .timegrid import GRIDS, check_grid, make_grid
 
-__all__ = ["sample", "steps_for_nfe"]
+__all__ = ["sample", "start", "Start", "steps_for_nfe"]
 
 
 def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
@@ -37,6 +42,7 @@ def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
 def _with_options(sampler, options: dict):
     if not options:
         return sampler
+    options = translate(type(sampler), options, stacklevel=4)
     valid = [f.name for f in dataclasses.fields(sampler)]
     bad = [k for k in options if k not in valid]
     if bad:
@@ -59,6 +65,47 @@ def _check_shape(shape) -> tuple[int, ...]:
     return shape
 
 
+class Start(NamedTuple):
+    """What ``start`` returns: the sampler, its context (SDE, counted score, noise, hooks), the
+    initial state x at ts[0] and the grid ts (Python floats, T → eps)."""
+
+    sampler: Sampler
+    ctx: Context
+    x: Tensor
+    ts: list[float]
+
+
+class _X0View:
+    """The score seen through x̂_0 = (x + σ² s)/m: with ``hook``, s is replaced by the score of
+    the hooked prediction, (m·hook(x̂_0, t) − x)/σ² (thresholding, clipping); with ``track``
+    the latest x̂_0 is kept for callbacks.  Costs a pass over x per evaluation, only when used."""
+
+    def __init__(self, score, sde: SDE, hook=None, track: bool = False):
+        self.score, self.sde, self.hook, self.track, self.x0 = score, sde, hook, track, None
+
+    def __getattr__(self, name):  # step, nfe, calls, ... of the counting score
+        return getattr(self.score, name)
+
+    def __setattr__(self, name, value):
+        if name == "step":
+            self.score.step = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        s = self.score(x, t)
+        m, sd = self.sde.marginal(t)
+        if isinstance(m, Tensor):
+            m, sd = append_dims(m, x.ndim).to(x.dtype), append_dims(sd, x.ndim).to(x.dtype)
+        x0 = (x + sd * sd * s) / m
+        if self.hook is not None:
+            x0 = self.hook(x0, t)
+            s = (m * x0 - x) / (sd * sd)
+        if self.track:
+            self.x0 = x0
+        return s
+
+
 def sample(
     score_fn: ScoreFn,
     sde: SDE,
@@ -78,6 +125,8 @@ def sample(
     return_trajectory: bool = False,
     progress: bool = False,
     check: bool = True,
+    callback: Callable[[int, float | Tensor, Tensor, Tensor | None], None] | None = None,
+    x0_hook: Callable[[Tensor, float | Tensor], Tensor] | None = None,
     **options,
 ) -> SampleResult:
     """Draw samples by solving the reverse-time SDE or the probability-flow ODE of ``sde``.
@@ -104,13 +153,70 @@ def sample(
         return_trajectory: keep the states at every grid time.
         progress: show a tqdm bar.
         check: validate every score output (shape, device, NaN/Inf with step and time).
-        **options: fields of the sampler, e.g. predictor=, corrector=, snr=, rtol=.
+        callback: ``callback(i, t, x, x0)`` after every accepted step, for every method: i counts
+            accepted steps, t the time reached (a (B,) tensor for per-sample adaptive solvers),
+            x the state (do not modify it in place), x0 the x̂_0 of the latest evaluation.
+        x0_hook: ``hook(x0, t) -> x0`` applied to every data prediction x̂_0 = (x + σ² s)/m the
+            sampler makes (the score is replaced by that of the hooked prediction), e.g.
+            clipping to [−1, 1] or dynamic thresholding; works with every method.
+        **options: fields of the sampler, e.g. predictor=, corrector=, snr=, rtol=, max_steps=.
 
     Returns:
         SampleResult(samples, nfe, ts, trajectory, stats) with nfe *counted*.
 
     Raises:
         ValueError / TypeError naming the argument and the valid choices.
+    """
+    s = start(score_fn, sde, shape, method, steps=steps, nfe=nfe, grid=grid, eps=eps, generator=generator,
+              seeds=seeds, x_init=x_init, device=device, dtype=dtype, denoise=denoise, check=check,
+              x0_hook=x0_hook, track_x0=callback is not None, **options)
+    sampler, score = s.sampler, s.ctx.score
+    wall = time.perf_counter()
+    with torch.no_grad():  # a network score must not build a graph across steps (guidance enables it locally)
+        solve = loop.run(sampler, s.ctx, s.x, s.ts, keep=return_trajectory, progress=progress,
+                         callback=callback, x0_of=(lambda: score.x0) if callback is not None else None,
+                         max_steps=getattr(sampler, "max_steps", None))
+    stats = {"calls": score.calls, "steps": len(s.ts) - 1, "method": type(sampler).__name__,
+             "wall_time": time.perf_counter() - wall, **solve.stats}
+    traj = torch.stack(solve.trajectory) if solve.trajectory is not None else None
+    if not all_finite(solve.x):
+        raise FloatingPointError(
+            f"sampling produced non-finite samples ({type(sampler).__name__}, {len(s.ts) - 1} steps)"
+        )
+    return SampleResult(solve.x, score.nfe, torch.tensor(s.ts, dtype=torch.float64), traj, stats)
+
+
+def start(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: Sequence[int],
+    method="pc",
+    *,
+    steps: int | None = None,
+    nfe: int | None = None,
+    grid: str | Tensor | None = None,
+    eps: float | None = None,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | Tensor | None = None,
+    x_init: Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    denoise: bool = True,
+    check: bool = True,
+    x0_hook: Callable[[Tensor, float | Tensor], Tensor] | None = None,
+    track_x0: bool = False,
+    **options,
+) -> Start:
+    """Everything ``sample`` sets up before its loop, for driving a sampler by hand::
+
+        s = scoresolve.start(score_fn, sde, (16, 2), "dpmpp_2m", nfe=20, generator=g)
+        state = s.sampler.init(s.ctx, s.x, s.ts)
+        for t, t_next in zip(s.ts[:-1], s.ts[1:]):
+            state = s.sampler.step(s.ctx, state, t, t_next)   # inspect or edit state.x here
+        samples = s.sampler.finish(s.ctx, state, denoise=True)
+
+    gives the samples ``sample`` gives with the same arguments (bit for bit on CPU).  Arguments
+    as for ``sample``; ``track_x0`` keeps the latest x̂_0 in ``s.ctx.score.x0``.
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresolve SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
@@ -162,17 +268,7 @@ def sample(
         x = noise(shape, std=sde.prior_std())
 
     score = CountingScore(score_fn, shape[0], check=check)
-    start = time.perf_counter()
-    with torch.no_grad():  # a network score must not build a graph across steps (guidance enables it locally)
-        run = sampler.run(sde, score, x, ts.tolist(), noise, denoise=denoise,
-                          keep=return_trajectory, progress=progress)
-    stats = {"calls": score.calls, "steps": len(ts) - 1, "method": type(sampler).__name__,
-             "wall_time": time.perf_counter() - start, **run.stats}
-    traj = torch.stack(run.trajectory) if run.trajectory is not None else None
-    if not all_finite(run.x):
-        raise FloatingPointError(
-            f"sampling produced non-finite samples ({type(sampler).__name__}, {len(ts) - 1} steps)"
-        )
-    return SampleResult(run.x, score.nfe, ts, traj, stats)
-
-
+    if x0_hook is not None or track_x0:
+        score = _X0View(score, sde, x0_hook, track_x0)
+    ctx = Context(sde, score, noise, denoise)
+    return Start(sampler, ctx, x, ts.tolist())

@@ -15,9 +15,15 @@ snap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(snap)
 REF = torch.load(ROOT / "tests" / "data" / "behaviour_0.1.0.pt", weights_only=True)
 CASES = snap.cases()
+# Deliberate changes since the release, each with its reason:
+CHANGED = {
+    # 0.1.0's inpainting re-implemented the ALD loop without the m(t)/m(t_prev) rescale between
+    # levels that sample(method="ald") has (issue 13); it now runs ALD's own step
+    "inpaint/ald/vp", "inpaint/ald/subvp",
+}
 
 
-@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("name", sorted(set(REF) - CHANGED))
 def test_samples_equal_the_release(name):
     a, b = CASES[name](), REF[name]
     assert a.shape == b.shape

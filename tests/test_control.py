@@ -356,7 +356,7 @@ def test_clear_errors():
         linear_inverse(s, sde, torch.zeros(3, 2), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="size 1 along dim"):
         colorize(s, sde, torch.zeros(3, 3, 2, 2))
-    with pytest.raises(TypeError, match="no projected variant"):
+    with pytest.raises(TypeError, match="base must be a sampler"):
         Projected(object(), Observation(anchor=torch.zeros(1, 4), mask=MASK4[None]))
     with pytest.raises(ValueError, match="eps"):
         encode(s, sde, known, eps=2.0)

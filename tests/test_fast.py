@@ -16,7 +16,7 @@ import torch
 from helpers import SDES, BasisNoise, gaussian_1d, gaussian_flow_map, loglog_slope
 
 import scoresolve as ss
-from scoresolve.fast import (
+from scoresolve.samplers import (
     DDIM,
     AdaptiveMultistep,
     AdaptiveODE,
@@ -25,9 +25,9 @@ from scoresolve.fast import (
     GottaGoFast,
     TorchSDE,
 )
-from scoresolve.fast._common import _moments, exp_moments, exp_weights, schedule
-from scoresolve.fast.adaptive import improved_euler_step
-from scoresolve.fast.exponential import step_orders
+from scoresolve.samplers._common import _moments, exp_moments, exp_weights, schedule
+from scoresolve.samplers.adaptive import improved_euler_step
+from scoresolve.samplers.exponential import step_orders
 from scoresolve.targets import GaussianMixture
 
 FAST = ["ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m",
@@ -138,7 +138,7 @@ def test_unipc_folded_corrector_is_the_unfolded_algorithm(sde_name):
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("sampler", [AdaptiveMultistep(), AdaptiveMultistep(predictor_order=2), AdaptiveODE()],
+@pytest.mark.parametrize("sampler", [AdaptiveMultistep(), AdaptiveMultistep(solver_order=2), AdaptiveODE()],
                          ids=["ams_p3", "ams_p2", "rk23"])
 def test_adaptive_ode_error_falls_with_nfe_at_its_declared_order(sampler, sde_name):
     # error ∝ NFE^(−order) when the tolerance is swept (wider band: step control adds noise)
@@ -210,7 +210,7 @@ def test_gotta_go_fast_step_has_its_declared_weak_order(sde_name):
 
 def test_brownian_memory_keeps_the_path_brownian_under_noise_dependent_rejections():
     # steps over [0, 1] rejected whenever the draw is large: with memory W(1) stays N(0, 1)
-    from scoresolve.fast.brownian import BrownianMemory
+    from scoresolve.samplers.brownian import BrownianMemory
 
     n, g = 20000, torch.Generator().manual_seed(0)
     x = torch.zeros(n, 1, dtype=torch.float64)
@@ -337,16 +337,16 @@ def test_per_sample_adaptive_ode_costs_less_than_a_shared_step_at_equal_error():
     score = EASY_HARD.score_fn(sde)
     ref = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=1e-7, atol=1e-7), x_init=x_T,
                     denoise=False).samples
-    ps = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=1e-3, atol=1e-3, norm="state"), x_init=x_T,
+    ps = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=1e-3, atol=1e-3, error_norm="state"), x_init=x_T,
                    denoise=False)
-    sh = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=1e-3, atol=1e-3, norm="state", per_sample=False),
+    sh = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=1e-3, atol=1e-3, error_norm="state", per_sample=False),
                    x_init=x_T, denoise=False)
     # the shared run is more accurate (it follows the hardest sample); loosen it until it is not
     tol = 1e-3
     while _flow_error(sh, ref) < _flow_error(ps, ref) and tol < 1.0:
         tol *= 1.5
-        sh = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=tol, atol=tol, norm="state", per_sample=False),
-                       x_init=x_T, denoise=False)
+        shared = AdaptiveMultistep(rtol=tol, atol=tol, error_norm="state", per_sample=False)
+        sh = ss.sample(score, sde, x_T.shape, shared, x_init=x_T, denoise=False)
     assert _flow_error(sh, ref) >= _flow_error(ps, ref)
     assert ps.nfe < 0.85 * sh.nfe, (ps.nfe, sh.nfe)
 
@@ -369,7 +369,7 @@ def test_noise_norm_takes_the_same_steps_for_vp_and_ve(norm):
     runs = {}
     for name, sde in (("vp", vp), ("ve", ve)):
         x_T = z * sde.std(1.0)
-        runs[name] = ss.sample(gm.score_fn(sde), sde, z.shape, AdaptiveMultistep(norm=norm), eps=eps,
+        runs[name] = ss.sample(gm.score_fn(sde), sde, z.shape, AdaptiveMultistep(error_norm=norm), eps=eps,
                                x_init=x_T, denoise=False)
     nfe_vp, nfe_ve = (runs[k].stats["nfe_per_sample"] for k in ("vp", "ve"))
     y_vp = runs["vp"].samples / vp.marginal(eps)[0]

@@ -16,26 +16,22 @@ unimodal posteriors (correctors help), but it keeps roughly the prior mode weigh
 observation should change them (2-component mixture: 0.48 / 0.52 sampled, 0.11 / 0.89 exact);
 ``smc.ParticleSampler`` is the asymptotically exact alternative.
 
-This module wraps the core samplers without changing them: ``Projected(base, observation)``
-has the sampler interface of ``scoresolve.samplers`` and runs ``base``'s own step functions
-with the projection after each step, so ``sample()`` shares NFE counting, noise and results.
+``Projected(base, observation)`` wraps any sampler without changing it: it installs the
+projection as the post-step hook of the shared loop (``protocol.Context.post_step``; for ODE
+samplers also a pinned score) and then runs ``base``'s own steps, so ``sample()`` shares NFE
+counting, noise, progress, callbacks and results, and every registered method works.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
-import torch
 from torch import Tensor
 
-from .. import ode
-from ..ncsn import ald_step_size
-from ..registry import resolve
-from ..samplers import PC, AnnealedLangevin, FixedStepODE, ProbabilityFlowODE, Run, grid_steps
-from ..sde import SDE, append_dims
+from ..protocol import Context, Sampler, State
+from ..sde import append_dims
 
-__all__ = ["Observation", "Projected", "SUPPORTED"]
+__all__ = ["Observation", "Projected", "WrapsBase"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +63,21 @@ class Observation:
 
         return replace(self, anchor=rep(self.anchor), mask=rep(self.mask))
 
+    @property
+    def empty(self) -> bool:
+        """Nothing observed (an all-zero mask): the projection is the identity."""
+        return self.mask is not None and not bool(self.mask.any())
+
+    def rows(self, idx: Tensor | None) -> Observation:
+        """The observation of the batch rows ``idx`` (None: all; batch-1 parts broadcast)."""
+        if idx is None:
+            return self
+
+        def sel(v):
+            return v if v is None or v.shape[0] == 1 else v.index_select(0, idx)
+
+        return replace(self, anchor=sel(self.anchor), mask=sel(self.mask))
+
     def project(self, v: Tensor) -> Tensor:
         """P v: the observed component of v."""
         if self.mask is not None:
@@ -96,97 +107,30 @@ class _PinnedScore:
     Under the probability-flow drift f u − ½ g² s̃ the observed part obeys du/dt = f(t) u, whose
     solution from m(T) b is m(t) b exactly: the observed coordinates follow the forward mean and
     the free ones see the score at the pinned state, so any ODE solver (adaptive included)
-    integrates the constrained flow.  Each call is one evaluation of the wrapped score."""
+    integrates the constrained flow.  Each call is one evaluation of the wrapped score; the rows
+    evaluated are ``ctx.rows`` (per-sample adaptive solvers run a subset)."""
 
-    def __init__(self, score, obs: Observation, sde: SDE):
-        self.score, self.obs, self.sde = score, obs, sde
+    def __init__(self, score, obs: Observation, ctx: Context):
+        self.score, self.obs, self.ctx = score, obs, ctx
+
+    def __getattr__(self, name):  # step, nfe, calls, ... of the wrapped score
+        return getattr(self.score, name)
+
+    def __setattr__(self, name, value):
+        if name == "step":
+            self.score.step = value
+        else:
+            object.__setattr__(self, name, value)
 
     def __call__(self, u: Tensor, t) -> Tensor:
-        x = self.obs.replace(u, self.sde.mean_scale(t))
-        s = self.score(x, t)
-        return s - self.obs.project(s)
-
-
-def _run_pc(base: PC, sde, score, x, ts, noise, obs, keep, progress):
-    predictor = resolve("predictor", base.predictor)
-    corrector = resolve("corrector", base.corrector)
-    n_corr = base.n_corrector_steps if corrector.__name__ != "none" else 0
-    x = obs.replace(x, *sde.marginal(ts[0]), noise(x.shape))
-    traj = [x] if keep else None
-    x_mean = x
-    for i, (t, t_next) in enumerate(grid_steps(ts, progress, "pc_projected")):
-        score.step = i
-        m, s = sde.marginal(t)
-        for _ in range(n_corr):  # corrector at t, re-projected after each MCMC step
-            x, _ = corrector(sde, score, x, t, noise, snr=base.snr, n_steps=1, norm=base.norm)
-            x = obs.replace(x, m, s, noise(x.shape))
-        x, x_mean = predictor(sde, score, x, t, t_next, noise)  # predictor t -> t_next
-        x = obs.replace(x, *sde.marginal(t_next), noise(x.shape))
-        if keep:
-            traj.append(x)
-    return x_mean, x, traj, {}
-
-
-def _run_ald(base: AnnealedLangevin, sde, score, x, ts, noise, obs, keep, progress):
-    sig = [sde.std(t) for t in ts[1:]]
-    gamma = (sig[0] / sig[-1]) ** (1.0 / (len(sig) - 1)) if len(sig) > 1 else 1.0
-    lr = base.step_lr if base.step_lr is not None else ald_step_size(gamma, base.n_steps_each, sig[-1])
-    traj = [x] if keep else None
-    for i, (_, t) in enumerate(grid_steps(ts, progress, "ald_projected")):
-        score.step = i
-        alpha = lr * (sde.std(t) / sig[-1]) ** 2
-        m, s = sde.marginal(t)
-        x = obs.replace(x, m, s, noise(x.shape))
-        for _ in range(base.n_steps_each):
-            x = x + (0.5 * alpha) * score(x, t) + math.sqrt(alpha) * noise(x.shape)
-            x = obs.replace(x, m, s, noise(x.shape))
-        if keep:
-            traj.append(x)
-    return None, x, traj, {"step_lr": lr}
-
-
-def _run_fixed_ode(base: FixedStepODE, sde, score, x, ts, noise, obs, keep, progress):
-    step = base._METHODS[base.method][0]
-    pinned = _PinnedScore(score, obs, sde)
-    x = obs.replace(x, sde.mean_scale(ts[0]))
-    traj = [x] if keep else None
-    for i, (t, t_next) in enumerate(grid_steps(ts, progress, f"ode_{base.method}_projected")):
-        score.step = i
-        x, _ = step(sde, pinned, x, t, t_next)
-        x = obs.replace(x, sde.mean_scale(t_next))
-        if keep:
-            traj.append(x)
-    return None, x, traj, {}
-
-
-def _run_adaptive_ode(base: ProbabilityFlowODE, sde, score, x, ts, noise, obs, keep, progress):
-    x = obs.replace(x, sde.mean_scale(ts[0]))
-    grid = torch.tensor(ts, dtype=torch.float64)
-    ys, stats = ode.solve_adaptive(sde, _PinnedScore(score, obs, sde), x, grid, rtol=base.rtol,
-                                   atol=base.atol, method=base.solver, options=base.options)
-    ys = [obs.replace(y, sde.mean_scale(t)) for y, t in zip(ys, ts)]
-    return None, ys[-1], (ys if keep else None), stats
-
-
-# sampler type -> runner (x_mean or None, x, trajectory, stats); subclasses match too
-SUPPORTED = {PC: _run_pc, AnnealedLangevin: _run_ald, FixedStepODE: _run_fixed_ode,
-             ProbabilityFlowODE: _run_adaptive_ode}
-
-
-def _runner(base):
-    for cls, fn in SUPPORTED.items():
-        if isinstance(base, cls):
-            return fn
-    raise TypeError(
-        f"{type(base).__name__} has no projected variant for inverse problems; supported "
-        f"samplers: {', '.join(c.__name__ for c in SUPPORTED)} (methods pc, em, "
-        "reverse_diffusion, ancestral, ald, ode, ode_euler, ode_heun)"
-    )
+        obs = self.obs.rows(self.ctx.rows)
+        s = self.score(obs.replace(u, self.ctx.sde.mean_scale(t)), t)
+        return s - obs.project(s)
 
 
 class WrapsBase:
-    """Mixin for samplers that wrap another (field ``base``): NFE per step, order, grid and
-    step defaults are the base sampler's."""
+    """Mixin for samplers that wrap another (field ``base``): cost, order, grid and step
+    defaults, stochasticity and the adaptive interface are the base sampler's."""
 
     @property
     def nfe_per_step(self):
@@ -204,42 +148,84 @@ class WrapsBase:
     def default_steps(self) -> int:
         return self.base.default_steps
 
+    @property
+    def stochastic(self) -> bool:
+        return self.base.stochastic
+
+    @property
+    def max_steps(self):
+        return getattr(self.base, "max_steps", None)
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return self.base.extra_nfe(denoise)
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        return self.base.step(ctx, state, t, t_next)
+
+    def attempt(self, ctx: Context, state: State, t_end: float) -> State:
+        return self.base.attempt(ctx, state, t_end)
+
+    def reached(self, state: State, t_end: float) -> bool:
+        return self.base.reached(state, t_end)
+
+    def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
+        return self.base.finish(ctx, state, denoise)
+
+    def run(self, sde, score, x: Tensor, ts: list[float], noise, *, denoise: bool = True, keep: bool = False,
+            progress: bool = False):
+        from ..loop import run
+
+        return run(self, Context(sde, score, noise, denoise), x, ts, keep=keep, progress=progress)
+
 
 @dataclass(frozen=True, eq=False)
 class Projected(WrapsBase):
-    """Run ``base`` (a PC, ALD or probability-flow ODE sampler) with the observed part of the
-    state replaced after every step (Song et al. 2021, Appendix I.2-I.3).
+    """Run ``base`` (any sampler) with the observed part of the state replaced after every step
+    and sub-step (Song et al. 2021, Appendix I.2-I.3), through the shared loop's hooks.
 
-    Stochastic samplers (PC, ALD) replace it by a draw m(t) y + σ(t) A z of the forward marginal
-    of the known data, one noise draw per replacement.  ODE samplers use the noise-free forward
-    mean m(t) y (the observed coordinates then follow an exact ODE solution, see
-    ``_PinnedScore``): a deterministic right-hand side keeps the solve deterministic, so that
-    adaptive step-size control and the one-to-one latent map of the flow stay meaningful.
-    The returned samples carry the observation exactly (A x = y).  NFE per step, order, grid
-    and step defaults are those of ``base``.
+    Stochastic samplers replace it by a draw m(t) y + σ(t) A z of the forward marginal of the
+    known data, one noise draw per replacement.  Deterministic (ODE) samplers use the noise-free
+    forward mean m(t) y and a pinned score (the observed coordinates then follow an exact ODE
+    solution, see ``_PinnedScore``): a deterministic right-hand side keeps the solve
+    deterministic, so adaptive step-size control and the one-to-one latent map of the flow stay
+    meaningful.  The returned samples carry the observation exactly (A x = y).  An empty
+    observation (all-zero mask) changes nothing: the run equals ``base``'s own.
     """
 
     base: object
     observation: Observation
 
     def __post_init__(self):
-        _runner(self.base)
+        if not isinstance(self.base, Sampler):
+            raise TypeError(f"base must be a sampler implementing scoresolve.protocol.Sampler (a name's "
+                            f"object from scoresolve.SAMPLERS), got {type(self.base).__name__}")
 
-    def extra_nfe(self, denoise: bool) -> int:
-        return self.base.extra_nfe(denoise)
-
-    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
-            keep: bool, progress: bool) -> Run:
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         obs = self.observation.to(x)
         if obs.anchor.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"the observation has batch {obs.anchor.shape[0]} but the sample "
                              f"batch is {x.shape[0]}")
-        x_mean, x, traj, stats = _runner(self.base)(self.base, sde, score, x, ts, noise, obs,
-                                                    keep, progress)
-        if denoise:
-            if x_mean is not None:  # PC: the last predictor's noise-free mean
-                x = x_mean
-            else:  # ODE / ALD: Tweedie's formula at eps with the unconditional score
-                score.step = len(ts) - 1
-                x = ode.tweedie_denoise(sde, score, x, ts[-1])
-        return Run(obs.replace(x, 1.0), traj, {"projected": True, **stats})
+        if not obs.empty:
+            sde, noise, stochastic = ctx.sde, ctx.noise, self.base.stochastic
+
+            def replace_observed(v: Tensor, t) -> Tensor:
+                if stochastic:  # a draw of the forward marginal of the known data
+                    return obs.replace(v, *sde.marginal(t), noise(v.shape))
+                return obs.replace(v, sde.mean_scale(t))
+
+            ctx.post_step = _then(ctx.post_step, replace_observed)
+            ctx.final = _then1(ctx.final, lambda v: obs.replace(v, 1.0))
+            if not stochastic:
+                ctx.score = _PinnedScore(ctx.score, obs, ctx)
+        state = self.base.init(ctx, x, ts)
+        state.stats["projected"] = True
+        return state
+
+
+def _then(first, second):
+    """The post-step hook ``second ∘ first`` (``first`` may be None)."""
+    return second if first is None else (lambda v, t: second(first(v, t), t))
+
+
+def _then1(first, second):
+    return second if first is None else (lambda v: second(first(v)))

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
 from .. import predictors
+from ..protocol import Context, State
 from ..registry import resolve
-from ..samplers import PC, Run, grid_steps
-from ..sde import SDE
+from ..samplers import PC
 from .projected import Observation, WrapsBase
 
 __all__ = ["ParticleSampler", "PREDICTOR_STD"]
@@ -96,8 +97,7 @@ class ParticleSampler(WrapsBase):
     def extra_nfe(self, denoise: bool) -> int:
         return 0
 
-    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
-            keep: bool, progress: bool) -> Run:
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         k = self.particles
         if x.shape[0] % k:
             raise ValueError(f"batch {x.shape[0]} is not a multiple of particles={k}")
@@ -106,43 +106,45 @@ class ParticleSampler(WrapsBase):
             raise ValueError(f"the observation has batch {self.observation.anchor.shape[0]}; "
                              f"expected 1 or {g} groups of {k} particles")
         obs = self.observation.to(x).repeat(k)
-        b = obs.anchor
+        m, s = ctx.sde.marginal(ts[0])
+        path = m * obs.anchor + s * self._shared_noise(ctx, obs, x)  # k_T ~ N(m_T b, σ_T² P)
+        mem = SimpleNamespace(obs=obs, path=path, n_steps=len(ts) - 1,
+                              logw=torch.zeros(g, k, device=x.device, dtype=x.dtype),
+                              offsets=k * torch.arange(g, device=x.device)[:, None],
+                              ess_min=torch.ones((), device=x.device, dtype=x.dtype),
+                              resamples=torch.zeros((), device=x.device, dtype=torch.long))
+        return State(x - obs.project(x) + path, ts[0], memory=mem)
+
+    def _shared_noise(self, ctx: Context, obs: Observation, x: Tensor) -> Tensor:
+        return obs.project(_group_shared(ctx.noise(x.shape), self.particles))
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        sde, mem, k, x = ctx.sde, state.memory, self.particles, state.x
+        obs, b, g = mem.obs, mem.obs.anchor, mem.logw.shape[0]
         predictor = resolve("predictor", self.base.predictor)
-        std_fn = PREDICTOR_STD[predictor]
+        x_new, x_mean = predictor(sde, ctx.score, x, t, t_next, ctx.noise)
+        # the observed path one step back: bridge k_{t'} | k_t, k_0 = b
+        a, v = sde.transition(t_next, t)
+        (m_n, s_n), s_t = sde.marginal(t_next), sde.std(t)
+        mem.path = (v * m_n * b + a * s_n**2 * mem.path) / s_t**2 + (s_n * math.sqrt(v) / s_t) * \
+            self._shared_noise(ctx, obs, x)
+        r = obs.project(mem.path - x_mean).flatten(1)
+        mem.logw = mem.logw - (r * r).sum(1).reshape(g, k) / (2.0 * PREDICTOR_STD[predictor](sde, t, t_next) ** 2)
+        x, x_mean = x_new - obs.project(x_new) + mem.path, x_mean - obs.project(x_mean) + mem.path
+        # resample the groups whose ESS is low (all of them after the last step); no host sync
+        ess = 1.0 / mem.logw.softmax(1).pow(2).sum(1)  # (G,)
+        mem.ess_min = torch.minimum(mem.ess_min, ess.min() / k)
+        last = state.i == mem.n_steps - 1
+        redo = torch.ones_like(ess, dtype=torch.bool) if last else ess < self.ess_threshold * k
+        u = torch.special.ndtr(ctx.noise((x.shape[0], 1))[::k, 0]).to(x.dtype)
+        idx = torch.where(redo[:, None], _systematic(mem.logw, u), torch.arange(k, device=x.device))
+        flat = (idx + mem.offsets).flatten()
+        mem.logw = torch.where(redo[:, None], torch.zeros_like(mem.logw), mem.logw)
+        mem.resamples += redo.sum()
+        return state.advance(x[flat], t_next, x_mean[flat])
 
-        def shared_noise() -> Tensor:
-            return obs.project(_group_shared(noise(x.shape), k))
-
-        m, s = sde.marginal(ts[0])
-        path = m * b + s * shared_noise()  # k_T ~ N(m_T b, σ_T² P)
-        x = x - obs.project(x) + path
-        logw = torch.zeros(g, k, device=x.device, dtype=x.dtype)
-        offsets = k * torch.arange(g, device=x.device)[:, None]
-        ess_min = torch.ones((), device=x.device, dtype=x.dtype)
-        resamples = torch.zeros((), device=x.device, dtype=torch.long)
-        traj = [x] if keep else None
-        for i, (t, t_next) in enumerate(grid_steps(ts, progress, "smc")):
-            score.step = i
-            x_new, x_mean = predictor(sde, score, x, t, t_next, noise)
-            # the observed path one step back: bridge k_{t'} | k_t, k_0 = b
-            a, v = sde.transition(t_next, t)
-            (m_n, s_n), s_t = sde.marginal(t_next), sde.std(t)
-            path = (v * m_n * b + a * s_n**2 * path) / s_t**2 + (s_n * math.sqrt(v) / s_t) * shared_noise()
-            r = obs.project(path - x_mean).flatten(1)
-            logw = logw - (r * r).sum(1).reshape(g, k) / (2.0 * std_fn(sde, t, t_next) ** 2)
-            x, x_mean = x_new - obs.project(x_new) + path, x_mean - obs.project(x_mean) + path
-            # resample the groups whose ESS is low (all of them after the last step); no host sync
-            ess = 1.0 / logw.softmax(1).pow(2).sum(1)  # (G,)
-            ess_min = torch.minimum(ess_min, ess.min() / k)
-            redo = ess < self.ess_threshold * k if i < len(ts) - 2 else torch.ones_like(ess, dtype=torch.bool)
-            u = torch.special.ndtr(noise((x.shape[0], 1))[::k, 0]).to(x.dtype)
-            idx = torch.where(redo[:, None], _systematic(logw, u), torch.arange(k, device=x.device))
-            flat = (idx + offsets).flatten()
-            x, x_mean = x[flat], x_mean[flat]
-            logw = torch.where(redo[:, None], torch.zeros_like(logw), logw)
-            resamples += redo.sum()
-            if keep:
-                traj.append(x)
-        out = x_mean if denoise else x
-        stats = {"particles": k, "ess_min": float(ess_min), "resamples": int(resamples)}
-        return Run(obs.replace(out, 1.0), traj, stats)
+    def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
+        mem = state.memory
+        state.stats.update(particles=self.particles, ess_min=float(mem.ess_min), resamples=int(mem.resamples))
+        out = state.x_mean if denoise else state.x
+        return mem.obs.replace(out, 1.0)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .. import ode
-from ..samplers import Run, grid_steps
+from .._compat import renamed
+from .._torchsde import stepper
+from ..protocol import Context, SamplerBase, State
 from ..sde import SDE
 
 __all__ = ["TorchSDE"]
@@ -72,9 +73,10 @@ def _entropy(noise, shape: tuple[int, ...]) -> int:
     return int.from_bytes(hashlib.blake2b(z.numpy().tobytes(), digest_size=8).digest(), "little") >> 1
 
 
+@renamed(method="solver")
 @dataclass(frozen=True)
-class TorchSDE:
-    """Reverse SDE with torchsde: ``method="srk"`` (SRA1: 2 NFE per step, strong order 1.5)
+class TorchSDE(SamplerBase):
+    """Reverse SDE with torchsde: ``solver="srk"`` (SRA1: 2 NFE per step, strong order 1.5)
     or ``"reversible_heun"`` (1 NFE per step + 1 to start, strong order 1).
 
     ``bm``: a ``torchsde.BrownianInterval`` over τ ∈ [0, T − eps] of size (batch, numel per
@@ -86,60 +88,54 @@ class TorchSDE:
     "srk" is registered); they are the reference backend, not fast samplers.
     """
 
-    method: str = "srk"
+    solver: str = "srk"
     bm: Any = field(default=None, compare=False, repr=False)
     default_grid: str = "uniform"
     default_steps: int = 100
 
     def __post_init__(self):
-        if self.method not in _METHODS:
-            raise ValueError(f"unknown torchsde method {self.method!r}; valid choices: {', '.join(_METHODS)}")
+        if self.solver not in _METHODS:
+            raise ValueError(f"unknown torchsde solver {self.solver!r}; valid choices: {', '.join(_METHODS)}")
 
     @property
     def nfe_per_step(self) -> int:
-        return _METHODS[self.method][4]
+        return _METHODS[self.solver][4]
 
     @property
     def order(self) -> float:
         """Weak order (as declared by torchsde)."""
-        return _METHODS[self.method][6][1]
+        return _METHODS[self.solver][6][1]
 
     @property
     def strong_order(self) -> float:
-        return _METHODS[self.method][6][0]
+        return _METHODS[self.solver][6][0]
+
+    stochastic: ClassVar[bool] = True
 
     def extra_nfe(self, denoise: bool) -> int:
-        return _METHODS[self.method][5] + int(denoise)
+        return _METHODS[self.solver][5] + int(denoise)
 
-    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
-            keep: bool, progress: bool) -> Run:
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         import torchsde
-        from torchsde._core import base_sde, methods  # the solver steps themselves
 
-        name, noise_type, sde_type, levy, *_ = _METHODS[self.method]
+        name, noise_type, sde_type, levy, *_ = _METHODS[self.solver]
         shape, t_top = tuple(x.shape), ts[0]
         taus = [t_top - t for t in ts]
         bm = self.bm
         if bm is None:
             bm = torchsde.BrownianInterval(
                 t0=0.0, t1=taus[-1], size=(shape[0], x[0].numel()), dtype=x.dtype, device=x.device,
-                entropy=_entropy(noise, shape), levy_area_approximation=levy)
-        rsde = base_sde.ForwardSDE(_ReverseSDE(sde, score, shape, t_top, noise_type, sde_type))
-        solver = methods.select(method=name, sde_type=sde_type)(
-            sde=rsde, bm=bm, dt=taus[1] - taus[0], adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0,
-            options={})
-        y = x.reshape(shape[0], -1)
+                entropy=_entropy(ctx.noise, shape), levy_area_approximation=levy)
+        rsde = _ReverseSDE(ctx.sde, ctx.score, shape, t_top, noise_type, sde_type)
+        solver = stepper(rsde, bm, name, sde_type, dt=taus[1] - taus[0])
         tau = [torch.tensor(v, dtype=torch.float64) for v in taus]
-        score.step = 0
+        y = x.reshape(shape[0], -1)
         extra = solver.init_extra_solver_state(tau[0], y)
-        traj = [x] if keep else None
-        for i, _ in enumerate(grid_steps(ts, progress, f"sde_{self.method}")):
-            score.step = i
-            y, extra = solver.step(tau[i], tau[i + 1], y, extra)
-            if keep:
-                traj.append(y.reshape(shape))
-        x = y.reshape(shape)
-        if denoise:
-            score.step = len(ts) - 1
-            x = ode.tweedie_denoise(sde, score, x, ts[-1])
-        return Run(x, traj, {"brownian": type(bm).__name__})
+        return State(x, ts[0], memory=(solver, tau, y, extra), stats={"brownian": type(bm).__name__})
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        solver, tau, y, extra = state.memory
+        i = state.i
+        y, extra = solver.step(tau[i], tau[i + 1], y, extra)
+        state.memory = (solver, tau, y, extra)
+        return state.advance(y.reshape(state.x.shape), t_next)

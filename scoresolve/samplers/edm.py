@@ -13,17 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor
-
-from ..samplers import Run, grid_steps
-from ..sde import SDE
-from ._common import denoised, lincomb
+from ..protocol import Context, SamplerBase, State
+from ._common import lincomb
 
 __all__ = ["EDMHeun"]
 
 
 @dataclass(frozen=True)
-class EDMHeun:
+class EDMHeun(SamplerBase):
     """EDM Heun sampler (2 NFE per step) on any grid (default Karras ρ = 7).
 
     Step i: d = (x̃ − x̂_0(x̃, σ̃_i))/σ̃_i; x̃' = x̃ + (σ̃_{i+1} − σ̃_i) d;
@@ -52,38 +49,32 @@ class EDMHeun:
         if not 0 <= self.s_tmin <= self.s_tmax:
             raise ValueError(f"need 0 <= s_tmin <= s_tmax, got {self.s_tmin}, {self.s_tmax}")
 
-    def extra_nfe(self, denoise: bool) -> int:
-        return int(denoise)
+    @property
+    def stochastic(self) -> bool:
+        return self.s_churn > 0
 
-    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool,
-            keep: bool, progress: bool) -> Run:
-        n = len(ts) - 1
-        sig = [math.exp(-0.5 * sde.log_snr(t)) for t in ts]  # σ̃ = σ/m
-        gamma = min(self.s_churn / n, math.sqrt(2.0) - 1.0)
-        traj = [x] if keep else None
+    def prepare(self, ctx: Context, ts: list[float]):
+        sig = [math.exp(-0.5 * ctx.sde.log_snr(t)) for t in ts]  # σ̃ = σ/m
+        return sig, min(self.s_churn / (len(ts) - 1), math.sqrt(2.0) - 1.0)
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
         # In x itself: d = (x̃ − x̂_0)/σ̃ = −σ s(x, t) with x̃ = x/m, so with r = m_{i+1}/m_i
         # x' = r x − m_{i+1} Δσ̃ σ_i s and x_{i+1} = r x − m_{i+1} Δσ̃ (σ_i s + σ_{i+1} s')/2.
-        for i, (t, t_next) in enumerate(grid_steps(ts, progress, "edm")):
-            score.step = i
-            s_cur, s_next = sig[i], sig[i + 1]
-            m_cur = sde.mean_scale(t)
-            if gamma > 0 and self.s_tmin <= s_cur <= self.s_tmax:
-                s_hat = min(s_cur * (1.0 + gamma), sig[0])
-                if s_hat > s_cur:  # churn: raise the noise level, then integrate from σ̂
-                    t = float(sde.t_from_log_snr(-2.0 * math.log(s_hat)))
-                    m_hat = sde.mean_scale(t)
-                    std = m_hat * math.sqrt(s_hat**2 - s_cur**2) * self.s_noise
-                    x = lincomb([(m_hat / m_cur, x)], into=noise(x.shape, std=std))
-                    s_cur, m_cur = s_hat, m_hat
-            m_next = sde.mean_scale(t_next)
-            c = m_next * (s_next - s_cur)
-            s1 = score(x, t)
-            x_pred = lincomb([(m_next / m_cur, x), (-c * s_cur * m_cur, s1)])
-            s2 = score(x_pred, t_next)
-            x = lincomb([(0.5 * c * s_cur * m_cur, s1), (-0.5 * c * s_next * m_next, s2)], into=x_pred)
-            if keep:
-                traj.append(x)
-        if denoise:  # Euler step σ̃_N -> 0: x̃ − σ̃ d = x̂_0
-            score.step = n
-            x = denoised(score, x, ts[-1], *sde.marginal(ts[-1]))
-        return Run(x, traj, {})
+        (sig, gamma), i, x, sde = state.memory, state.i, state.x, ctx.sde
+        s_cur, s_next = sig[i], sig[i + 1]
+        m_cur = sde.mean_scale(t)
+        if gamma > 0 and self.s_tmin <= s_cur <= self.s_tmax:
+            s_hat = min(s_cur * (1.0 + gamma), sig[0])
+            if s_hat > s_cur:  # churn: raise the noise level, then integrate from σ̂
+                t = float(sde.t_from_log_snr(-2.0 * math.log(s_hat)))
+                m_hat = sde.mean_scale(t)
+                std = m_hat * math.sqrt(s_hat**2 - s_cur**2) * self.s_noise
+                x = ctx.settle(lincomb([(m_hat / m_cur, x)], into=ctx.noise(x.shape, std=std)), t)
+                s_cur, m_cur = s_hat, m_hat
+        m_next = sde.mean_scale(t_next)
+        c = m_next * (s_next - s_cur)
+        s1 = ctx.score(x, t)
+        x_pred = ctx.settle(lincomb([(m_next / m_cur, x), (-c * s_cur * m_cur, s1)]), t_next)
+        s2 = ctx.score(x_pred, t_next)
+        x = lincomb([(0.5 * c * s_cur * m_cur, s1), (-0.5 * c * s_next * m_next, s2)], into=x_pred)
+        return state.advance(ctx.settle(x, t_next), t_next)

@@ -1,0 +1,182 @@
+"""The sampler protocol: what every sampler declares, the state it advances, and the context
+(SDE, counted score, noise, hooks) its steps read.
+
+A sampler builds its state once (``init``) and advances it one grid interval at a time
+(``step(ctx, state, t, t_next) -> state``); ``finish`` turns the last state into samples (the
+final denoising).  Adaptive samplers (``nfe_per_step is None``) have the same shape, and in
+addition expose one *proposed* step at a time (``attempt``; accepted or rejected, per sample
+where the solver has a step per sample) and ``reached``, so the one loop in ``loop.py`` can
+report progress as the time reached, bound the number of attempts and call back on acceptance.
+The loop owns everything else: grid iteration, trajectory, progress bar, callbacks, NFE
+bookkeeping.  Driving a sampler by hand is the same three calls::
+
+    ctx, state, ts = scoresolve.start(score_fn, sde, shape, "dpmpp_2m", steps=20, generator=g)
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        state = sampler.step(ctx, state, t, t_next)     # state.x, state.x0 to inspect or edit
+    x = sampler.finish(ctx, state, denoise=True)
+
+Samplers are frozen dataclasses holding options only; everything that changes during a run
+lives in ``State`` (its ``memory`` holds what a method keeps between steps: multistep history,
+per-sample step sizes, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .sde import SDE
+
+__all__ = ["State", "Context", "Sampler", "AdaptiveSampler", "SamplerBase", "tweedie"]
+
+
+@dataclass(eq=False)
+class State:
+    """What a sampler carries from one step to the next.
+
+    Attributes:
+        x: (B, ...) the state at time ``t``.
+        t: time reached (float; a (B,) float64 tensor for per-sample adaptive solvers).
+        i: grid steps taken (proposed steps for adaptive solvers).
+        x_mean: the noise-free mean of the last stochastic step (``denoise`` returns it).
+        memory: whatever the method keeps between steps (history, coefficients, step sizes).
+        accepted: for adaptive solvers, whether the last proposal was accepted (a (B,) bool
+            tensor for per-sample solvers; rows not running are False).
+        stats: statistics the method reports in ``SampleResult.stats``.
+    """
+
+    x: Tensor
+    t: float | Tensor
+    i: int = 0
+    x_mean: Tensor | None = None
+    memory: Any = None
+    accepted: bool | Tensor = True
+    stats: dict = field(default_factory=dict)
+
+    def advance(self, x: Tensor, t: float | Tensor, x_mean: Tensor | None = None) -> State:
+        """Record one step: the new state x at time t (and its noise-free mean)."""
+        self.x, self.t, self.x_mean = x, t, x_mean
+        self.i += 1
+        return self
+
+
+@dataclass(eq=False)
+class Context:
+    """What every step reads: the SDE, the (counted) score, the noise source and the hooks.
+
+    Attributes:
+        sde: the forward SDE.
+        score: the score, called as ``score(x, t)`` with t a float or a (B,) tensor; a
+            ``CountingScore`` (possibly behind an x̂₀ hook) when built by ``sample``/``start``.
+        noise: ``noise(shape, std=1.0)`` gives a fresh N(0, std²) tensor the caller owns.
+        denoise: whether the run ends with the final denoising (a stochastic sampler's last
+            step then computes only its noise-free mean).
+        post_step: ``hook(x, t) -> x`` applied to every state a sampler forms at time t
+            (after each predictor and each corrector sub-step; projections for inverse problems).
+        final: ``hook(x) -> x`` applied to the samples after the final denoising.
+        rows: the batch rows the current evaluation covers (per-sample adaptive solvers
+            evaluate the running rows only; None = every row), for hooks with per-row data.
+    """
+
+    sde: SDE
+    score: Callable[..., Tensor]
+    noise: Callable[..., Tensor]
+    denoise: bool = True
+    post_step: Callable[[Tensor, Any], Tensor] | None = None
+    final: Callable[[Tensor], Tensor] | None = None
+    rows: Tensor | None = None
+
+    def settle(self, x: Tensor, t) -> Tensor:
+        """x after the post-step hook (x itself when there is none)."""
+        return x if self.post_step is None else self.post_step(x, t)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A fixed-grid sampler: declares its cost and order, advances one grid interval per step.
+
+    ``nfe_per_step``: score evaluations per grid step (None for adaptive samplers);
+    ``extra_nfe(denoise)``: evaluations outside the steps (final denoising, a first
+    evaluation); ``order``: weak order for SDE samplers, order for ODE samplers;
+    ``default_grid`` / ``default_steps``: what ``sample`` uses when not told;
+    ``stochastic``: whether the sampler draws noise (projections draw or take the mean).
+    """
+
+    nfe_per_step: int | None
+    order: float
+    default_grid: str
+    default_steps: int
+    stochastic: bool
+
+    def extra_nfe(self, denoise: bool) -> int: ...
+
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State: ...
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State: ...
+
+    def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor: ...
+
+
+@runtime_checkable
+class AdaptiveSampler(Sampler, Protocol):
+    """An adaptive sampler: ``attempt`` proposes one step towards ``t_end`` (accepted or
+    rejected, per sample where the step size is per sample) and ``reached`` tells when every
+    sample has arrived at ``t_end``; ``step`` is attempts until arrival."""
+
+    def attempt(self, ctx: Context, state: State, t_end: float) -> State: ...
+
+    def reached(self, state: State, t_end: float) -> bool: ...
+
+
+def tweedie(ctx: Context, x: Tensor, t: float) -> Tensor:
+    """E[x_0 | x_t] = (x + σ(t)² s(x, t)) / m(t) (Tweedie's formula): one evaluation."""
+    m, s = ctx.sde.marginal(t)
+    return (x + (s * s) * ctx.score(x, t)) / m
+
+
+class SamplerBase:
+    """Defaults shared by the samplers (one level, no further hierarchy).
+
+    ``denoise_with``: "tweedie" (a final Tweedie step, 1 NFE: ODE samplers, ALD), "mean" (the
+    last stochastic step's noise-free mean, no NFE), or "none".
+    """
+
+    denoise_with: ClassVar[str] = "tweedie"
+    stochastic: ClassVar[bool] = False
+
+    def extra_nfe(self, denoise: bool) -> int:
+        return int(denoise and self.denoise_with == "tweedie")
+
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
+        return State(ctx.settle(x, ts[0]), ts[0], memory=self.prepare(ctx, ts))
+
+    def prepare(self, ctx: Context, ts: list[float]) -> Any:
+        """Whatever the steps precompute from the grid (coefficients); None by default."""
+        return None
+
+    def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
+        x = state.x
+        if denoise and self.denoise_with == "tweedie":
+            x = tweedie(ctx, x, state.t if not isinstance(state.t, Tensor) else float(state.t.max()))
+        elif denoise and self.denoise_with == "mean" and state.x_mean is not None:
+            x = state.x_mean
+        return x if ctx.final is None else ctx.final(x)
+
+    def run(self, sde: SDE, score, x: Tensor, ts: list[float], noise, *, denoise: bool = True,
+            keep: bool = False, progress: bool = False):
+        """The whole solve through the shared loop (``loop.run``), for callers that hold a
+        score, a noise source and a grid themselves (tests with a basis-noise source)."""
+        from .loop import run
+
+        return run(self, Context(sde, score, noise, denoise), x, ts, keep=keep, progress=progress)
+
+
+def batch_t(t: float | Tensor, x: Tensor) -> Tensor:
+    """t as a (B,) tensor for x (per-sample times pass through)."""
+    if isinstance(t, Tensor):
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))

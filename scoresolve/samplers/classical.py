@@ -1,0 +1,251 @@
+"""The classical samplers (Song et al. 2021): predictor-corrector, annealed Langevin dynamics and
+the probability-flow ODE (adaptive Runge-Kutta through torchdiffeq, or fixed-step Euler/Heun).
+
+Each is a frozen dataclass of options implementing ``protocol.Sampler``: ``init`` builds the
+state, ``step`` advances it one grid interval; ``loop.run`` drives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import correctors, ode, predictors
+from .._compat import renamed
+from .._torchdiffeq import ADAPTIVE_RK, StepwiseODE
+from ..protocol import Context, SamplerBase, State
+
+__all__ = ["PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps"]
+
+
+
+def _lookup(kind: str, table: dict, fn):
+    if isinstance(fn, str):
+        try:
+            return table[fn]
+        except KeyError:
+            raise ValueError(f"unknown {kind} {fn!r}; valid choices: {', '.join(table)}") from None
+    if callable(fn):
+        return fn
+    raise TypeError(f"{kind} must be a name ({', '.join(table)}) or a callable, got {type(fn).__name__}")
+
+
+PREDICTORS, CORRECTORS = predictors.PREDICTORS, correctors.CORRECTORS
+
+
+def grid_steps(ts: list[float], progress: bool = False, desc: str = ""):
+    """The grid's consecutive pairs (t_i, t_{i+1}), T → eps, behind a tqdm bar (off unless
+    ``progress``), for loops written by hand around ``sampler.step``."""
+    from tqdm.auto import tqdm
+
+    pairs = list(zip(ts[:-1], ts[1:]))
+    return tqdm(pairs, desc=desc, disable=not progress, leave=False)
+
+
+@renamed(norm="snr_norm")
+@dataclass(frozen=True)
+class PC(SamplerBase):
+    """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3).
+
+    For each grid step t -> t':  corrector at t (``n_corrector_steps`` MCMC steps), then the
+    predictor from t to t'.  With ``denoise`` the last predictor's noise-free mean is returned.
+    Names or callables are accepted for ``predictor`` and ``corrector`` (``PREDICTORS``,
+    ``CORRECTORS``).  ``snr_norm`` is the Langevin corrector's norm rule ("batch": norms averaged
+    over the batch, as the reference; "sample": per sample, batch-invariant).
+    """
+
+    predictor: str | object = "reverse_diffusion"
+    corrector: str | object = "langevin"
+    snr: float = 0.16
+    n_corrector_steps: int = 1
+    snr_norm: str = "batch"
+    default_grid: str = "uniform"
+    default_steps: int = 1000
+    order: float = 1.0
+    denoise_with: ClassVar[str] = "mean"
+    stochastic: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _lookup("predictor", PREDICTORS, self.predictor)
+        _lookup("corrector", CORRECTORS, self.corrector)
+        if not self.snr > 0:
+            raise ValueError(f"snr must be > 0, got {self.snr}")
+        if self.snr_norm not in ("batch", "sample"):
+            raise ValueError(f"snr_norm must be 'batch' or 'sample', got {self.snr_norm!r}")
+        if isinstance(self.n_corrector_steps, bool) or not isinstance(self.n_corrector_steps, int) \
+                or self.n_corrector_steps < 0:
+            raise ValueError(f"n_corrector_steps must be an integer >= 0, got {self.n_corrector_steps}")
+
+    @property
+    def nfe_per_step(self) -> int:
+        return int(self._predictor is not predictors.none) + self._corrector_steps
+
+    @property
+    def _predictor(self):
+        return _lookup("predictor", PREDICTORS, self.predictor)
+
+    @property
+    def _corrector_steps(self) -> int:
+        corrector = _lookup("corrector", CORRECTORS, self.corrector)
+        return 0 if corrector is correctors.none else self.n_corrector_steps
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        x = state.x
+        corrector = _lookup("corrector", CORRECTORS, self.corrector)
+        for _ in range(self._corrector_steps):  # corrector first, at the current time
+            x, _ = corrector(ctx.sde, ctx.score, x, t, ctx.noise, snr=self.snr, n_steps=1, norm=self.snr_norm)
+            x = ctx.settle(x, t)
+        x, x_mean = self._predictor(ctx.sde, ctx.score, x, t, t_next, ctx.noise)
+        return state.advance(ctx.settle(x, t_next), t_next, x_mean)
+
+
+@dataclass(frozen=True)
+class AnnealedLangevin(SamplerBase):
+    """Annealed Langevin dynamics (NCSN; Song & Ermon 2019, Algorithm 1).
+
+    Levels are the grid times t_1 > ... > t_L (for VE on the default log-SNR grid: geometric
+    noise levels σ_1 > ... > σ_L).  At level i, ``n_steps_each`` steps of
+    x' = x + (α_i/2) s(x, t_i) + √α_i z with α_i = step_lr · σ_i² / σ_L².
+    For VP-type SDEs the data scale m(t) also changes between levels; Langevin cannot follow it
+    once σ_i is below the data's own scale, so x is rescaled by m(t_i)/m(t_{i−1}) on entering a
+    level (ALD on x/m, which is exactly NCSN's algorithm for VE, where m = 1).
+    ``step_lr=None`` picks ε by the NCSNv2 rule (Song & Ermon 2020, Technique 4) for the
+    grid's level ratio.  With ``denoise`` a final Tweedie step x̂_0 = (x + σ_L² s)/m (1 NFE).
+    """
+
+    n_steps_each: int = 10
+    step_lr: float | None = None
+    default_grid: str = "log_snr"
+    default_steps: int = 100
+    order: float = 1.0
+    stochastic: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if isinstance(self.n_steps_each, bool) or not isinstance(self.n_steps_each, int) or self.n_steps_each < 1:
+            raise ValueError(f"n_steps_each must be an integer >= 1, got {self.n_steps_each}")
+        if self.step_lr is not None and not self.step_lr > 0:
+            raise ValueError(f"step_lr must be > 0, got {self.step_lr}")
+
+    @property
+    def nfe_per_step(self) -> int:
+        return self.n_steps_each
+
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
+        from ..ncsn import ald_step_size
+
+        sig = [ctx.sde.std(t) for t in ts[1:]]
+        gamma = (sig[0] / sig[-1]) ** (1.0 / (len(sig) - 1)) if len(sig) > 1 else 1.0
+        lr = self.step_lr if self.step_lr is not None else ald_step_size(gamma, self.n_steps_each, sig[-1])
+        return State(x, ts[0], memory=(lr, sig[-1]), stats={"step_lr": lr})
+
+    def step(self, ctx: Context, state: State, t_prev: float, t: float) -> State:
+        lr, sigma_last = state.memory
+        x, sde = state.x, ctx.sde
+        ratio = sde.mean_scale(t) / sde.mean_scale(t_prev)
+        if ratio != 1.0:
+            x = x * ratio  # follow m(t) between levels
+        x = ctx.settle(x, t)
+        alpha = lr * (sde.std(t) / sigma_last) ** 2
+        for _ in range(self.n_steps_each):
+            s = ctx.score(x, t)
+            x = ctx.settle(ctx.noise(x.shape, std=alpha**0.5).add_(x).add_(s, alpha=0.5 * alpha), t)
+        return state.advance(x, t)
+
+
+@dataclass(frozen=True)
+class ProbabilityFlowODE(SamplerBase):
+    """Probability-flow ODE with an adaptive Runge-Kutta solver (torchdiffeq; dopri5 = RK45).
+
+    Integrates dx/dt = f(t) x − ½ g(t)² s(x, t) from T to eps through the grid times (the
+    trajectory is reported there, interpolated as torchdiffeq does); with ``denoise`` a final
+    Tweedie step (1 NFE).  The batch shares one step size (torchdiffeq's error norm is over the
+    whole batch); the step landing on eps is pinned, so the score is never evaluated below eps.
+    ``max_steps`` bounds the proposed steps (``StepBudgetExceeded`` names the time reached).
+    ``solver``: any torchdiffeq method; the adaptive Runge-Kutta ones (dopri5, dopri8, bosh3,
+    fehlberg2, adaptive_heun) are stepped one proposal at a time, others are solved whole.
+    Reference: Song et al. 2021, §4.3 and Appendix D; Dormand & Prince 1980.
+    """
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    solver: str = "dopri5"
+    options: dict = field(default_factory=dict)
+    max_steps: int = 100_000
+    default_grid: str = "uniform"
+    default_steps: int = 1
+    order: float = 5.0
+    nfe_per_step: ClassVar[None] = None
+
+    def __post_init__(self):
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"rtol and atol must be > 0, got rtol={self.rtol}, atol={self.atol}")
+
+    def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
+        x = ctx.settle(x, ts[0])
+        t = torch.tensor(ts, dtype=torch.float64).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        opts = {"step_t": t[-1:].clone()} if self.solver in ADAPTIVE_RK else {}
+        opts.update(self.options)
+        sde, score, stats = ctx.sde, ctx.score, {"solver": self.solver, "rtol": self.rtol, "atol": self.atol,
+                                                 "rhs_evals": 0}
+
+        def drift(tt: Tensor, y: Tensor) -> Tensor:
+            stats["rhs_evals"] += 1
+            return ode.flow_drift(sde, score, y, tt)
+
+        ode_ = StepwiseODE(drift, x, t, rtol=self.rtol, atol=self.atol, method=self.solver, options=opts)
+        return State(x, ts[0], memory=[ode_, 1, ts, ctx], stats=stats)
+
+    def attempt(self, ctx: Context, state: State, t_end: float) -> State:
+        ode_ = state.memory[0]
+        state.accepted = ode_.attempt()
+        state.i += 1
+        state.t = ode_.t_reached
+        return state
+
+    def reached(self, state: State, t_end: float) -> bool:
+        ode_, k, ts, ctx = state.memory
+        if not ode_.reached(k):
+            return False
+        state.x, state.t = ctx.settle(ode_.value(k), ts[k]), ts[k]  # the state at the output time ts[k]
+        state.memory[1] = k + 1
+        f = ode_.func
+        state.stats.update(steps_accepted=f.accepted, steps_rejected=f.rejected,
+                           steps_attempted=f.accepted + f.rejected)
+        return True
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        while not self.reached(state, t_next):
+            state = self.attempt(ctx, state, t_next)
+        return state
+
+
+@renamed(method="scheme")
+@dataclass(frozen=True)
+class FixedStepODE(SamplerBase):
+    """Probability-flow ODE on the grid with a fixed-step method: ``scheme="euler"`` (order 1,
+    1 NFE per step) or ``"heun"`` (order 2, 2 NFE per step); with ``denoise`` a final Tweedie
+    step.  Reference: Song et al. 2021, eq. 13; Karras et al. 2022, Algorithm 1 (Heun)."""
+
+    scheme: str = "heun"
+    default_grid: str = "uniform"
+    default_steps: int = 100
+    _SCHEMES: ClassVar[dict] = {"euler": (ode.euler_step, 1, 1.0), "heun": (ode.heun_step, 2, 2.0)}
+
+    def __post_init__(self):
+        if self.scheme not in self._SCHEMES:
+            raise ValueError(f"unknown ODE scheme {self.scheme!r}; valid choices: {', '.join(self._SCHEMES)}")
+
+    @property
+    def nfe_per_step(self) -> int:
+        return self._SCHEMES[self.scheme][1]
+
+    @property
+    def order(self) -> float:
+        return self._SCHEMES[self.scheme][2]
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        x, _ = self._SCHEMES[self.scheme][0](ctx.sde, ctx.score, state.x, t, t_next)
+        return state.advance(ctx.settle(x, t_next), t_next)
