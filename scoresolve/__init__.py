@@ -5,7 +5,7 @@ probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, a
 score evaluations it actually made.
 """
 
-from . import control, distributed, metrics, ncsn, protocol, samplers, targets, train
+from . import control, distributed, metrics, ncsn, protocol, samplers, targets, thresholding, train
 from .adapters import edm_precond, from_diffusers, from_karras, from_v_prediction
 from .control import (
     classifier_free,
@@ -76,5 +76,5 @@ __all__ = [
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
     "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "grid_from_sigmas",
-    "from_diffusers", "from_karras", "from_v_prediction", "edm_precond",
+    "from_diffusers", "from_karras", "from_v_prediction", "edm_precond", "thresholding",
 ]

@@ -103,3 +103,68 @@ def test_tables_match_diffusers(name):
         assert torch.equal(sde.alphas_cumprod, sched.alphas_cumprod.double())
         t = sde.timestep_to_t(torch.arange(1000))
         assert torch.allclose(sde.mean_scale(t) ** 2, sched.alphas_cumprod.double(), rtol=1e-14, atol=0)
+
+
+def _check_sigma_scheduler(unet, x_T, cls, config, method, n, spacing, **options):
+    """diffusers' σ-schedulers (Euler, Heun, LMS) step x̃ = x/m in σ̃ = σ/m from x̃_T = z·init_noise_sigma;
+    scoresolve starts from x_T = m(t_0) x̃_T and ends, like them, at x̂_0."""
+    results = []
+    for f64 in (False, True):
+        sched = cls(**config) if not f64 else float64_scheduler(cls(**config))
+        ref, calls = run_diffusers(unet, sched, x_T, n, f64=f64)
+        sde = ss.DiscreteVPSDE.from_diffusers(sched)
+        grid = ss.timestep_grid(sde, n, spacing, steps_offset=sched.config.steps_offset)
+        x_init = x_T * float(sched.init_noise_sigma) * sde.mean_scale(float(grid[0]))
+        res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, method, grid=grid, x_init=x_init, **options)
+        assert res.nfe == calls
+        results.append(rel(res.samples, ref))
+    assert results[0] <= 1e-6 and results[1] <= 1e-12, results
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("n", STEPS)
+@pytest.mark.parametrize("name, method", [("EulerDiscreteScheduler", "euler"), ("HeunDiscreteScheduler", "heun"),
+                                          ("LMSDiscreteScheduler", "lms")])
+def test_sigma_schedulers_match_diffusers(unet, x_T, name, method, n, spacing, prediction_type):
+    """Euler = ``euler`` (= DDIM), Heun = ``heun`` (= EDM Heun; 2n − 1 NFE), LMS = ``lms`` (order 4,
+    its last multistep step to σ = 0 is our final denoising).  ("linspace" spacing makes their
+    timesteps fractional with σ interpolated linearly in τ, which the log-α interpolation of
+    ``DiscreteVPSDE`` does not reproduce; left out.)"""
+    config = dict(prediction_type=prediction_type, timestep_spacing=spacing,
+                  steps_offset=1 if spacing == "leading" else 0)
+    _check_sigma_scheduler(unet, x_T, getattr(diffusers, name), config, method, n, spacing)
+
+
+@pytest.mark.parametrize("n", (10, 20))
+def test_ddim_clip_sample_and_dpmpp_thresholding(unet, x_T, n):
+    """clip_sample / dynamic thresholding as x̂_0 hooks: DDIM(clip_sample=True,
+    use_clipped_model_output=True) = ``ddim`` with ``clip_x0()``; DPM-Solver++(2M) with
+    thresholding = ``dpmpp_2m`` with ``dynamic_threshold()``.  (diffusers' DDIM default,
+    use_clipped_model_output=False, pairs the clipped x̂_0 with the unclipped ε̂, which is not a
+    function of a hooked x̂_0: not reproduced.)  The float32 bound is 1e-5 here: the random UNet's
+    unclipped x̂_0 reach ~600 while the clipped output stays in [−1, 1], and float32 rounding is
+    relative to the former (the same runs without clipping agree to ~1e-8 of their max |x|).
+    Lifted to float64 diffusers agrees to ~1e-14."""
+    def ddim_loop(sched, x, f64):
+        if f64:
+            sched = float64_scheduler(sched)
+            sched.set_timesteps(n)
+        else:
+            sched.set_timesteps(n)
+        with torch.no_grad():
+            for tau in sched.timesteps:
+                x = sched.step(unet(x, tau).sample, tau, x, use_clipped_model_output=True).prev_sample
+        return x
+
+    clip = ss.thresholding.clip_x0(1.0)
+    for f64, tol in ((False, 1e-5), (True, 1e-12)):
+        sched = diffusers.DDIMScheduler(clip_sample=True, timestep_spacing="trailing")
+        ref = ddim_loop(sched, x_T.clone(), f64)
+        sde = ss.DiscreteVPSDE.from_diffusers(sched)
+        res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, "ddim", x_init=x_T, x0_hook=clip,
+                        grid=ss.timestep_grid(sde, n, "trailing"))
+        assert rel(res.samples, ref) <= tol, rel(res.samples, ref)
+    config = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5, timestep_spacing="trailing")
+    _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, "dpmpp_2m", n, "trailing", "dpmsolver",
+           lower_order_final=False, x0_hook=ss.thresholding.dynamic_threshold(0.9, 1.5))
