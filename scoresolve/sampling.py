@@ -81,7 +81,7 @@ class _X0View:
     the latest x̂_0 is kept for callbacks.  Costs a pass over x per evaluation, only when used."""
 
     def __init__(self, score, sde: SDE, hook=None, track: bool = False):
-        self.score, self.sde, self.hook, self.track, self.x0 = score, sde, hook, track, None
+        self.score, self.sde, self.hook, self.track, self.x0, self.ctx = score, sde, hook, track, None, None
 
     def __getattr__(self, name):  # step, nfe, calls, ... of the counting score
         return getattr(self.score, name)
@@ -102,7 +102,14 @@ class _X0View:
             x0 = self.hook(x0, t)
             s = (m * x0 - x) / (sd * sd)
         if self.track:
-            self.x0 = x0
+            rows = None if self.ctx is None else self.ctx.rows
+            if rows is None:
+                self.x0 = x0
+            else:  # an evaluation on some rows (per-sample adaptive solvers): update those rows
+                if self.x0 is None or self.x0.shape[0] != self.ctx_batch:
+                    self.x0 = torch.full((self.ctx_batch,) + tuple(x0.shape[1:]), float("nan"), dtype=x0.dtype,
+                                         device=x0.device)
+                self.x0[rows] = x0
         return s
 
 
@@ -271,4 +278,6 @@ def start(
     if x0_hook is not None or track_x0:
         score = _X0View(score, sde, x0_hook, track_x0)
     ctx = Context(sde, score, noise, denoise)
+    if isinstance(score, _X0View):
+        score.ctx, score.ctx_batch = ctx, shape[0]
     return Start(sampler, ctx, x, ts.tolist())

@@ -257,7 +257,9 @@ class AdaptiveODE(PerSampleAdaptive):
 
         need = Rows(idx[~run.of(mem.have_d0)], b)
         if need.idx.numel():  # D_0 at the current point (kept across rejections)
+            ctx.rows = None if need.all else need.idx
             need.write(mem.d0, x0(need.of(x), need.of(mem.t)))
+            ctx.rows = None if run.all else idx
             need.add(mem.rows, 1.0)
             need.write(mem.have_d0, torch.ones_like(need.idx, dtype=torch.bool))
         xa, la, ta, da = run.of(x), run.of(mem.lam), run.of(mem.t), run.of(mem.d0)

@@ -175,6 +175,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
             if idx.numel() == 0:
                 return accepted
             run = Rows(idx, b)
+            ctx.rows = None if run.all else idx
         d_new = _x0(ctx, x_pred, tn)
         run.add(mem.rows, 1.0)
         x_corr = x_corr_base + _col(wc0, xa) * d_new
