@@ -17,7 +17,7 @@ from .noise import Noise
 from .protocol import Context, Sampler
 from .registry import resolve
 from .results import SampleResult
-from .score import CountingScore, ScoreFn, all_finite
+from .score import CountingScore, ScoreFn, ScoreWrapper, all_finite
 from .sde import SDE, append_dims
 from .timegrid import GRIDS, check_grid, make_grid
 
@@ -75,22 +75,14 @@ class Start(NamedTuple):
     ts: list[float]
 
 
-class _X0View:
+class _X0View(ScoreWrapper):
     """The score seen through x̂_0 = (x + σ² s)/m: with ``hook``, s is replaced by the score of
     the hooked prediction, (m·hook(x̂_0, t) − x)/σ² (thresholding, clipping); with ``track``
     the latest x̂_0 is kept for callbacks.  Costs a pass over x per evaluation, only when used."""
 
     def __init__(self, score, sde: SDE, hook=None, track: bool = False):
-        self.score, self.sde, self.hook, self.track, self.x0, self.ctx = score, sde, hook, track, None, None
-
-    def __getattr__(self, name):  # step, nfe, calls, ... of the counting score
-        return getattr(self.score, name)
-
-    def __setattr__(self, name, value):
-        if name == "step":
-            self.score.step = value
-        else:
-            object.__setattr__(self, name, value)
+        super().__init__(score)
+        self.sde, self.hook, self.track, self.x0, self.ctx = sde, hook, track, None, None
 
     def __call__(self, x: Tensor, t) -> Tensor:
         s = self.score(x, t)

@@ -106,7 +106,7 @@ def test_inpainting_accepts_every_registered_method(method):
 def test_an_identity_x0_hook_changes_nothing_and_a_clip_bounds_the_denoised_samples():
     sde = ss.VPSDE()
     for method in ("ddim", "dpmpp_2m", "unipc", "em", "ode_heun", "ode_adaptive_ps"):
-        def run(hook=None):
+        def run(hook=None, method=method):
             return ss.sample(RING.score_fn(sde), sde, (32, 2), method, generator=gen(6), dtype=F64, x0_hook=hook,
                              **budget(method)).samples
 
