@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .options import check_options
 from .sde import SDE
 
 __all__ = ["State", "Context", "Sampler", "AdaptiveSampler", "SamplerBase", "tweedie"]
@@ -147,6 +148,9 @@ class SamplerBase:
 
     denoise_with: ClassVar[str] = "tweedie"
     stochastic: ClassVar[bool] = False
+
+    def __post_init__(self):
+        check_options(self)
 
     def extra_nfe(self, denoise: bool) -> int:
         return int(denoise and self.denoise_with == "tweedie")

@@ -17,7 +17,7 @@ from .noise import Noise
 from .protocol import Context, Sampler
 from .registry import resolve
 from .results import SampleResult
-from .score import CountingScore, ScoreFn, all_finite
+from .score import CountingScore, ScoreFn, ScoreWrapper, all_finite
 from .sde import SDE, append_dims
 from .timegrid import GRIDS, check_grid, make_grid
 
@@ -75,22 +75,14 @@ class Start(NamedTuple):
     ts: list[float]
 
 
-class _X0View:
+class _X0View(ScoreWrapper):
     """The score seen through x̂_0 = (x + σ² s)/m: with ``hook``, s is replaced by the score of
     the hooked prediction, (m·hook(x̂_0, t) − x)/σ² (thresholding, clipping); with ``track``
     the latest x̂_0 is kept for callbacks.  Costs a pass over x per evaluation, only when used."""
 
     def __init__(self, score, sde: SDE, hook=None, track: bool = False):
-        self.score, self.sde, self.hook, self.track, self.x0 = score, sde, hook, track, None
-
-    def __getattr__(self, name):  # step, nfe, calls, ... of the counting score
-        return getattr(self.score, name)
-
-    def __setattr__(self, name, value):
-        if name == "step":
-            self.score.step = value
-        else:
-            object.__setattr__(self, name, value)
+        super().__init__(score)
+        self.sde, self.hook, self.track, self.x0, self.ctx = sde, hook, track, None, None
 
     def __call__(self, x: Tensor, t) -> Tensor:
         s = self.score(x, t)
@@ -102,7 +94,14 @@ class _X0View:
             x0 = self.hook(x0, t)
             s = (m * x0 - x) / (sd * sd)
         if self.track:
-            self.x0 = x0
+            rows = None if self.ctx is None else self.ctx.rows
+            if rows is None:
+                self.x0 = x0
+            else:  # an evaluation on some rows (per-sample adaptive solvers): update those rows
+                if self.x0 is None or self.x0.shape[0] != self.ctx_batch:
+                    self.x0 = torch.full((self.ctx_batch,) + tuple(x0.shape[1:]), float("nan"), dtype=x0.dtype,
+                                         device=x0.device)
+                self.x0[rows] = x0
         return s
 
 
@@ -271,4 +270,6 @@ def start(
     if x0_hook is not None or track_x0:
         score = _X0View(score, sde, x0_hook, track_x0)
     ctx = Context(sde, score, noise, denoise)
+    if isinstance(score, _X0View):
+        score.ctx, score.ctx_batch = ctx, shape[0]
     return Start(sampler, ctx, x, ts.tolist())

@@ -23,6 +23,7 @@ __all__ = [
     "from_denoiser",
     "from_sigma_model",
     "CountingScore",
+    "ScoreWrapper",
     "NonFiniteScoreError",
 ]
 
@@ -78,6 +79,23 @@ def from_sigma_model(model, sde: SDE) -> ScoreFn:
         return model(x, sde.std(t))
 
     return score_fn
+
+
+class ScoreWrapper:
+    """Base of the wrappers a run puts around its ``CountingScore`` (x̂_0 hooks, pinned scores):
+    ``nfe``, ``calls``, ``step`` and the rest read and write through to the wrapped score."""
+
+    def __init__(self, score):
+        object.__setattr__(self, "score", score)
+
+    def __getattr__(self, name):
+        return getattr(self.score, name)
+
+    def __setattr__(self, name, value):
+        if name == "step":
+            self.score.step = value
+        else:
+            object.__setattr__(self, name, value)
 
 
 class NonFiniteScoreError(FloatingPointError):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from torch import Tensor
 
 from ..protocol import Context, Sampler, State
+from ..score import ScoreWrapper
 from ..sde import append_dims
 
 __all__ = ["Observation", "Projected", "WrapsBase"]
@@ -101,7 +102,7 @@ class Observation:
         return out
 
 
-class _PinnedScore:
+class _PinnedScore(ScoreWrapper):
     """s̃(u, t) = (I − P) s(Π(u, t), t) with Π(u, t) = (I − P) u + m(t) b.
 
     Under the probability-flow drift f u − ½ g² s̃ the observed part obeys du/dt = f(t) u, whose
@@ -111,16 +112,8 @@ class _PinnedScore:
     evaluated are ``ctx.rows`` (per-sample adaptive solvers run a subset)."""
 
     def __init__(self, score, obs: Observation, ctx: Context):
-        self.score, self.obs, self.ctx = score, obs, ctx
-
-    def __getattr__(self, name):  # step, nfe, calls, ... of the wrapped score
-        return getattr(self.score, name)
-
-    def __setattr__(self, name, value):
-        if name == "step":
-            self.score.step = value
-        else:
-            object.__setattr__(self, name, value)
+        super().__init__(score)
+        self.obs, self.ctx = obs, ctx
 
     def __call__(self, u: Tensor, t) -> Tensor:
         obs = self.obs.rows(self.ctx.rows)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._compat import renamed
+from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ..sde import SDE, append_dims
 from ._common import Rows
@@ -66,13 +67,7 @@ def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z
     return x1, 0.5 * (x + x2)
 
 
-def _check_tols(rtol: float, atol: float, safety: float):
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
-    if not 0 < safety <= 1:
-        raise ValueError(f"safety must lie in (0, 1], got {safety}")
-
-
+@dataclass(frozen=True)
 class PerSampleAdaptive(SamplerBase):
     """The skeleton of a solver with a step size per sample.
 
@@ -85,14 +80,15 @@ class PerSampleAdaptive(SamplerBase):
     and ``_propose(ctx, mem, run, t_end) -> (B,) bool accepted``.
     """
 
+    rtol: float = option(1e-3, within="(0, inf)")
+    atol: float = option(1e-3, within="(0, inf)")
+    h_init: float = option(0.05, within="(0, inf)")
+    safety: float = option(0.9, within="(0, 1]")
+    per_sample: bool = True
+    max_steps: int = option(100_000, within="[1, inf)", integer=True)
+    default_grid: str = "uniform"
+    default_steps: int = 1
     nfe_per_step: ClassVar[None] = None
-
-    def __post_init__(self):
-        _check_tols(self.rtol, self.atol, self.safety)
-        if not self.h_init > 0:
-            raise ValueError(f"h_init must be > 0, got {self.h_init}")
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         mem = self._start(ctx, ctx.settle(x, ts[0]).clone(), ts)
@@ -163,15 +159,10 @@ class GottaGoFast(PerSampleAdaptive):
     Score-Based Models", Algorithm 1 (defaults ε_rel = 0.05, ε_abs = 0.0078, r = θ = 0.9).
     """
 
-    rtol: float = 0.05
-    atol: float = 0.0078
-    h_init: float = 0.01
-    exponent: float = 0.9
-    safety: float = 0.9
-    per_sample: bool = True
-    max_steps: int = 100_000
-    default_grid: str = "uniform"
-    default_steps: int = 1
+    rtol: float = option(0.05, within="(0, inf)")
+    atol: float = option(0.0078, within="(0, inf)")
+    h_init: float = option(0.01, within="(0, inf)")
+    exponent: float = option(0.9, within="(0, inf)")
     order: ClassVar[float] = 2.0
     stochastic: ClassVar[bool] = True
 
@@ -225,14 +216,6 @@ class AdaptiveODE(PerSampleAdaptive):
     Appendix (DPM-Solver-3, r_1 = 1/3, r_2 = 2/3), here in data-prediction form.
     """
 
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    h_init: float = 0.05
-    safety: float = 0.9
-    per_sample: bool = True
-    max_steps: int = 100_000
-    default_grid: str = "uniform"
-    default_steps: int = 1
     order: ClassVar[float] = 3.0
 
     def _start(self, ctx: Context, x: Tensor, ts: list[float]) -> SimpleNamespace:
@@ -257,7 +240,9 @@ class AdaptiveODE(PerSampleAdaptive):
 
         need = Rows(idx[~run.of(mem.have_d0)], b)
         if need.idx.numel():  # D_0 at the current point (kept across rejections)
+            ctx.rows = None if need.all else need.idx
             need.write(mem.d0, x0(need.of(x), need.of(mem.t)))
+            ctx.rows = None if run.all else idx
             need.add(mem.rows, 1.0)
             need.write(mem.have_d0, torch.ones_like(need.idx, dtype=torch.bool))
         xa, la, ta, da = run.of(x), run.of(mem.lam), run.of(mem.t), run.of(mem.d0)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._compat import renamed
+from ..options import option
 from ..protocol import Context
 from ..sde import append_dims
 from ._common import Rows, exp_moments_t, exp_weights_t
@@ -39,12 +40,12 @@ class AdaptiveMultistep(PerSampleAdaptive):
     """Adaptive UniPC-class multistep with a step size per sample (1 NFE per attempted step).
 
     With past data predictions D_j at λ_j (newest D_0 at the current λ) and h the sample's step:
-      predictor  x̃ = (σ'/σ) x + m' Σ_j w_j D_j             (order k ≤ ``predictor_order``)
+      predictor  x̃ = (σ'/σ) x + m' Σ_j w_j D_j             (order k ≤ ``solver_order``)
       evaluate   D' = x̂_0(x̃, t(λ + h))                      (1 NFE, on the running rows only)
       corrector  x' = (σ'/σ) x + m' (w^c_0 D' + Σ_j w^c_j D_j)  (order k + 1)
-    E = ‖(x' − x̃)/δ‖_rms with δ = m'·(atol·s_d + rtol·σ'/m') (``norm="noise"``, s_d =
+    E = ‖(x' − x̃)/δ‖_rms with δ = m'·(atol·s_d + rtol·σ'/m') (``error_norm="noise"``, s_d =
     ``data_scale``: absolute errors in data units, relative ones to the noise level) or
-    δ = atol + rtol·max(|x|, |x'|) (``norm="state"``, the classical mixed norm); accept x'
+    δ = atol + rtol·max(|x|, |x'|) (``error_norm="state"``, the classical mixed norm); accept x'
     (keeping D') if E ≤ 1;  h ← h · clip(θ E^{−1/(k+1)} · min(1, E_prev/E)^{β/(k+1)},
     ``min_factor``, ``max_factor``) with E_prev the sample's last accepted error and β =
     ``predictive`` (a Gustafsson-style predictive factor: a growing error shrinks the next step
@@ -61,33 +62,17 @@ class AdaptiveMultistep(PerSampleAdaptive):
     8-ring and a 64-d mixture and checked on held-out ones (benchmarks/fast_results.md).
     """
 
-    rtol: float = 1e-2
-    atol: float = 1e-2
-    solver_order: int = 3
-    error_norm: str = "noise"
-    data_scale: float = 0.2
-    h_init: float = 0.5
-    safety: float = 0.75
-    min_factor: float = 0.2
-    max_factor: float = 2.0
-    predictive: float = 1.0
+    rtol: float = option(1e-2, within="(0, inf)")
+    atol: float = option(1e-2, within="(0, inf)")
+    h_init: float = option(0.5, within="(0, inf)")
+    safety: float = option(0.75, within="(0, 1]")
+    solver_order: int = option(3, choices=(1, 2, 3))
+    error_norm: str = option("noise", choices=("noise", "state"))
+    data_scale: float = option(0.2, within="(0, inf)")
+    min_factor: float = option(0.2, within="(0, 1)")
+    max_factor: float = option(2.0, within="(1, inf)")
+    predictive: float = option(1.0, within="[0, inf)")
     correct_last: bool = False
-    per_sample: bool = True
-    max_steps: int = 100_000
-    default_grid: str = "uniform"
-    default_steps: int = 1
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
-        if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor):
-            raise ValueError("need 0 < safety <= 1 and 0 < min_factor < 1 < max_factor, got "
-                             f"{self.safety}, {self.min_factor}, {self.max_factor}")
-        if self.error_norm not in ("noise", "state"):
-            raise ValueError(f"error_norm must be 'noise' or 'state', got {self.error_norm!r}")
-        if not (self.data_scale > 0 and self.predictive >= 0):
-            raise ValueError(f"need data_scale > 0 and predictive >= 0, got {self.data_scale}, {self.predictive}")
 
     @property
     def order(self) -> float:
@@ -175,6 +160,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
             if idx.numel() == 0:
                 return accepted
             run = Rows(idx, b)
+            ctx.rows = None if run.all else idx
         d_new = _x0(ctx, x_pred, tn)
         run.add(mem.rows, 1.0)
         x_corr = x_corr_base + _col(wc0, xa) * d_new

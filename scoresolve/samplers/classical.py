@@ -16,6 +16,7 @@ from torch import Tensor
 from .. import correctors, ode, predictors
 from .._compat import renamed
 from .._torchdiffeq import ADAPTIVE_RK, StepwiseODE
+from ..options import option
 from ..protocol import Context, SamplerBase, State
 
 __all__ = ["PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps"]
@@ -59,9 +60,9 @@ class PC(SamplerBase):
 
     predictor: str | object = "reverse_diffusion"
     corrector: str | object = "langevin"
-    snr: float = 0.16
-    n_corrector_steps: int = 1
-    snr_norm: str = "batch"
+    snr: float = option(0.16, within="(0, inf)")
+    n_corrector_steps: int = option(1, within="[0, inf)", integer=True)
+    snr_norm: str = option("batch", choices=("batch", "sample"))
     default_grid: str = "uniform"
     default_steps: int = 1000
     order: float = 1.0
@@ -71,13 +72,7 @@ class PC(SamplerBase):
     def __post_init__(self):
         _lookup("predictor", PREDICTORS, self.predictor)
         _lookup("corrector", CORRECTORS, self.corrector)
-        if not self.snr > 0:
-            raise ValueError(f"snr must be > 0, got {self.snr}")
-        if self.snr_norm not in ("batch", "sample"):
-            raise ValueError(f"snr_norm must be 'batch' or 'sample', got {self.snr_norm!r}")
-        if isinstance(self.n_corrector_steps, bool) or not isinstance(self.n_corrector_steps, int) \
-                or self.n_corrector_steps < 0:
-            raise ValueError(f"n_corrector_steps must be an integer >= 0, got {self.n_corrector_steps}")
+        super().__post_init__()
 
     @property
     def nfe_per_step(self) -> int:
@@ -116,18 +111,12 @@ class AnnealedLangevin(SamplerBase):
     grid's level ratio.  With ``denoise`` a final Tweedie step x̂_0 = (x + σ_L² s)/m (1 NFE).
     """
 
-    n_steps_each: int = 10
-    step_lr: float | None = None
+    n_steps_each: int = option(10, within="[1, inf)", integer=True)
+    step_lr: float | None = option(None, within="(0, inf)", allow_none=True)
     default_grid: str = "log_snr"
     default_steps: int = 100
     order: float = 1.0
     stochastic: ClassVar[bool] = True
-
-    def __post_init__(self):
-        if isinstance(self.n_steps_each, bool) or not isinstance(self.n_steps_each, int) or self.n_steps_each < 1:
-            raise ValueError(f"n_steps_each must be an integer >= 1, got {self.n_steps_each}")
-        if self.step_lr is not None and not self.step_lr > 0:
-            raise ValueError(f"step_lr must be > 0, got {self.step_lr}")
 
     @property
     def nfe_per_step(self) -> int:
@@ -169,19 +158,15 @@ class ProbabilityFlowODE(SamplerBase):
     Reference: Song et al. 2021, §4.3 and Appendix D; Dormand & Prince 1980.
     """
 
-    rtol: float = 1e-5
-    atol: float = 1e-5
+    rtol: float = option(1e-5, within="(0, inf)")
+    atol: float = option(1e-5, within="(0, inf)")
     solver: str = "dopri5"
     options: dict = field(default_factory=dict)
-    max_steps: int = 100_000
+    max_steps: int = option(100_000, within="[1, inf)", integer=True)
     default_grid: str = "uniform"
     default_steps: int = 1
     order: float = 5.0
     nfe_per_step: ClassVar[None] = None
-
-    def __post_init__(self):
-        if not (self.rtol > 0 and self.atol > 0):
-            raise ValueError(f"rtol and atol must be > 0, got rtol={self.rtol}, atol={self.atol}")
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         x = ctx.settle(x, ts[0])
@@ -229,14 +214,10 @@ class FixedStepODE(SamplerBase):
     1 NFE per step) or ``"heun"`` (order 2, 2 NFE per step); with ``denoise`` a final Tweedie
     step.  Reference: Song et al. 2021, eq. 13; Karras et al. 2022, Algorithm 1 (Heun)."""
 
-    scheme: str = "heun"
+    _SCHEMES: ClassVar[dict] = {"euler": (ode.euler_step, 1, 1.0), "heun": (ode.heun_step, 2, 2.0)}
+    scheme: str = option("heun", choices=tuple(_SCHEMES))
     default_grid: str = "uniform"
     default_steps: int = 100
-    _SCHEMES: ClassVar[dict] = {"euler": (ode.euler_step, 1, 1.0), "heun": (ode.heun_step, 2, 2.0)}
-
-    def __post_init__(self):
-        if self.scheme not in self._SCHEMES:
-            raise ValueError(f"unknown ODE scheme {self.scheme!r}; valid choices: {', '.join(self._SCHEMES)}")
 
     @property
     def nfe_per_step(self) -> int:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ._common import lincomb
 
@@ -34,19 +35,18 @@ class EDMHeun(SamplerBase):
     stops decreasing: keep s_churn below 0.41·N.)
     """
 
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
+    s_churn: float = option(0.0, within="[0, inf)")
+    s_tmin: float = option(0.0, within="[0, inf]")
+    s_tmax: float = option(math.inf, within="[0, inf]")
+    s_noise: float = option(1.0, within="[0, inf)")
     default_grid: str = "karras"
     default_steps: int = 12
     nfe_per_step: ClassVar[int] = 2
     order: ClassVar[float] = 2.0
 
     def __post_init__(self):
-        if self.s_churn < 0 or self.s_noise < 0:
-            raise ValueError(f"s_churn and s_noise must be >= 0, got {self.s_churn}, {self.s_noise}")
-        if not 0 <= self.s_tmin <= self.s_tmax:
+        super().__post_init__()
+        if not self.s_tmin <= self.s_tmax:
             raise ValueError(f"need 0 <= s_tmin <= s_tmax, got {self.s_tmin}, {self.s_tmax}")
 
     @property

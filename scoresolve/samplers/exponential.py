@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._compat import renamed
+from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ._common import exp_weights, lincomb, scaled_denoised, schedule
 
-__all__ = ["DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "step_orders", "multistep_weights"]
+__all__ = ["DDIM", "DPMSolver2S", "Multistep", "DPMSolverMultistep", "DPMSolverSDE", "step_orders",
+           "multistep_weights"]
 
 
 def step_orders(n_steps: int, order: int, lower_order_final: bool) -> list[int]:
@@ -59,15 +61,11 @@ class DDIM(SamplerBase):
     Reference: Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12 and 16.
     """
 
-    eta: float = 0.0
+    eta: float = option(0.0, within="[0, 1]")
     default_grid: str = "log_snr"
     default_steps: int = 50
     nfe_per_step: ClassVar[int] = 1
     order: ClassVar[float] = 1.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
 
     @property
     def stochastic(self) -> bool:
@@ -107,15 +105,11 @@ class DPMSolver2S(SamplerBase):
     Reference: Lu et al. 2022b, "DPM-Solver++", Algorithm 1.
     """
 
-    r: float = 0.5
+    r: float = option(0.5, within="(0, 1)")
     default_grid: str = "log_snr"
     default_steps: int = 10
     nfe_per_step: ClassVar[int] = 2
     order: ClassVar[float] = 2.0
-
-    def __post_init__(self):
-        if not 0.0 < self.r < 1.0:
-            raise ValueError(f"r must lie in (0, 1), got {self.r}")
 
     def prepare(self, ctx: Context, ts: list[float]):
         return schedule(ctx.sde, ts)
@@ -137,9 +131,26 @@ class DPMSolver2S(SamplerBase):
         return state.advance(ctx.settle(x, t_next), t_next)
 
 
+@dataclass(frozen=True)
+class Multistep(SamplerBase):
+    """Options and state shared by the multistep methods (DPM-Solver++ kM and its SDE variant,
+    UniPC): ``solver_order`` past data predictions at most, fewer in the first steps and, with
+    ``lower_order_final``, in the last ones (``step_orders``); 1 NFE per step.  The state's
+    memory is (schedule, per-step orders, history of m x̂_0, newest first)."""
+
+    solver_order: int = 2
+    lower_order_final: bool = True
+    default_grid: str = "log_snr"
+    default_steps: int = 20
+    nfe_per_step: ClassVar[int] = 1
+
+    def prepare(self, ctx: Context, ts: list[float]):
+        return schedule(ctx.sde, ts), step_orders(len(ts) - 1, self.solver_order, self.lower_order_final), []
+
+
 @renamed(order="solver_order")
 @dataclass(frozen=True)
-class DPMSolverMultistep(SamplerBase):
+class DPMSolverMultistep(Multistep):
     """DPM-Solver++(kM): multistep exponential Adams-Bashforth in λ on x̂_0, 1 NFE per step.
 
     x_{i+1} = (σ_{i+1}/σ_i) x_i + m_{i+1} Σ_{j<k} w_j x̂_0(x_{i−j}), w_j = ∫_0^h e^{−(h−u)} L_j(u) du
@@ -151,25 +162,12 @@ class DPMSolverMultistep(SamplerBase):
     Reference: Lu et al. 2022b, "DPM-Solver++", Algorithm 2 and Appendix B.
     """
 
-    solver_order: int = 2
-    variant: str = "midpoint"
-    lower_order_final: bool = True
-    default_grid: str = "log_snr"
-    default_steps: int = 20
-    nfe_per_step: ClassVar[int] = 1
-
-    def __post_init__(self):
-        if self.solver_order not in (1, 2, 3, 4):
-            raise ValueError(f"solver_order must be 1, 2, 3 or 4, got {self.solver_order!r}")
-        if self.variant not in ("midpoint", "exact"):
-            raise ValueError(f"variant must be 'midpoint' or 'exact', got {self.variant!r}")
+    solver_order: int = option(2, choices=(1, 2, 3, 4))
+    variant: str = option("midpoint", choices=("midpoint", "exact"))
 
     @property
     def order(self) -> float:
         return float(self.solver_order)
-
-    def prepare(self, ctx: Context, ts: list[float]):
-        return schedule(ctx.sde, ts), step_orders(len(ts) - 1, self.solver_order, self.lower_order_final), []
 
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
         (sc, ks, hist), i, x = state.memory, state.i, state.x
@@ -180,7 +178,7 @@ class DPMSolverMultistep(SamplerBase):
 
 
 @dataclass(frozen=True)
-class DPMSolverSDE(SamplerBase):
+class DPMSolverSDE(Multistep):
     """SDE-DPM-Solver++(2M): the reverse-SDE family η ∈ (0, 1] (η = 1 is the reverse SDE).
 
     x_{i+1} = (σ_{i+1}/σ_i) e^{−ηh} x_i + m_{i+1} [w_0 x̂_0(x_i) + w_1 x̂_0(x_{i−1})]
@@ -190,29 +188,17 @@ class DPMSolverSDE(SamplerBase):
     Reference: Lu et al. 2022b, "DPM-Solver++", Appendix B (SDE-DPM-Solver++(2M)).
     """
 
-    eta: float = 1.0
-    solver_order: int = 2
-    lower_order_final: bool = True
-    default_grid: str = "log_snr"
+    solver_order: int = option(2, choices=(1, 2))
     default_steps: int = 25
-    nfe_per_step: ClassVar[int] = 1
+    eta: float = option(1.0, within="(0, 1]")
     denoise_with: ClassVar[str] = "none"
     stochastic: ClassVar[bool] = True
-
-    def __post_init__(self):
-        if not 0.0 < self.eta <= 1.0:
-            raise ValueError(f"eta must lie in (0, 1], got {self.eta}")
-        if self.solver_order not in (1, 2):
-            raise ValueError(f"solver_order must be 1 or 2, got {self.solver_order!r}")
 
     @property
     def order(self) -> float:
         """Weak order, as measured on Gaussian targets (linear score, exact output moments):
         2 with the history term, 1 without.  For nonlinear scores no proof is known to us."""
         return float(self.solver_order)
-
-    def prepare(self, ctx: Context, ts: list[float]):
-        return schedule(ctx.sde, ts), step_orders(len(ts) - 1, self.solver_order, self.lower_order_final), []
 
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
         (sc, ks, hist), i, x = state.memory, state.i, state.x

@@ -8,21 +8,21 @@ of Diffusion Models", Algorithms 1-2 (UniP-p, UniC-p); exact φ-weights as in DP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from torch import Tensor
 
 from .._compat import renamed
-from ..protocol import Context, SamplerBase, State
-from ._common import exp_weights, lincomb, scaled_denoised, schedule
-from .exponential import step_orders
+from ..options import option
+from ..protocol import Context, State
+from ._common import exp_weights, lincomb, scaled_denoised
+from .exponential import Multistep
 
 __all__ = ["UniPC"]
 
 
 @renamed(predictor_order="solver_order")
 @dataclass(frozen=True)
-class UniPC(SamplerBase):
+class UniPC(Multistep):
     """UniP-p predictor + UniC-p corrector in λ = log(m/σ) on the data prediction x̂_0.
 
     Step i (h = λ_{i+1} − λ_i, past data predictions D_j = x̂_0 at λ_j, newest D_i):
@@ -36,25 +36,17 @@ class UniPC(SamplerBase):
     NFE).  The first evaluation D_0 is made when the state is built.
     """
 
-    solver_order: int = 3
-    lower_order_final: bool = True
-    default_grid: str = "log_snr"
-    default_steps: int = 20
-    nfe_per_step: ClassVar[int] = 1
-
-    def __post_init__(self):
-        if self.solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
+    solver_order: int = option(3, choices=(1, 2, 3))
 
     @property
     def order(self) -> float:
         return float(self.solver_order + 1)
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
-        sc = schedule(ctx.sde, ts)
+        sc, ks, hist = self.prepare(ctx, ts)
         x = ctx.settle(x, ts[0])
-        d0 = scaled_denoised(ctx.score, x, ts[0], sc.sigma[0])  # m_0 x̂_0(x_0): D_0, stored times m
-        return State(x, ts[0], memory=(sc, step_orders(len(ts) - 1, self.solver_order, self.lower_order_final), [d0]))
+        hist.append(scaled_denoised(ctx.score, x, ts[0], sc.sigma[0]))  # m_0 x̂_0(x_0): D_0, stored times m
+        return State(x, ts[0], memory=(sc, ks, hist))
 
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
         (sc, ks, hist), i, x = state.memory, state.i, state.x  # hist: m_j D_j, newest first
