@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from ..options import option
 from ..protocol import Context, SamplerBase, State, tweedie
 from ._common import lincomb
 
@@ -63,14 +64,10 @@ class LMS(SamplerBase):
     Reference: k-diffusion ``sample_lms`` / ``linear_multistep_coeff``; diffusers ``LMSDiscreteScheduler``.
     """
 
-    solver_order: int = 4
+    solver_order: int = option(4, choices=(1, 2, 3, 4))
     default_grid: str = "karras"
     default_steps: int = 20
     nfe_per_step: ClassVar[int] = 1
-
-    def __post_init__(self):
-        if self.solver_order not in (1, 2, 3, 4):
-            raise ValueError(f"solver_order must be 1, 2, 3 or 4, got {self.solver_order!r}")
 
     @property
     def order(self) -> float:
@@ -109,17 +106,13 @@ class EulerAncestral(SamplerBase):
     Reference: k-diffusion ``sample_euler_ancestral`` / ``get_ancestral_step``; Song et al. 2021 (DDIM, η).
     """
 
-    eta: float = 1.0
-    s_noise: float = 1.0
+    eta: float = option(1.0, within="[0, 1]")
+    s_noise: float = option(1.0, within="[0, inf)")
     default_grid: str = "karras"
     default_steps: int = 30
     nfe_per_step: ClassVar[int] = 1
     order: ClassVar[float] = 1.0
     stochastic: ClassVar[bool] = True
-
-    def __post_init__(self):
-        if not 0.0 <= self.eta <= 1.0 or self.s_noise < 0:
-            raise ValueError(f"need 0 <= eta <= 1 and s_noise >= 0, got eta={self.eta}, s_noise={self.s_noise}")
 
     def prepare(self, ctx: Context, ts: list[float]):
         return _scaled(ctx, ts)
