@@ -28,6 +28,7 @@ from .samplers import (
     ProbabilityFlowODE,
     TorchSDE,
     UniPC,
+    UniPCBh,
 )
 
 __all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
@@ -62,6 +63,8 @@ SAMPLERS: dict[str, Sampler] = {
     "lms": LMS(),  # k-diffusion sample_lms: linear multistep in σ̃, order 4
     "euler_ancestral": EulerAncestral(),  # k-diffusion sample_euler_ancestral (≈ ddim_eta, noise on every step)
     "dpm_2": DPM2(),  # k-diffusion sample_dpm_2: midpoint at √(σ̃_i σ̃_{i+1})
+    "unipc_bh2": UniPCBh(),  # diffusers' UniPCMultistepScheduler default (bh2, solver_order 2)
+    "unipc_bh1": UniPCBh(solver_type="bh1"),
     # TorchSDE("reversible_heun") is not registered: on the 8-ring its per-component W2 grows
     # with NFE (2951x the floor at 20 NFE, 13118x at 50); usable as an object, not yet trusted.
 }

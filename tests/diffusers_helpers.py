@@ -51,8 +51,9 @@ def set_timesteps64(sched, n: int) -> None:
     sched.set_timesteps(n)
     if getattr(sched, "sigmas", None) is not None and sched.alphas_cumprod.dtype == torch.float64:
         ac = sched.alphas_cumprod
-        sig = ((1 - ac) / ac).sqrt()[sched.timesteps.long()]
-        sched.sigmas = torch.cat([sig, sig.new_zeros(1)])
+        sig = ((1 - ac) / ac).sqrt()
+        last = sig[:1] if float(sched.sigmas[-1]) > 0 else sig.new_zeros(1)  # final_sigmas_type sigma_min / zero
+        sched.sigmas = torch.cat([sig[sched.timesteps.long()], last])
 
 
 def run_diffusers(unet, sched, x_T: torch.Tensor, n: int, f64: bool = False, **model_kwargs):

@@ -168,3 +168,28 @@ def test_ddim_clip_sample_and_dpmpp_thresholding(unet, x_T, n):
     config = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5, timestep_spacing="trailing")
     _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, "dpmpp_2m", n, "trailing", "dpmsolver",
            lower_order_final=False, x0_hook=ss.thresholding.dynamic_threshold(0.9, 1.5))
+
+
+@pytest.mark.parametrize("solver_type, final", [("bh2", "zero"), ("bh2", "sigma_min"), ("bh1", "sigma_min")])
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+@pytest.mark.parametrize("n", STEPS)
+def test_unipc_matches_diffusers(unet, x_T, n, spacing, prediction_type, solver_type, final):
+    """UniPCMultistepScheduler (order 2, B(h) = bh1 / bh2) = ``unipc_bh1`` / ``unipc_bh2``.
+    ``final_sigmas_type="sigma_min"`` ends at timestep 0 without x̂_0: our grid gets t(τ = 0)
+    appended and ``denoise=False``.  (diffusers' bh1 with the default final_sigmas_type="zero"
+    returns NaN: B(h) = −h is −∞ at σ = 0.)"""
+    config = dict(prediction_type=prediction_type, timestep_spacing=spacing, solver_type=solver_type,
+                  final_sigmas_type=final, steps_offset=1 if spacing == "leading" else 0)
+    cls = diffusers.UniPCMultistepScheduler
+    for f64, tol in ((False, 1e-6), (True, 1e-12)):
+        sched = cls(**config) if not f64 else float64_scheduler(cls(**config))
+        ref, calls = run_diffusers(unet, sched, x_T, n, f64=f64)
+        sde = ss.DiscreteVPSDE.from_diffusers(sched)
+        grid = ss.timestep_grid(sde, n, spacing, convention="dpmsolver", steps_offset=config["steps_offset"])
+        if final == "sigma_min":
+            grid = torch.cat([grid, grid.new_tensor([sde.timestep_to_t(0)])])
+        res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, f"unipc_{solver_type}", grid=grid,
+                        x_init=x_T, denoise=final == "zero")
+        assert res.nfe == calls == n
+        assert rel(res.samples, ref) <= tol, (f64, rel(res.samples, ref))

@@ -18,9 +18,11 @@ from .exponential import DDIM, DPMSolver2S, DPMSolverMultistep, DPMSolverSDE
 from .kdiffusion import DPM2, LMS, EulerAncestral
 from .torchsde import TorchSDE
 from .unipc import UniPC
+from .unipc_bh import UniPCBh
 
 __all__ = [
     "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps",
     "DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "UniPC", "EDMHeun",
     "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE", "LMS", "EulerAncestral", "DPM2",
+    "UniPCBh",
 ]
