@@ -70,6 +70,10 @@ class DiscreteVPSDE(SDE):
             ``beta_end`` (diffusers' defaults: linear 1e-4…0.02, N = 1000).
         prediction_type: what models trained on this table predict ("epsilon", "v_prediction",
             "sample"); the default of ``from_diffusers`` adapters.
+        interpolation: between the table's points, "log_alpha" (log m linear in t: DPM-Solver's
+            discrete schedule, β(t) piecewise constant) or "sigma" (σ̃ = σ/m linear in t: what
+            diffusers' Euler / Heun / LMS schedulers do for fractional timesteps).  The two agree
+            at the table's points, so only grids off the integer timesteps tell them apart.
     Reference: Lu et al. 2022, DPM-Solver, NoiseScheduleVP("discrete").
     """
 
@@ -78,7 +82,7 @@ class DiscreteVPSDE(SDE):
     def __init__(self, alphas_cumprod: Tensor | Sequence[float] | None = None, *,
                  betas: Tensor | Sequence[float] | None = None, schedule: str | None = None,
                  num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 prediction_type: str = "epsilon"):
+                 prediction_type: str = "epsilon", interpolation: str = "log_alpha"):
         given = [k for k, v in (("alphas_cumprod", alphas_cumprod), ("betas", betas), ("schedule", schedule))
                  if v is not None]
         if len(given) > 1:
@@ -99,14 +103,22 @@ class DiscreteVPSDE(SDE):
         self.prediction_type = prediction_type
         self.T = 1.0
         self.default_eps = 1.0 / self.num_train_timesteps
-        self._la = torch.cat([ac.new_zeros(1), 0.5 * ac.log()])  # log m at t_k = k/N, k = 0..N
-        self._la_list = self._la.tolist()
-        self._neg_la = [-v for v in self._la_list]  # increasing, for bisect
+        if interpolation not in ("log_alpha", "sigma"):
+            raise ValueError(f"interpolation must be 'log_alpha' or 'sigma', got {interpolation!r}")
+        self.interpolation = interpolation
+        # knots at t_k = k/N, k = 0..N (k = 0: m = 1): y = −log m (DPM-Solver) or σ̃ = σ/m (diffusers' σ-schedulers)
+        y = -0.5 * ac.log() if interpolation == "log_alpha" else ((1.0 - ac) / ac).sqrt()
+        self._y = torch.cat([ac.new_zeros(1), y])
+        self._y_list = self._y.tolist()
 
     @classmethod
-    def from_diffusers(cls, scheduler_or_config) -> DiscreteVPSDE:
+    def from_diffusers(cls, scheduler_or_config, interpolation: str | None = None) -> DiscreteVPSDE:
         """From a diffusers scheduler (its own ``alphas_cumprod`` table) or its config (a dict or
         ``FrozenDict``; the table is rebuilt as diffusers builds it, in float32).
+
+        ``interpolation`` defaults to "sigma" for diffusers' σ-schedulers (Euler, Euler
+        ancestral, Heun, LMS, KDPM2: σ̃ interpolated linearly in the timestep) and to
+        "log_alpha" otherwise (DDIM, DPM-Solver, UniPC only use integer timesteps).
 
         Raises:
             ValueError: ``rescale_betas_zero_snr`` set, or an unknown ``beta_schedule``.
@@ -116,16 +128,19 @@ class DiscreteVPSDE(SDE):
             raise TypeError(f"expected a diffusers scheduler or its config dict, got {type(cfg).__name__}")
         if cfg.get("rescale_betas_zero_snr", False):
             raise ValueError("rescale_betas_zero_snr=True (ᾱ_{N-1} = 0) is not supported: σ/m is infinite at T")
-        pred = cfg.get("prediction_type", "epsilon")
+        if interpolation is None:
+            sigma_schedulers = ("EulerDiscrete", "EulerAncestralDiscrete", "HeunDiscrete", "LMSDiscrete", "KDPM2")
+            name = type(scheduler_or_config).__name__
+            interpolation = "sigma" if name.startswith(sigma_schedulers) else "log_alpha"
+        kw = dict(prediction_type=cfg.get("prediction_type", "epsilon"), interpolation=interpolation)
         table = getattr(scheduler_or_config, "alphas_cumprod", None)
         if table is not None:
-            return cls(table, prediction_type=pred)
+            return cls(table, **kw)
         if cfg.get("trained_betas") is not None:
-            return cls(betas=torch.tensor(cfg["trained_betas"], dtype=torch.float32), prediction_type=pred)
+            return cls(betas=torch.tensor(cfg["trained_betas"], dtype=torch.float32), **kw)
         return cls(schedule=cfg.get("beta_schedule", "linear"),
                    num_train_timesteps=cfg.get("num_train_timesteps", 1000),
-                   beta_start=cfg.get("beta_start", 1e-4), beta_end=cfg.get("beta_end", 0.02),
-                   prediction_type=pred)
+                   beta_start=cfg.get("beta_start", 1e-4), beta_end=cfg.get("beta_end", 0.02), **kw)
 
     # --- t <-> timestep ----------------------------------------------------------------------
     def t_to_timestep(self, t: Scalar) -> Scalar:
@@ -138,60 +153,72 @@ class DiscreteVPSDE(SDE):
             return (timestep.to(torch.float64) + 1.0) / self.num_train_timesteps
         return (float(timestep) + 1.0) / self.num_train_timesteps
 
-    # --- coefficients --------------------------------------------------------------------------
+    # --- coefficients: y(t) piecewise linear through the knots (k/N, y_k), y increasing -----------
     def _segment(self, t: Scalar):
         n = self.num_train_timesteps
         if isinstance(t, Tensor):
             u = t.to(torch.float64) * n
             k = u.floor().clamp(0, n - 1)
-            la = self._la.to(u.device)
-            lo, hi = la[k.long()], la[k.long() + 1]
-            return lo, hi, u - k
+            y = self._y.to(u.device)
+            return y[k.long()], y[k.long() + 1], u - k
         u = float(t) * n
         k = min(max(int(math.floor(u)), 0), n - 1)
-        return self._la_list[k], self._la_list[k + 1], u - k
+        return self._y_list[k], self._y_list[k + 1], u - k
+
+    def _knot_y(self, t: Scalar):
+        lo, hi, frac = self._segment(t)
+        return lo + frac * (hi - lo), self.num_train_timesteps * (hi - lo)  # y(t), y'(t)
+
+    @staticmethod
+    def _cast(v, t):
+        return v.to(t.dtype) if isinstance(t, Tensor) and t.is_floating_point() else v
 
     def log_mean_scale(self, t: Scalar) -> Scalar:
-        lo, hi, frac = self._segment(t)
-        out = lo + frac * (hi - lo)
-        return out.to(t.dtype) if isinstance(t, Tensor) and t.is_floating_point() else out
+        y, _ = self._knot_y(t)
+        if self.interpolation == "log_alpha":  # y = −log m
+            return self._cast(-y, t)
+        return self._cast(-0.5 * (torch.log1p(y * y) if isinstance(y, Tensor) else math.log1p(y * y)), t)
 
     def std(self, t: Scalar) -> Scalar:
-        la = self.log_mean_scale(t)
-        if isinstance(la, Tensor):
-            return torch.sqrt(-torch.expm1(2.0 * la))
-        return math.sqrt(-math.expm1(2.0 * la))
+        y, _ = self._knot_y(t)
+        o = torch if isinstance(y, Tensor) else math
+        if self.interpolation == "log_alpha":
+            return self._cast(o.sqrt(-o.expm1(-2.0 * y)), t)
+        return self._cast(y / o.sqrt(1.0 + y * y), t)  # y = σ̃ = σ/m
 
     def drift_coef(self, t: Scalar) -> Scalar:
-        """f(t) = d log m/dt = N (log m_{k+1} − log m_k) on segment k (right-continuous)."""
-        lo, hi, _ = self._segment(t)
-        f = self.num_train_timesteps * (hi - lo)
-        return f.to(t.dtype) if isinstance(t, Tensor) and t.is_floating_point() else f
+        """f(t) = d log m/dt on the linear piece containing t (right-continuous)."""
+        y, dy = self._knot_y(t)
+        return self._cast(-dy if self.interpolation == "log_alpha" else -y * dy / (1.0 + y * y), t)
 
     def diffusion(self, t: Scalar) -> Scalar:
-        f = self.drift_coef(t)
+        f = self.drift_coef(t)  # VP: σ² = 1 − m², so g² = dσ²/dt − 2fσ² = −2f
         return torch.sqrt(-2.0 * f) if isinstance(f, Tensor) else math.sqrt(-2.0 * f)
 
     def prior_std(self) -> float:
         return 1.0
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
-        # σ²/m² = e^{−λ} with σ² = 1 − m²  =>  log m = −½ log(1 + e^{−λ}); invert the linear pieces
+        # log_alpha: y = −log m = ½ log(1 + e^{−λ});  sigma: y = σ̃ = e^{−λ/2}; then invert the linear pieces
         n = self.num_train_timesteps
         if isinstance(lam, Tensor):
-            target = 0.5 * torch.nn.functional.softplus(-lam.to(torch.float64))  # −log m, increasing in t
-            neg = -self._la.to(target.device)
-            k = (torch.searchsorted(neg, target.contiguous(), right=True) - 1).clamp(0, n - 1)
-            lo, hi = neg[k], neg[k + 1]
+            lam64 = lam.to(torch.float64)
+            target = (0.5 * torch.nn.functional.softplus(-lam64) if self.interpolation == "log_alpha"
+                      else torch.exp(-0.5 * lam64))
+            y = self._y.to(target.device)
+            k = (torch.searchsorted(y, target.contiguous(), right=True) - 1).clamp(0, n - 1)
+            lo, hi = y[k], y[k + 1]
             return ((k + (target - lo) / (hi - lo)) / n).to(lam.dtype)
-        target = 0.5 * _softplus(-float(lam))
-        k = min(max(bisect.bisect_right(self._neg_la, target) - 1, 0), n - 1)
-        lo, hi = self._neg_la[k], self._neg_la[k + 1]
+        target = 0.5 * _softplus(-float(lam)) if self.interpolation == "log_alpha" else math.exp(-0.5 * float(lam))
+        k = min(max(bisect.bisect_right(self._y_list, target) - 1, 0), n - 1)
+        lo, hi = self._y_list[k], self._y_list[k + 1]
         return (k + (target - lo) / (hi - lo)) / n
 
     def __repr__(self) -> str:
-        return (f"DiscreteVPSDE(N={self.num_train_timesteps}, alphas_cumprod=[{self._la_list[1] * 2:.4g} (log) … "
-                f"{self._la_list[-1] * 2:.4g} (log)], prediction_type={self.prediction_type!r})")
+        ac = self.alphas_cumprod
+        return (f"DiscreteVPSDE(N={self.num_train_timesteps}, alphas_cumprod=[{float(ac[0]):.6g} … "
+                f"{float(ac[-1]):.4g}], prediction_type={self.prediction_type!r}, "
+                f"interpolation={self.interpolation!r})")
 
 
 class KarrasSDE(SDE):

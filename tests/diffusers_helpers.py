@@ -53,7 +53,9 @@ def set_timesteps64(sched, n: int) -> None:
         ac = sched.alphas_cumprod
         sig = ((1 - ac) / ac).sqrt()
         last = sig[:1] if float(sched.sigmas[-1]) > 0 else sig.new_zeros(1)  # final_sigmas_type sigma_min / zero
-        sched.sigmas = torch.cat([sig[sched.timesteps.long()], last])
+        tau = sched.timesteps.to(torch.float64)  # fractional for Euler/Heun/LMS "linspace": σ linear in τ
+        lo = tau.floor().long().clamp(max=len(sig) - 2)
+        sched.sigmas = torch.cat([sig[lo] + (tau - lo) * (sig[lo + 1] - sig[lo]), last])
 
 
 def run_diffusers(unet, sched, x_T: torch.Tensor, n: int, f64: bool = False, **model_kwargs):

@@ -26,7 +26,8 @@ def exact_denoiser(x, sigma):
 
 
 @pytest.mark.parametrize("sde", [ss.KarrasSDE(), ss.DiscreteVPSDE(schedule="linear"),
-                                 ss.DiscreteVPSDE(schedule="squaredcos_cap_v2")], ids=repr)
+                                 ss.DiscreteVPSDE(schedule="squaredcos_cap_v2"),
+                                 ss.DiscreteVPSDE(schedule="scaled_linear", interpolation="sigma")], ids=repr)
 def test_sde_is_consistent(sde):
     """log-SNR and its inverse, f = d log m/dt and g² = dσ²/dt − 2fσ² by finite differences."""
     t = torch.linspace(sde.default_eps * 1.5, sde.T * 0.999, 37, dtype=torch.float64)

@@ -112,8 +112,11 @@ def _check_sigma_scheduler(unet, x_T, cls, config, method, n, spacing, **options
     for f64 in (False, True):
         sched = cls(**config) if not f64 else float64_scheduler(cls(**config))
         ref, calls = run_diffusers(unet, sched, x_T, n, f64=f64)
-        sde = ss.DiscreteVPSDE.from_diffusers(sched)
-        grid = ss.timestep_grid(sde, n, spacing, steps_offset=sched.config.steps_offset)
+        sde = ss.DiscreteVPSDE.from_diffusers(sched)  # interpolation="sigma", as these schedulers
+        if spacing == "linspace":  # fractional timesteps (float32), the grid read off the scheduler
+            grid = sde.timestep_to_t(torch.unique_consecutive(sched.timesteps))
+        else:
+            grid = ss.timestep_grid(sde, n, spacing, steps_offset=sched.config.steps_offset)
         x_init = x_T * float(sched.init_noise_sigma) * sde.mean_scale(float(grid[0]))
         res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, method, grid=grid, x_init=x_init, **options)
         assert res.nfe == calls
@@ -122,15 +125,15 @@ def _check_sigma_scheduler(unet, x_T, cls, config, method, n, spacing, **options
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
 @pytest.mark.parametrize("n", STEPS)
 @pytest.mark.parametrize("name, method", [("EulerDiscreteScheduler", "euler"), ("HeunDiscreteScheduler", "heun"),
                                           ("LMSDiscreteScheduler", "lms")])
 def test_sigma_schedulers_match_diffusers(unet, x_T, name, method, n, spacing, prediction_type):
     """Euler = ``euler`` (= DDIM), Heun = ``heun`` (= EDM Heun; 2n − 1 NFE), LMS = ``lms`` (order 4,
-    its last multistep step to σ = 0 is our final denoising).  ("linspace" spacing makes their
-    timesteps fractional with σ interpolated linearly in τ, which the log-α interpolation of
-    ``DiscreteVPSDE`` does not reproduce; left out.)"""
+    its last multistep step to σ = 0 is our final denoising).  With "linspace" their timesteps
+    are fractional and σ̃ is interpolated linearly in τ: ``DiscreteVPSDE(interpolation="sigma")``,
+    which ``from_diffusers`` picks for these schedulers."""
     config = dict(prediction_type=prediction_type, timestep_spacing=spacing,
                   steps_offset=1 if spacing == "leading" else 0)
     _check_sigma_scheduler(unet, x_T, getattr(diffusers, name), config, method, n, spacing)
