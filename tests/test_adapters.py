@@ -186,3 +186,16 @@ def test_every_sampler_counts_unet_calls():
                         dtype=torch.float64, **opts)
         assert res.samples.shape == (2, 3, 16, 16) and bool(res.samples.isfinite().all()), name
         assert res.nfe * 2 == model.rows, (name, res.nfe, model.rows)
+
+
+def test_a_denoiser_passed_as_a_score_is_warned_about():
+    """On prior draws the first call at T tells a score (≈ −x/σ(T)²) from a denoiser or an
+    ε-prediction; the wrapped versions pass silently."""
+    sde, gm = ss.KarrasSDE(), gaussian_1d(MU, STD)
+    run = dict(steps=3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="from_karras"):
+        ss.sample(lambda x, t: exact_denoiser(x, t), sde, (64, 1), "heun", **run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ss.sample(ss.from_karras(exact_denoiser, sde), sde, (64, 1), "heun", **run)
+        ss.sample(gm.score_fn(sde), sde, (64, 1), "heun", **run)
