@@ -112,14 +112,14 @@ class DiffusersScore:
         else:
             unc = {k: _rows(v, n, k) for k, v in self.uncond_kwargs.items()}
             both = {}
-            for k in set(kw) | set(unc):
-                c, u = kw.get(k), unc.get(k)
-                if isinstance(c, Tensor) and isinstance(u, Tensor) and c.ndim > 0:
+            for k in set(kw) | set(unc):  # a kwarg given on one side only is shared by both halves
+                c, u = kw.get(k, unc.get(k)), unc.get(k, kw.get(k))
+                if isinstance(c, Tensor) and c.ndim > 0:
                     both[k] = torch.cat([c, u])
-                elif c is u or k not in unc or k not in kw:
-                    both[k] = c if k in kw else u
+                elif c is u or c == u:
+                    both[k] = c
                 else:
-                    raise ValueError(f"model kwarg {k!r} differs between cond and uncond but is not a tensor")
+                    raise ValueError(f"model kwarg {k!r} differs between cond and uncond but is not a batched tensor")
             out = _unwrap(self.model(torch.cat([x, x]), torch.cat([tau, tau]), **both))
             oc, ou = out[:n], out[n:]
             out = ou + self.guidance_scale * (oc - ou)
