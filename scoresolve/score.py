@@ -64,7 +64,10 @@ def from_epsilon(eps_model, sde: SDE) -> ScoreFn:
 
 
 def from_denoiser(denoiser, sde: SDE) -> ScoreFn:
-    """Score from a data predictor x̂_0(x, t) (Tweedie): s = (m x̂_0 − x) / σ²."""
+    """Score from a data predictor x̂_0(x, t) (Tweedie): s = (m x̂_0 − x) / σ².
+
+    The predictor is called with the SDE's time t.  A k-diffusion / EDM denoiser D(x, σ) takes
+    the noise level instead: use ``scoresolve.from_karras(D, sde)`` (and ``KarrasSDE``)."""
 
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         m, s = _coeffs(sde, x, t)
