@@ -71,7 +71,7 @@ def check_eps(eps, sde: SDE) -> float | None:
     if eps is None:
         return None
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < float(eps) < sde.T:
-        raise ValueError(f"eps must be a number in (0, T={sde.T}), got {eps!r}")
+        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
     return float(eps)
 
 
@@ -123,9 +123,10 @@ def check_seeds(seeds, batch: int) -> Tensor | None:
         if bad:
             raise ValueError(f"seeds must lie in the int64 range [-2**63, 2**63 - 1], got {bad[0]}")
         values = torch.tensor(ints, dtype=torch.int64)
-    if values.ndim != 1 or values.shape[0] != batch:
-        raise ValueError(f"seeds must be 1-D with one entry per sample: got shape {tuple(values.shape)}, "
-                         f"batch {batch}")
+    if values.ndim != 1:
+        raise ValueError(f"seeds must be 1-D (one integer per sample), got shape {tuple(values.shape)}")
+    if values.shape[0] != batch:
+        raise ValueError(f"seeds must have one entry per sample: {values.shape[0]} given, batch {batch}")
     return values
 
 

@@ -141,6 +141,9 @@ class CountingScore:
                 f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; "
                 "it must return a tensor shaped like x"
             )
+        if not out.dtype.is_floating_point:
+            raise TypeError(f"score_fn returned a {out.dtype} tensor for x of dtype {x.dtype}; it must return "
+                            "a floating-point tensor (with check=False it is cast silently)")
         if not all_finite(out):
             where = "" if self.step is None else f" at step {self.step}"
             bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
