@@ -104,9 +104,11 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
     if size == 0:
         raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
-            IndexError, AttributeError, UnicodeDecodeError) as err:
+        with warnings.catch_warnings():  # garbage bytes may look like an unknown pickle protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, AttributeError, UnicodeDecodeError) as err:  # torn zips raise OSError(EINVAL) too
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt or truncated ({size} bytes): {msg}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
