@@ -37,6 +37,7 @@ from .sampling import sample, steps_for_nfe
 from .score import (
     CountingScore,
     NonFiniteScoreError,
+    NonFiniteStateError,
     ScoreFn,
     from_denoiser,
     from_epsilon,
@@ -54,7 +55,7 @@ __all__ = [
     "DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "UniPC", "EDMHeun",
     "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
-    "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
+    "ScoreFn", "CountingScore", "NonFiniteScoreError", "NonFiniteStateError", "from_epsilon", "from_denoiser",
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",

@@ -24,6 +24,7 @@ __all__ = [
     "from_sigma_model",
     "CountingScore",
     "NonFiniteScoreError",
+    "NonFiniteStateError",
 ]
 
 
@@ -82,6 +83,10 @@ def from_sigma_model(model, sde: SDE) -> ScoreFn:
 
 class NonFiniteScoreError(FloatingPointError):
     """The score returned NaN or Inf."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A sampler or solver handed the score a NaN/Inf state or time (its own overflow)."""
 
 
 class CountingScore:
@@ -146,8 +151,15 @@ class CountingScore:
                             "a floating-point tensor (with check=False it is cast silently)")
         if not all_finite(out):
             where = "" if self.step is None else f" at step {self.step}"
+            if not (all_finite(x) and all_finite(t)):  # the solver's own NaN, not the score's
+                raise NonFiniteStateError(
+                    f"the sampler passed NaN/Inf {'x' if all_finite(t) else 't'} to score_fn{where} (call "
+                    f"{self.calls}, x of dtype {x.dtype}): its own arithmetic overflowed, not the score; in "
+                    "float16/bfloat16 sample in float32, else take more steps")
             bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
             raise NonFiniteScoreError(
                 f"score_fn returned NaN/Inf{where}, t={float(t[0]):.6g} "
                 f"(call {self.calls}, {bad} of {x.shape[0]} samples affected)"
+                + (f"; in {out.dtype} a score beyond ±{torch.finfo(out.dtype).max:.5g} is Inf: sample in float32"
+                   if out.dtype in (torch.float16, torch.bfloat16) else "")
             )

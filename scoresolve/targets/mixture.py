@@ -194,6 +194,9 @@ class GaussianMixture:
         variances in the eigenbasis.
         """
         self._check_x(x)
+        if x.dtype in (torch.float16, torch.bfloat16):  # exp/log-sum-exp overflow there: compute in float32
+            t = t.float() if isinstance(t, Tensor) else t
+            return self.score(x.float(), t, sde).to(x.dtype)
         ms = self._shared_scales(t, sde, x)
         if ms is not None:
             return self._score_shared(x, *ms)
