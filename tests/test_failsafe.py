@@ -150,6 +150,10 @@ def test_defect2_invalid_train_settings_never_reach_config_json(ring_run, tmp_pa
     assert code == 2 and "--ema" in err and (run / "config.json").read_bytes() == config
     code, err = _call(["train", "--out", str(run), "--steps", "12", "--no-progress"])  # the run is intact
     assert code == 0, err
+    (run / "config.json").write_text('{"settings": {"data": "ring8", "lr"')  # torn by hand
+    before = _tree(run)
+    code, err = _call(["train", "--out", str(run), "--steps", "14", "--no-progress"])
+    assert code == 2 and "config.json is unreadable" in err and _tree(run) == before
 
 
 # ---------------------------------------------------------------- defect 3: corrupt checkpoints

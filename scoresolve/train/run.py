@@ -1,6 +1,7 @@
 """Run directories: what ``scoresolve train --out DIR`` writes and ``load_run`` reads back.
 
     DIR/ckpt.pt      the training checkpoint (weights, EMA, optimizer, RNG states, config)
+    DIR/ckpt.prev.pt the one before it (used, with a warning, when ckpt.pt is corrupt)
     DIR/config.json  the same config, human-readable, plus the command-line arguments
 
 ``load_run`` also accepts a checkpoint file written by ``fit(..., checkpoint=PATH)`` directly,
