@@ -316,6 +316,9 @@ def test_a_torn_results_line_is_moved_aside_on_the_next_bench_run(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ResultStore(results).repair() == 0 and len(ResultStore(results).rows()) == 1
+    sde = ss.VPSDE()  # and a shard job refuses the benchmark's directory
+    with pytest.raises(ValueError, match="holds chunks of another job"):
+        sample_to_dir(RING.score_fn(sde), sde, (2,), 4, out, method="em", chunk=2, steps=3)
 
 
 # ---------------------------------------------------------------- minor items of the API
