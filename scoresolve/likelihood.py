@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .noise import Noise
+from .ode import DEFAULT_MAX_STEPS, check_max_steps, score_in_dtype, step_limit_error, working_dtype
 from .score import CountingScore, NonFiniteScoreError, ScoreFn, all_finite
 from .sde import SDE
 
@@ -88,8 +89,10 @@ class _AugmentedFlow:
     call once per attempted step."""
 
     def __init__(self, sde: SDE, score: CountingScore, probes: Tensor | None, check: bool,
-                 skip: frozenset[int] = frozenset(), vmap: bool = False):
+                 skip: frozenset[int] = frozenset(), vmap: bool = False, max_steps: int = DEFAULT_MAX_STEPS,
+                 span: tuple[float, float] = (0.0, 1.0), method: str = "dopri5", bar=None):
         self.sde, self.score, self.probes, self.check, self.skip = sde, score, probes, check, skip
+        self.max_steps, self.span, self.method, self.bar = max_steps, span, method, bar
         self.vmap = vmap
         self._basis: Tensor | None = None  # the (d, B, ...) one-hot cotangents of vjp="vmap"
         self.rhs_evals = 0
@@ -101,10 +104,16 @@ class _AugmentedFlow:
 
     def callback_step(self, t0: Tensor, y0, dt: Tensor) -> None:
         self._stage = 0
+        if len(self.accepted) + self.rejected >= self.max_steps:
+            t = self.accepted[-1] if self.accepted else self.span[0]
+            raise step_limit_error(self.method, self.max_steps, t, *self.span,
+                                   "likelihood(max_steps=...) (--max-steps on the command line)")
 
     def callback_accept_step(self, t0: Tensor, y0, dt: Tensor) -> None:
         self.accepted.append(float(t0 + dt))
         self.score.step = len(self.accepted)
+        if self.bar is not None:  # progress as the time reached
+            self.bar.update(round(self.accepted[-1] - self.span[0] - self.bar.n, 6))
 
     def callback_reject_step(self, t0: Tensor, y0, dt: Tensor) -> None:
         self.rejected += 1
@@ -278,6 +287,8 @@ def likelihood(
     check: bool = True,
     skip_stages: bool = True,
     vjp: Literal["loop", "vmap"] = "loop",
+    max_steps: int = DEFAULT_MAX_STEPS,
+    progress: bool = False,
 ) -> LikelihoodResult:
     """log p_eps(x) by integrating the probability-flow ODE and its divergence from eps to T.
 
@@ -316,6 +327,12 @@ def likelihood(
             targets; most networks), worth it where per-call overhead dominates (small models,
             GPUs).  The exact trace then holds d one-hot cotangents of the batch's size (d²·B
             numbers).  If torch cannot batch the score's backward, a RuntimeError names this option.
+        max_steps: budget of attempted (accepted + rejected) solver steps; when it runs out the
+            solve stops with a ``StepLimitError`` naming the time reached.
+        progress: a tqdm bar of the time reached, eps → T.
+
+    float16 / bfloat16 data are integrated in float32 (their step-size arithmetic would underflow
+    to t = NaN); the score still sees x in the data's dtype, and the results are cast back to it.
 
     Returns:
         LikelihoodResult(logp, logp_stderr, bpd, nfe, latent, prior_logp, delta_logp, stats);
@@ -323,7 +340,8 @@ def likelihood(
 
     Raises:
         ValueError naming the argument (and the valid choices); NonFiniteScoreError with the time
-        where NaN/Inf appeared; RuntimeError if the solver fails (with the last accepted time).
+        where NaN/Inf appeared; StepLimitError (a RuntimeError) when ``max_steps`` runs out, and
+        RuntimeError if the solver fails otherwise (both with the last accepted time).
 
     Reference: Song et al. 2021, eq. 39 (Appendix D.2); Grathwohl et al. 2019 (FFJORD).
     """
@@ -331,14 +349,14 @@ def likelihood(
 
     eps = sde.default_eps if eps is None and isinstance(sde, SDE) else eps
     _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_norm, generator, seeds)
-    start = time.perf_counter()
-    b = x.shape[0]
-    x = x.detach()
-    score = CountingScore(score_fn, b, check=check)
-    v = _draw_probes(probe, probes, x, generator, seeds) if trace == "hutchinson" else None
+    check_max_steps(max_steps)
     _choice("vjp", vjp, VJPS)
-    flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(method) if skip_stages else frozenset(),
-                          vmap=vjp == "vmap")
+    start = time.perf_counter()
+    b, out_dtype = x.shape[0], x.dtype
+    work = working_dtype(x.dtype)
+    score = CountingScore(score_in_dtype(score_fn, x.dtype, work), b, check=check)
+    x = x.detach().to(work)
+    v = _draw_probes(probe, probes, x, generator, seeds) if trace == "hutchinson" else None
     k = 1 if v is None else probes
     y0 = (x, torch.zeros(b, k, dtype=x.dtype, device=x.device))
     ts = torch.tensor([float(eps), sde.T], dtype=torch.promote_types(x.dtype, torch.float32),
@@ -346,13 +364,20 @@ def likelihood(
     options: dict[str, Any] = {"step_t": ts[-1:].clone()}  # land on T exactly, never step past
     if error_norm == "point":
         options["norm"] = _point_norm
-    try:
-        xs, deltas = torchdiffeq.odeint(flow, y0, ts, rtol=rtol, atol=atol, method=method,
-                                        options=options)
-    except AssertionError as err:  # torchdiffeq signals step underflow / step limits by assert
-        last = flow.accepted[-1] if flow.accepted else float(eps)
-        raise RuntimeError(f"the {method} solve failed after t={last:.6g} "
-                           f"({len(flow.accepted)} accepted steps): {err}") from err
+    from tqdm.auto import tqdm
+
+    with tqdm(total=round(sde.T - float(eps), 6), desc="likelihood: t", disable=not progress,
+              bar_format="{l_bar}{bar}| t - eps = {n:.4g}/{total:.4g} [{elapsed}]") as bar:
+        flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(method) if skip_stages else frozenset(),
+                              vmap=vjp == "vmap", max_steps=max_steps, span=(float(eps), sde.T), method=method,
+                              bar=bar if progress else None)
+        try:
+            xs, deltas = torchdiffeq.odeint(flow, y0, ts, rtol=rtol, atol=atol, method=method,
+                                            options=options)
+        except AssertionError as err:  # torchdiffeq signals step underflow / step limits by assert
+            last = flow.accepted[-1] if flow.accepted else float(eps)
+            raise RuntimeError(f"the {method} solve failed after t={last:.6g} "
+                               f"({len(flow.accepted)} accepted steps): {err}") from err
     z, delta = xs[-1], deltas[-1]
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z)
     if tuple(prior.shape) != (b,):
@@ -379,9 +404,10 @@ def likelihood(
     }
     if prior_logp is not None:
         stats["prior_mismatch"] = sde.prior_logp(z).to(x.dtype) - prior
-    return LikelihoodResult(
-        logp=logp, logp_stderr=stderr, bpd=-logp / (d * math.log(2.0)), nfe=forwards + vjps,
-        latent=z if return_latent else None, prior_logp=prior, delta_logp=dmean, stats=stats)
+    back = {"logp": logp, "logp_stderr": stderr, "bpd": -logp / (d * math.log(2.0)), "prior_logp": prior,
+            "delta_logp": dmean, "latent": z if return_latent else None}
+    back = {key: None if val is None else val.to(out_dtype) for key, val in back.items()}
+    return LikelihoodResult(nfe=forwards + vjps, stats=stats, **back)
 
 
 def bits_per_dim(
@@ -453,8 +479,8 @@ def bits_per_dim(
         raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating type, got {dtype}")
-    if images.ndim < 2:
-        raise ValueError(f"images must have shape (B, *data_dims), got {tuple(images.shape)}")
+    if images.ndim < 2 or images.shape[0] < 1 or images[0].numel() < 1:
+        raise ValueError(f"images must have shape (B, *data_dims) with B >= 1, got {tuple(images.shape)}")
     n_levels = 2**bits if levels is None else levels
     what = f"bits={bits}" if levels is None else f"levels={levels}"
     vals = images.to(torch.float64)

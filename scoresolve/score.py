@@ -25,6 +25,7 @@ __all__ = [
     "CountingScore",
     "ScoreWrapper",
     "NonFiniteScoreError",
+    "NonFiniteStateError",
 ]
 
 
@@ -102,6 +103,10 @@ class NonFiniteScoreError(FloatingPointError):
     """The score returned NaN or Inf."""
 
 
+class NonFiniteStateError(FloatingPointError):
+    """A sampler or solver handed the score a NaN/Inf state or time (its own overflow)."""
+
+
 class CountingScore:
     """Wraps a score, counts what was actually evaluated, and checks what comes back.
 
@@ -159,10 +164,20 @@ class CountingScore:
                 f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; "
                 "it must return a tensor shaped like x"
             )
+        if not out.dtype.is_floating_point:
+            raise TypeError(f"score_fn returned a {out.dtype} tensor for x of dtype {x.dtype}; it must return "
+                            "a floating-point tensor (with check=False it is cast silently)")
         if not all_finite(out):
             where = "" if self.step is None else f" at step {self.step}"
+            if not (all_finite(x) and all_finite(t)):  # the solver's own NaN, not the score's
+                raise NonFiniteStateError(
+                    f"the sampler passed NaN/Inf {'x' if all_finite(t) else 't'} to score_fn{where} (call "
+                    f"{self.calls}, x of dtype {x.dtype}): its own arithmetic overflowed, not the score; in "
+                    "float16/bfloat16 sample in float32, else take more steps")
             bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
             raise NonFiniteScoreError(
                 f"score_fn returned NaN/Inf{where}, t={float(t[0]):.6g} "
                 f"(call {self.calls}, {bad} of {x.shape[0]} samples affected)"
+                + (f"; in {out.dtype} a score beyond ±{torch.finfo(out.dtype).max:.5g} is Inf: sample in float32"
+                   if out.dtype in (torch.float16, torch.bfloat16) else "")
             )
