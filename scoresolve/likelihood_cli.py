@@ -207,10 +207,8 @@ def _check_args(args) -> None:
     check_int("--repeats", args.repeats, 1)
     check_int("--max-steps", args.max_steps, 1)
     check_int("--seed", args.seed, 0, 2**63 - 1)
-    if args.levels is not None and args.levels != 0:
-        check_int("--levels", args.levels, 2)
-    elif args.levels is not None and args.levels < 0:
-        raise UsageError(f"--levels must be >= 2 (or 0 for continuous data), got {args.levels}")
+    if args.levels is not None and args.levels != 0 and args.levels < 2:
+        raise UsageError(f"--levels must be an integer >= 2 (or 0 for continuous data), got {args.levels}")
     check_float("--rtol", args.rtol, 0.0)
     check_float("--atol", args.atol, 0.0)
     check_float("--eps", args.eps, 0.0, 1.0)
