@@ -170,7 +170,8 @@ def sample(
         **options: fields of the sampler, e.g. predictor=, corrector=, snr=, rtol=, max_steps=.
 
     Returns:
-        SampleResult(samples, nfe, ts, trajectory, stats) with nfe *counted*.
+        SampleResult(samples, nfe, ts, trajectory, stats) with nfe *counted*; stats hold the wall
+        time, the time spent inside the score (``score_time``) and their ratio ``overhead``.
 
     Raises:
         ValueError / TypeError naming the argument and the valid choices;
@@ -185,8 +186,12 @@ def sample(
         solve = loop.run(sampler, s.ctx, s.x, s.ts, keep=return_trajectory, progress=progress,
                          callback=callback, x0_of=(lambda: score.x0) if callback is not None else None,
                          max_steps=getattr(sampler, "max_steps", None))
+    if solve.x.is_cuda:
+        torch.cuda.synchronize(solve.x.device)
+    wall = time.perf_counter() - wall
     stats = {"calls": score.calls, "steps": len(s.ts) - 1, "method": type(sampler).__name__,
-             "wall_time": time.perf_counter() - wall, **solve.stats}
+             "wall_time": wall, "score_time": score.seconds,
+             "overhead": wall / score.seconds if score.seconds > 0 else float("nan"), **solve.stats}
     traj = torch.stack(solve.trajectory) if solve.trajectory is not None else None
     if not all_finite(solve.x):
         raise FloatingPointError(

@@ -10,6 +10,7 @@ holding continuous times.  Adapters (with p_t(x | x_0) = N(m x_0, σ² I)):
 from __future__ import annotations
 
 import math
+import time
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -111,7 +112,8 @@ class CountingScore:
     """Wraps a score, counts what was actually evaluated, and checks what comes back.
 
     ``nfe`` = rows evaluated / batch size, so a call on half the batch counts ½; ``calls`` is
-    the number of invocations.  With ``check=True`` every output is checked for shape and
+    the number of invocations; ``seconds`` the wall time spent inside the score (synchronised
+    on CUDA, so work queued by the solver is not charged to the score).  With ``check=True`` every output is checked for shape and
     finiteness, and a failure names the sampler step and the time (one host sync per call).
     An output that shares memory with its input is copied, so samplers may reuse their own
     buffers once a call has returned.
@@ -128,6 +130,7 @@ class CountingScore:
         self.per_call = int(getattr(fn, "evaluations_per_call", 1))
         self.rows = 0
         self.calls = 0
+        self.seconds = 0.0  # wall time inside fn (synchronised on CUDA): overhead = run time / this
         self.step: int | None = None
 
     @property
@@ -141,7 +144,14 @@ class CountingScore:
             t = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
         elif t.ndim == 0:
             t = t.expand(x.shape[0])
+        cuda = x.is_cuda
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
         out = self.fn(x, t)
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - start
         self.rows += x.shape[0] * self.per_call
         self.calls += 1
         if self.check:
