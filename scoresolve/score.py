@@ -114,7 +114,8 @@ class CountingScore:
     ``nfe`` = rows evaluated / batch size, so a call on half the batch counts ½; ``calls`` is
     the number of invocations; ``seconds`` the wall time spent inside the score (synchronised
     on CUDA, so work queued by the solver is not charged to the score).  With ``check=True``
-    every output is checked for shape and finiteness, and a failure names the sampler step and the time (one host sync per call).
+    every output is checked for shape and finiteness, and a failure names the sampler step and
+    the time (one host sync per call).
     An output that shares memory with its input is copied, so samplers may reuse their own
     buffers once a call has returned.
     """
