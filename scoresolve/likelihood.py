@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._compat import translate_kwargs
+from ._torchdiffeq import weightless_stages
 from .noise import Noise
 from .ode import DEFAULT_MAX_STEPS, check_max_steps, score_in_dtype, step_limit_error, working_dtype
 from .score import CountingScore, NonFiniteScoreError, ScoreFn, all_finite
@@ -202,16 +204,7 @@ def _weightless_stages(method: str) -> frozenset[int]:
     ``method`` (dopri5: the c = 1/5 stage; dopri8: 4 of 12).  Δ never feeds back into the
     dynamics, so its derivative there is not needed: skipping those divergences changes no
     result (a test checks this bitwise) and saves their VJPs."""
-    try:
-        from torchdiffeq._impl.odeint import SOLVERS
-
-        solver = SOLVERS[method]
-        tab, mid = solver.tableau, solver.mid
-        n = len(tab.alpha)
-        return frozenset(j for j in range(1, n)  # the last stage is the next step's first (FSAL)
-                         if tab.c_sol[j] == 0 and tab.c_error[j] == 0 and mid[j] == 0)
-    except (ImportError, AttributeError, KeyError, IndexError):  # another torchdiffeq layout
-        return frozenset()
+    return weightless_stages(method)
 
 
 def _draw_probes(kind: str, k: int, x: Tensor, generator, seeds) -> Tensor:
@@ -232,7 +225,7 @@ def _choice(name: str, value, valid: Sequence[str]) -> None:
         raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
 
 
-def _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_norm, generator, seeds):
+def _check_args(sde, x, trace, probes, probe_dist, rtol, atol, eps, solver, error_norm, generator, seeds):
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresolve SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
     if not isinstance(x, Tensor):
@@ -246,8 +239,8 @@ def _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_nor
     if not all_finite(x):
         raise ValueError("x contains NaN/Inf")
     _choice("trace", trace, TRACES)
-    _choice("probe", probe, PROBES)
-    _choice("method", method, METHODS)
+    _choice("probe_dist", probe_dist, PROBES)
+    _choice("solver", solver, METHODS)
     _choice("error_norm", error_norm, ERROR_NORMS)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
@@ -274,11 +267,11 @@ def likelihood(
     *,
     trace: Literal["exact", "hutchinson"] = "exact",
     probes: int = 1,
-    probe: Literal["rademacher", "gaussian"] = "rademacher",
+    probe_dist: Literal["rademacher", "gaussian"] = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float | None = None,
-    method: str = "dopri5",
+    solver: str = "dopri5",
     error_norm: Literal["point", "batch"] = "point",
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | Tensor | None = None,
@@ -289,6 +282,7 @@ def likelihood(
     vjp: Literal["loop", "vmap"] = "loop",
     max_steps: int = DEFAULT_MAX_STEPS,
     progress: bool = False,
+    **renamed,
 ) -> LikelihoodResult:
     """log p_eps(x) by integrating the probability-flow ODE and its divergence from eps to T.
 
@@ -307,12 +301,12 @@ def likelihood(
         x: (B, ...) floating-point data points (the integration runs on x's device and dtype).
         trace: "exact" (d VJPs per evaluation) or "hutchinson" (``probes`` VJPs).
         probes: number K of Hutchinson probes, fixed over the whole solve.
-        probe: "rademacher" (±1) or "gaussian".
+        probe_dist: distribution of the probes, "rademacher" (±1) or "gaussian".
         rtol, atol: solver tolerances, applied per point (``error_norm="point"``: the shared
             step is accepted when every point's x and Δ meet them) or to the RMS over the
             batch (``"batch"``, torchdiffeq's default mixed norm).
         eps: start time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
-        method: torchdiffeq adaptive solver, one of ``METHODS`` (dopri5 = RK45).
+        solver: torchdiffeq adaptive solver, one of ``METHODS`` (dopri5 = RK45).
         error_norm: "point" or "batch", see rtol.
         generator: torch.Generator for the probes; ``seeds`` (one int per point) instead makes
             each point's probes, hence its estimate, independent of the batch it is in.
@@ -348,7 +342,10 @@ def likelihood(
     import torchdiffeq
 
     eps = sde.default_eps if eps is None and isinstance(sde, SDE) else eps
-    _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_norm, generator, seeds)
+    if renamed:  # probe= and method= were renamed probe_dist= and solver= (one release of grace)
+        old = translate_kwargs("likelihood", renamed, {"probe": "probe_dist", "method": "solver"})
+        probe_dist, solver = old.get("probe_dist", probe_dist), old.get("solver", solver)
+    _check_args(sde, x, trace, probes, probe_dist, rtol, atol, eps, solver, error_norm, generator, seeds)
     check_max_steps(max_steps)
     _choice("vjp", vjp, VJPS)
     start = time.perf_counter()
@@ -356,7 +353,7 @@ def likelihood(
     work = working_dtype(x.dtype)
     score = CountingScore(score_in_dtype(score_fn, x.dtype, work), b, check=check)
     x = x.detach().to(work)
-    v = _draw_probes(probe, probes, x, generator, seeds) if trace == "hutchinson" else None
+    v = _draw_probes(probe_dist, probes, x, generator, seeds) if trace == "hutchinson" else None
     k = 1 if v is None else probes
     y0 = (x, torch.zeros(b, k, dtype=x.dtype, device=x.device))
     ts = torch.tensor([float(eps), sde.T], dtype=torch.promote_types(x.dtype, torch.float32),
@@ -368,15 +365,15 @@ def likelihood(
 
     with tqdm(total=round(sde.T - float(eps), 6), desc="likelihood: t", disable=not progress,
               bar_format="{l_bar}{bar}| t - eps = {n:.4g}/{total:.4g} [{elapsed}]") as bar:
-        flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(method) if skip_stages else frozenset(),
-                              vmap=vjp == "vmap", max_steps=max_steps, span=(float(eps), sde.T), method=method,
+        flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(solver) if skip_stages else frozenset(),
+                              vmap=vjp == "vmap", max_steps=max_steps, span=(float(eps), sde.T), method=solver,
                               bar=bar if progress else None)
         try:
-            xs, deltas = torchdiffeq.odeint(flow, y0, ts, rtol=rtol, atol=atol, method=method,
+            xs, deltas = torchdiffeq.odeint(flow, y0, ts, rtol=rtol, atol=atol, method=solver,
                                             options=options)
         except AssertionError as err:  # torchdiffeq signals step underflow / step limits by assert
             last = flow.accepted[-1] if flow.accepted else float(eps)
-            raise RuntimeError(f"the {method} solve failed after t={last:.6g} "
+            raise RuntimeError(f"the {solver} solve failed after t={last:.6g} "
                                f"({len(flow.accepted)} accepted steps): {err}") from err
     z, delta = xs[-1], deltas[-1]
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z)
@@ -394,8 +391,8 @@ def likelihood(
     d = x[0].numel()
     forwards, vjps = score.nfe, flow.vjps  # the full batch is evaluated at every call
     stats: dict[str, Any] = {
-        "trace": trace, "probes": k if v is not None else 0, "probe": probe if v is not None else None,
-        "method": method, "rtol": rtol, "atol": atol, "eps": float(eps), "error_norm": error_norm,
+        "trace": trace, "probes": k if v is not None else 0, "probe_dist": probe_dist if v is not None else None,
+        "solver": solver, "rtol": rtol, "atol": atol, "eps": float(eps), "error_norm": error_norm,
         "forwards": forwards, "vjps": vjps, "rhs_evals": flow.rhs_evals,
         "divergence_evals": flow.div_evals,
         "steps_accepted": len(flow.accepted), "steps_rejected": flow.rejected,

@@ -67,12 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--trace", default="exact", choices=TRACES)
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per point")
-    p.add_argument("--probe", default="rademacher", choices=PROBES)
+    p.add_argument("--probe-dist", "--probe", dest="probe_dist", default="rademacher", choices=PROBES,
+                   help="distribution of the Hutchinson probes (--probe: the old name)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N points")
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--eps", type=float, default=None, help="start time (default: the SDE's)")
-    p.add_argument("--method", default="dopri5", choices=METHODS)
+    p.add_argument("--solver", "--method", dest="solver", default="dopri5", choices=METHODS,
+                   help="torchdiffeq adaptive solver (--method: the old name)")
     p.add_argument("--levels", type=int, default=None,
                    help="quantized data: number of levels (default 17 for digits; 0 = continuous)")
     p.add_argument("--repeats", type=int, default=1, help="dequantization draws per image")
@@ -253,8 +255,8 @@ def _summary(args, parts: dict, sde: str, levels: int | None, n: int, d: int, se
     return {
         "run": os.path.abspath(args.run), "data": args.data, "split": args.split, "n": n, "dim": d,
         "sde": sde, "eps": solves[0]["eps"], "trace": args.trace,
-        "probes": args.probes if hutch else 0, "probe": args.probe if hutch else None,
-        "method": args.method, "rtol": args.rtol, "atol": args.atol, "dtype": args.dtype,
+        "probes": args.probes if hutch else 0, "probe": args.probe_dist if hutch else None,
+        "method": args.solver, "rtol": args.rtol, "atol": args.atol, "dtype": args.dtype,
         "levels": levels, "repeats": args.repeats if levels else None, "kind": kind, "seed": args.seed,
         "batch_size": args.batch_size, "world_size": world,
         "nll_nats": nll, "nll_nats_stderr": se, "nll_nats_per_dim": nll / d,
@@ -283,9 +285,9 @@ def _run(args, rank: int, world: int) -> int:
         return report("scoresolve likelihood", ValueError(loaded))
     run, data, levels = loaded
     hutch = args.trace == "hutchinson"
-    opts = dict(trace=args.trace, rtol=args.rtol, atol=args.atol, eps=args.eps, method=args.method,
+    opts = dict(trace=args.trace, rtol=args.rtol, atol=args.atol, eps=args.eps, solver=args.solver,
                 max_steps=args.max_steps, progress=args.progress,
-                **(dict(probes=args.probes, probe=args.probe) if hutch else {}))
+                **(dict(probes=args.probes, probe_dist=args.probe_dist) if hutch else {}))
     job = _Job(run.score_fn, run.sde, data, levels, args.repeats, args.seed, dtype, opts)
     start = time.perf_counter()
     try:

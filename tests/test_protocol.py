@@ -165,3 +165,16 @@ def test_import_scoresolve_pulls_no_scipy():
     code = "import sys, scoresolve; print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_likelihood_old_argument_names_warn_and_work():
+    sde = ss.VPSDE()
+    x = RING.sample(4, generator=gen(), dtype=F64)
+    new = ss.likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe_dist="gaussian", solver="bosh3",
+                        seeds=range(4), rtol=1e-3, atol=1e-3)
+    with pytest.warns(DeprecationWarning, match="probe, method renamed to probe_dist, solver"):
+        old = ss.likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe="gaussian", method="bosh3",
+                            seeds=range(4), rtol=1e-3, atol=1e-3)
+    assert torch.equal(new.logp, old.logp) and new.stats["solver"] == "bosh3"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        ss.likelihood(RING.score_fn(sde), sde, x, nope=1)
