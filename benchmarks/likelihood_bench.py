@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     cells += [("dopri8", "point", tol) for tol in ((1e-2,) if args.quick else (1e-2, 1e-3, 1e-4))]
     sweep = []
     for method, norm, tol in cells:
-        r = run(gm, sde, x, rtol=tol, atol=tol, error_norm=norm, method=method)
+        r = run(gm, sde, x, rtol=tol, atol=tol, error_norm=norm, solver=method)
         sweep.append((f"{method}, error_norm={norm}", tol, r))
         emit(f"| {method} | {norm} | {tol:g} | {fmt(r['bias'])} | {fmt(r['sd'])} | {fmt(r['max'])} | "
              f"{r['rhs']} ({r['acc']}/{r['rej']}) | {r['div']} | {r['wall']:.2f} | {r['cpu']:.2f} |")

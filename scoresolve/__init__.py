@@ -18,8 +18,8 @@ from .control import (
     linear_inverse,
 )
 from .likelihood import LikelihoodResult, bits_per_dim, likelihood
-from .loop import StepBudgetExceeded
 from .noise import Noise
+from .ode import StepLimitError
 from .protocol import AdaptiveSampler, Context, Sampler, State
 from .registry import CORRECTORS, PREDICTORS, SAMPLERS, resolve
 from .results import SampleResult
@@ -45,6 +45,7 @@ from .schedules import DiscreteVPSDE, KarrasSDE, grid_from_sigmas, spaced_timest
 from .score import (
     CountingScore,
     NonFiniteScoreError,
+    NonFiniteStateError,
     ScoreFn,
     from_denoiser,
     from_epsilon,
@@ -66,12 +67,12 @@ def __getattr__(name: str):
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "reverse_drift", "append_dims",
     "sample", "start", "Start", "steps_for_nfe", "SampleResult",
-    "Sampler", "AdaptiveSampler", "State", "Context", "StepBudgetExceeded", "protocol", "samplers",
+    "Sampler", "AdaptiveSampler", "State", "Context", "StepLimitError", "protocol", "samplers",
     "PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps",
     "DDIM", "DPMSolver2S", "DPMSolverMultistep", "DPMSolverSDE", "UniPC", "EDMHeun",
     "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
-    "ScoreFn", "CountingScore", "NonFiniteScoreError", "from_epsilon", "from_denoiser",
+    "ScoreFn", "CountingScore", "NonFiniteScoreError", "NonFiniteStateError", "from_epsilon", "from_denoiser",
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import warnings
 
-__all__ = ["renamed", "translate"]
+__all__ = ["renamed", "translate", "translate_kwargs"]
 
 
 def translate(cls, kwargs: dict, stacklevel: int = 3) -> dict:
@@ -46,3 +46,14 @@ def renamed(**old_to_new: str):
         return cls
 
     return wrap
+
+
+def translate_kwargs(fn_name: str, kwargs: dict, table: dict[str, str]) -> dict:
+    """A function's old keyword names -> new ones with a DeprecationWarning; any other unknown
+    keyword is a TypeError, as Python would raise."""
+    unknown = [k for k in kwargs if k not in table]
+    if unknown:
+        raise TypeError(f"{fn_name}() got an unexpected keyword argument {unknown[0]!r}")
+    warnings.warn(f"{fn_name}: argument(s) {', '.join(kwargs)} renamed to {', '.join(table[k] for k in kwargs)}; "
+                  "the old names go away in the next release", DeprecationWarning, stacklevel=3)
+    return {table[k]: v for k, v in kwargs.items()}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["StepwiseODE", "ADAPTIVE_RK"]
+__all__ = ["StepwiseODE", "ADAPTIVE_RK", "weightless_stages"]
 
 ADAPTIVE_RK = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -88,3 +88,19 @@ class StepwiseODE:
     def state(self) -> Tensor:
         """The solution at ``t_reached``."""
         return self.solver.rk_state.y1 if self.stepwise else self.ys[-1]
+
+
+def weightless_stages(method: str) -> frozenset[int]:
+    """Stages j (j-th evaluation of a step, j >= 1) whose derivative has weight 0 in the solution,
+    the error estimate and the dense-output interpolant of torchdiffeq's tableau for ``method``
+    (dopri5: the c = 1/5 stage; dopri8: 4 of 12); empty when the layout is not the expected one."""
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+
+        solver = SOLVERS[method]
+        tab, mid = solver.tableau, solver.mid
+        n = len(tab.alpha)
+        return frozenset(j for j in range(1, n)  # the last stage is the next step's first (FSAL)
+                         if tab.c_sol[j] == 0 and tab.c_error[j] == 0 and mid[j] == 0)
+    except (ImportError, AttributeError, KeyError, IndexError):  # another torchdiffeq layout
+        return frozenset()

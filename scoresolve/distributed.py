@@ -152,7 +152,12 @@ def _check_manifest(out: Path, config: dict) -> None:
     path = out / "manifest.json"
     config = json.loads(json.dumps(config, default=str))
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is unreadable ({err}): not this job's directory") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} is not a job manifest: not this job's directory")
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise ValueError(

@@ -29,7 +29,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._compat import translate_kwargs
+from ._torchdiffeq import weightless_stages
 from .noise import Noise
+from .ode import DEFAULT_MAX_STEPS, check_max_steps, score_in_dtype, step_limit_error, working_dtype
 from .score import CountingScore, NonFiniteScoreError, ScoreFn, all_finite
 from .sde import SDE
 
@@ -89,8 +92,10 @@ class _AugmentedFlow:
     call once per attempted step."""
 
     def __init__(self, sde: SDE, score: CountingScore, probes: Tensor | None, check: bool,
-                 skip: frozenset[int] = frozenset(), vmap: bool = False):
+                 skip: frozenset[int] = frozenset(), vmap: bool = False, max_steps: int = DEFAULT_MAX_STEPS,
+                 span: tuple[float, float] = (0.0, 1.0), method: str = "dopri5", bar=None):
         self.sde, self.score, self.probes, self.check, self.skip = sde, score, probes, check, skip
+        self.max_steps, self.span, self.method, self.bar = max_steps, span, method, bar
         self.vmap = vmap
         self._basis: Tensor | None = None  # the (d, B, ...) one-hot cotangents of vjp="vmap"
         self.rhs_evals = 0
@@ -102,10 +107,16 @@ class _AugmentedFlow:
 
     def callback_step(self, t0: Tensor, y0, dt: Tensor) -> None:
         self._stage = 0
+        if len(self.accepted) + self.rejected >= self.max_steps:
+            t = self.accepted[-1] if self.accepted else self.span[0]
+            raise step_limit_error(self.method, self.max_steps, t, *self.span,
+                                   "likelihood(max_steps=...) (--max-steps on the command line)")
 
     def callback_accept_step(self, t0: Tensor, y0, dt: Tensor) -> None:
         self.accepted.append(float(t0 + dt))
         self.score.step = len(self.accepted)
+        if self.bar is not None:  # progress as the time reached
+            self.bar.update(round(self.accepted[-1] - self.span[0] - self.bar.n, 6))
 
     def callback_reject_step(self, t0: Tensor, y0, dt: Tensor) -> None:
         self.rejected += 1
@@ -197,16 +208,7 @@ def _weightless_stages(method: str) -> frozenset[int]:
     ``method`` (dopri5: the c = 1/5 stage; dopri8: 4 of 12).  Δ never feeds back into the
     dynamics, so its derivative there is not needed: skipping those divergences changes no
     result (a test checks this bitwise) and saves their VJPs."""
-    try:
-        from torchdiffeq._impl.odeint import SOLVERS
-
-        solver = SOLVERS[method]
-        tab, mid = solver.tableau, solver.mid
-        n = len(tab.alpha)
-        return frozenset(j for j in range(1, n)  # the last stage is the next step's first (FSAL)
-                         if tab.c_sol[j] == 0 and tab.c_error[j] == 0 and mid[j] == 0)
-    except (ImportError, AttributeError, KeyError, IndexError):  # another torchdiffeq layout
-        return frozenset()
+    return weightless_stages(method)
 
 
 def _draw_probes(kind: str, k: int, x: Tensor, generator, seeds) -> Tensor:
@@ -227,7 +229,7 @@ def _choice(name: str, value, valid: Sequence[str]) -> None:
         raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
 
 
-def _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_norm, generator, seeds):
+def _check_args(sde, x, trace, probes, probe_dist, rtol, atol, eps, solver, error_norm, generator, seeds):
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresolve SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
     if not isinstance(x, Tensor):
@@ -241,8 +243,8 @@ def _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_nor
     if not all_finite(x):
         raise ValueError("x contains NaN/Inf")
     _choice("trace", trace, TRACES)
-    _choice("probe", probe, PROBES)
-    _choice("method", method, METHODS)
+    _choice("probe_dist", probe_dist, PROBES)
+    _choice("solver", solver, METHODS)
     _choice("error_norm", error_norm, ERROR_NORMS)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
@@ -269,11 +271,11 @@ def likelihood(
     *,
     trace: Literal["exact", "hutchinson"] = "exact",
     probes: int = 1,
-    probe: Literal["rademacher", "gaussian"] = "rademacher",
+    probe_dist: Literal["rademacher", "gaussian"] = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float | None = None,
-    method: str = "dopri5",
+    solver: str = "dopri5",
     error_norm: Literal["point", "batch"] = "point",
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | Tensor | None = None,
@@ -282,6 +284,9 @@ def likelihood(
     check: bool = True,
     skip_stages: bool = True,
     vjp: Literal["loop", "vmap"] = "loop",
+    max_steps: int = DEFAULT_MAX_STEPS,
+    progress: bool = False,
+    **renamed,
 ) -> LikelihoodResult:
     """log p_eps(x) by integrating the probability-flow ODE and its divergence from eps to T.
 
@@ -300,12 +305,12 @@ def likelihood(
         x: (B, ...) floating-point data points (the integration runs on x's device and dtype).
         trace: "exact" (d VJPs per evaluation) or "hutchinson" (``probes`` VJPs).
         probes: number K of Hutchinson probes, fixed over the whole solve.
-        probe: "rademacher" (±1) or "gaussian".
+        probe_dist: distribution of the probes, "rademacher" (±1) or "gaussian".
         rtol, atol: solver tolerances, applied per point (``error_norm="point"``: the shared
             step is accepted when every point's x and Δ meet them) or to the RMS over the
             batch (``"batch"``, torchdiffeq's default mixed norm).
         eps: start time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
-        method: torchdiffeq adaptive solver, one of ``METHODS`` (dopri5 = RK45).
+        solver: torchdiffeq adaptive solver, one of ``METHODS`` (dopri5 = RK45).
         error_norm: "point" or "batch", see rtol.
         generator: torch.Generator for the probes; ``seeds`` (one int per point) instead makes
             each point's probes, hence its estimate, independent of the batch it is in.
@@ -321,6 +326,12 @@ def likelihood(
             GPUs).  The exact trace then holds d one-hot cotangents of the batch's size (d²·B
             numbers).  If torch cannot batch the score's backward (diffusers' UNets: "NYI: querying
             is_contiguous inside of vmap"), a RuntimeWarning says so and the solve goes on with "loop".
+        max_steps: budget of attempted (accepted + rejected) solver steps; when it runs out the
+            solve stops with a ``StepLimitError`` naming the time reached.
+        progress: a tqdm bar of the time reached, eps → T.
+
+    float16 / bfloat16 data are integrated in float32 (their step-size arithmetic would underflow
+    to t = NaN); the score still sees x in the data's dtype, and the results are cast back to it.
 
     Returns:
         LikelihoodResult(logp, logp_stderr, bpd, nfe, latent, prior_logp, delta_logp, stats);
@@ -328,22 +339,26 @@ def likelihood(
 
     Raises:
         ValueError naming the argument (and the valid choices); NonFiniteScoreError with the time
-        where NaN/Inf appeared; RuntimeError if the solver fails (with the last accepted time).
+        where NaN/Inf appeared; StepLimitError (a RuntimeError) when ``max_steps`` runs out, and
+        RuntimeError if the solver fails otherwise (both with the last accepted time).
 
     Reference: Song et al. 2021, eq. 39 (Appendix D.2); Grathwohl et al. 2019 (FFJORD).
     """
     import torchdiffeq
 
     eps = sde.default_eps if eps is None and isinstance(sde, SDE) else eps
-    _check_args(sde, x, trace, probes, probe, rtol, atol, eps, method, error_norm, generator, seeds)
-    start = time.perf_counter()
-    b = x.shape[0]
-    x = x.detach()
-    score = CountingScore(score_fn, b, check=check)
-    v = _draw_probes(probe, probes, x, generator, seeds) if trace == "hutchinson" else None
+    if renamed:  # probe= and method= were renamed probe_dist= and solver= (one release of grace)
+        old = translate_kwargs("likelihood", renamed, {"probe": "probe_dist", "method": "solver"})
+        probe_dist, solver = old.get("probe_dist", probe_dist), old.get("solver", solver)
+    _check_args(sde, x, trace, probes, probe_dist, rtol, atol, eps, solver, error_norm, generator, seeds)
+    check_max_steps(max_steps)
     _choice("vjp", vjp, VJPS)
-    flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(method) if skip_stages else frozenset(),
-                          vmap=vjp == "vmap")
+    start = time.perf_counter()
+    b, out_dtype = x.shape[0], x.dtype
+    work = working_dtype(x.dtype)
+    score = CountingScore(score_in_dtype(score_fn, x.dtype, work), b, check=check)
+    x = x.detach().to(work)
+    v = _draw_probes(probe_dist, probes, x, generator, seeds) if trace == "hutchinson" else None
     k = 1 if v is None else probes
     y0 = (x, torch.zeros(b, k, dtype=x.dtype, device=x.device))
     ts = torch.tensor([float(eps), sde.T], dtype=torch.promote_types(x.dtype, torch.float32),
@@ -351,13 +366,20 @@ def likelihood(
     options: dict[str, Any] = {"step_t": ts[-1:].clone()}  # land on T exactly, never step past
     if error_norm == "point":
         options["norm"] = _point_norm
-    try:
-        xs, deltas = torchdiffeq.odeint(flow, y0, ts, rtol=rtol, atol=atol, method=method,
-                                        options=options)
-    except AssertionError as err:  # torchdiffeq signals step underflow / step limits by assert
-        last = flow.accepted[-1] if flow.accepted else float(eps)
-        raise RuntimeError(f"the {method} solve failed after t={last:.6g} "
-                           f"({len(flow.accepted)} accepted steps): {err}") from err
+    from tqdm.auto import tqdm
+
+    with tqdm(total=round(sde.T - float(eps), 6), desc="likelihood: t", disable=not progress,
+              bar_format="{l_bar}{bar}| t - eps = {n:.4g}/{total:.4g} [{elapsed}]") as bar:
+        flow = _AugmentedFlow(sde, score, v, check, _weightless_stages(solver) if skip_stages else frozenset(),
+                              vmap=vjp == "vmap", max_steps=max_steps, span=(float(eps), sde.T), method=solver,
+                              bar=bar if progress else None)
+        try:
+            xs, deltas = torchdiffeq.odeint(flow, y0, ts, rtol=rtol, atol=atol, method=solver,
+                                            options=options)
+        except AssertionError as err:  # torchdiffeq signals step underflow / step limits by assert
+            last = flow.accepted[-1] if flow.accepted else float(eps)
+            raise RuntimeError(f"the {solver} solve failed after t={last:.6g} "
+                               f"({len(flow.accepted)} accepted steps): {err}") from err
     z, delta = xs[-1], deltas[-1]
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z)
     if tuple(prior.shape) != (b,):
@@ -374,8 +396,8 @@ def likelihood(
     d = x[0].numel()
     forwards, vjps = score.nfe, flow.vjps  # the full batch is evaluated at every call
     stats: dict[str, Any] = {
-        "trace": trace, "probes": k if v is not None else 0, "probe": probe if v is not None else None,
-        "method": method, "rtol": rtol, "atol": atol, "eps": float(eps), "error_norm": error_norm,
+        "trace": trace, "probes": k if v is not None else 0, "probe_dist": probe_dist if v is not None else None,
+        "solver": solver, "rtol": rtol, "atol": atol, "eps": float(eps), "error_norm": error_norm,
         "forwards": forwards, "vjps": vjps, "rhs_evals": flow.rhs_evals,
         "divergence_evals": flow.div_evals,
         "steps_accepted": len(flow.accepted), "steps_rejected": flow.rejected,
@@ -384,9 +406,10 @@ def likelihood(
     }
     if prior_logp is not None:
         stats["prior_mismatch"] = sde.prior_logp(z).to(x.dtype) - prior
-    return LikelihoodResult(
-        logp=logp, logp_stderr=stderr, bpd=-logp / (d * math.log(2.0)), nfe=forwards + vjps,
-        latent=z if return_latent else None, prior_logp=prior, delta_logp=dmean, stats=stats)
+    back = {"logp": logp, "logp_stderr": stderr, "bpd": -logp / (d * math.log(2.0)), "prior_logp": prior,
+            "delta_logp": dmean, "latent": z if return_latent else None}
+    back = {key: None if val is None else val.to(out_dtype) for key, val in back.items()}
+    return LikelihoodResult(nfe=forwards + vjps, stats=stats, **back)
 
 
 def bits_per_dim(
@@ -458,8 +481,8 @@ def bits_per_dim(
         raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating type, got {dtype}")
-    if images.ndim < 2:
-        raise ValueError(f"images must have shape (B, *data_dims), got {tuple(images.shape)}")
+    if images.ndim < 2 or images.shape[0] < 1 or images[0].numel() < 1:
+        raise ValueError(f"images must have shape (B, *data_dims) with B >= 1, got {tuple(images.shape)}")
     n_levels = 2**bits if levels is None else levels
     what = f"bits={bits}" if levels is None else f"levels={levels}"
     vals = images.to(torch.float64)

@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,11 +38,11 @@ from functools import partial
 
 import torch
 
+from .cliargs import Parser, UsageError, check_float, check_int, check_out_dir, check_out_file, report
 from .distributed import (
     barrier,
     derive_seeds,
     dist_info,
-    map_chunks,
     merge_chunks,
     process_group,
     run_chunks,
@@ -49,13 +50,14 @@ from .distributed import (
     seeded_uniform,
 )
 from .likelihood import METHODS, PROBES, TRACES, likelihood
+from .ode import DEFAULT_MAX_STEPS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 QUANTIZED = {"digits": 17}  # data sets stored as integer levels, scaled level k -> -1 + 2k/(L-1)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scoresolve likelihood",
+    p = Parser(prog="scoresolve likelihood",
                                 description="NLL (nats, bits/dim) of a data set under a trained run.")
     p.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run directory written by `scoresolve train` (under torchrun write --run-dir: "
@@ -65,12 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--trace", default="exact", choices=TRACES)
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per point")
-    p.add_argument("--probe", default="rademacher", choices=PROBES)
+    p.add_argument("--probe-dist", "--probe", dest="probe_dist", default="rademacher", choices=PROBES,
+                   help="distribution of the Hutchinson probes (--probe: the old name)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N points")
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--eps", type=float, default=None, help="start time (default: the SDE's)")
-    p.add_argument("--method", default="dopri5", choices=METHODS)
+    p.add_argument("--solver", "--method", dest="solver", default="dopri5", choices=METHODS,
+                   help="torchdiffeq adaptive solver (--method: the old name)")
     p.add_argument("--levels", type=int, default=None,
                    help="quantized data: number of levels (default 17 for digits; 0 = continuous)")
     p.add_argument("--repeats", type=int, default=1, help="dequantization draws per image")
@@ -79,9 +83,13 @@ def _parser() -> argparse.ArgumentParser:
                         "takes under torchrun.  Results depend on it, never on the number of ranks")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of the per-point Hutchinson probes and dequantization noise")
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                   help=f"attempted solver steps allowed per batch (default {DEFAULT_MAX_STEPS}); a batch that "
+                        "needs more stops with an error naming the time it reached")
+    p.add_argument("--progress", action="store_true", help="show the batches done and each solve's time reached")
     p.add_argument("--shard-dir", default=None,
                    help="write each batch atomically into this directory (with a manifest) and resume "
-                        "from it; default OUT.shards under torchrun, nothing without it")
+                        "from it; default OUT.shards, removed after OUT is written unless under torchrun")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     return p
@@ -191,26 +199,46 @@ def _load(args, device: torch.device, dtype: torch.dtype):
     return run, data, levels
 
 
-def _check_args(args) -> str | None:
-    if args.probes < 1 or (args.trace == "exact" and args.probes != 1):
-        return "--probes must be >= 1 and is only used with --trace hutchinson"
-    if (args.limit is not None and args.limit < 1) or args.batch_size < 1 or args.repeats < 1:
-        return "--limit, --batch-size and --repeats must be >= 1"
-    if args.levels is not None and args.levels < 0:
-        return "--levels must be >= 2 (or 0 for continuous data)"
-    return None
+def _check_args(args) -> None:
+    """Every option in its valid range and the outputs writable, before any work (UsageError)."""
+    check_int("--probes", args.probes, 1)
+    if args.trace == "exact" and args.probes != 1:
+        raise UsageError("--probes is only used with --trace hutchinson (the exact trace takes no probes)")
+    check_int("--limit", args.limit, 1)
+    check_int("--batch-size", args.batch_size, 1)
+    check_int("--repeats", args.repeats, 1)
+    check_int("--max-steps", args.max_steps, 1)
+    check_int("--seed", args.seed, 0, 2**63 - 1)
+    if args.levels is not None and args.levels != 0 and args.levels < 2:
+        raise UsageError(f"--levels must be an integer >= 2 (or 0 for continuous data), got {args.levels}")
+    check_float("--rtol", args.rtol, 0.0)
+    check_float("--atol", args.atol, 0.0)
+    check_float("--eps", args.eps, 0.0, 1.0)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:N, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but CUDA is not available")
+    check_out_file("--out", args.out)
+    check_out_dir("--shard-dir", _shard_dir(args))
+
+
+def _shard_dir(args) -> str:
+    return args.shard_dir or f"{args.out}.shards"
 
 
 def _solve_all(job: _Job, args, n: int, world: int) -> dict | None:
-    """Every chunk, in this process or sharded over the ranks; the joined results on rank 0."""
-    if world == 1 and not args.shard_dir:
-        return map_chunks(partial(_solve_chunk, job), n, chunk=args.batch_size)
-    shards = args.shard_dir or f"{args.out}.shards"
+    """Every chunk, each written atomically into the shard directory as soon as it is solved (so
+    a failed or interrupted run loses nothing), spread over the ranks under torchrun; the joined
+    results on rank 0."""
+    shards = _shard_dir(args)
     config = {"kind": "likelihood_cli", "run": os.path.abspath(args.run), "data": args.data, "split": args.split,
               "data_sum": float(job.data.double().sum()), "levels": job.levels, "repeats": job.repeats,
               "seed": job.seed, "dtype": args.dtype, "device": args.device,
-              "options": {k: repr(v) for k, v in sorted(job.opts.items())}}
-    run_chunks(partial(_solve_chunk, job), n, shards, chunk=args.batch_size, config=config, unit="points")
+              "options": {k: repr(v) for k, v in sorted(job.opts.items()) if k != "progress"}}
+    run_chunks(partial(_solve_chunk, job), n, shards, chunk=args.batch_size, config=config, unit="points",
+               progress=args.progress)
     barrier()
     return merge_chunks(shards, n, args.batch_size) if dist_info()[0] == 0 else None
 
@@ -227,8 +255,8 @@ def _summary(args, parts: dict, sde: str, levels: int | None, n: int, d: int, se
     return {
         "run": os.path.abspath(args.run), "data": args.data, "split": args.split, "n": n, "dim": d,
         "sde": sde, "eps": solves[0]["eps"], "trace": args.trace,
-        "probes": args.probes if hutch else 0, "probe": args.probe if hutch else None,
-        "method": args.method, "rtol": args.rtol, "atol": args.atol, "dtype": args.dtype,
+        "probes": args.probes if hutch else 0, "probe": args.probe_dist if hutch else None,
+        "method": args.solver, "rtol": args.rtol, "atol": args.atol, "dtype": args.dtype,
         "levels": levels, "repeats": args.repeats if levels else None, "kind": kind, "seed": args.seed,
         "batch_size": args.batch_size, "world_size": world,
         "nll_nats": nll, "nll_nats_stderr": se, "nll_nats_per_dim": nll / d,
@@ -242,10 +270,10 @@ def _summary(args, parts: dict, sde: str, levels: int | None, n: int, d: int, se
 def main(argv: list[str] | None = None) -> int:
     """Run the command; under torchrun the points are spread over the ranks and rank 0 writes --out."""
     args = _parser().parse_args(argv)
-    bad = _check_args(args)
-    if bad:
-        print(f"scoresolve likelihood: {bad}", file=sys.stderr)
-        return 2
+    try:
+        _check_args(args)
+    except UsageError as err:
+        return report("scoresolve likelihood", err)
     with process_group() as (rank, world):
         return _run(args, rank, world)
 
@@ -254,27 +282,31 @@ def _run(args, rank: int, world: int) -> int:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     loaded = _load(args, device, dtype)
     if isinstance(loaded, str):
-        print(f"scoresolve likelihood: {loaded}", file=sys.stderr)
-        return 2
+        return report("scoresolve likelihood", ValueError(loaded))
     run, data, levels = loaded
     hutch = args.trace == "hutchinson"
-    opts = dict(trace=args.trace, rtol=args.rtol, atol=args.atol, eps=args.eps, method=args.method,
-                **(dict(probes=args.probes, probe=args.probe) if hutch else {}))
+    opts = dict(trace=args.trace, rtol=args.rtol, atol=args.atol, eps=args.eps, solver=args.solver,
+                max_steps=args.max_steps, progress=args.progress,
+                **(dict(probes=args.probes, probe_dist=args.probe_dist) if hutch else {}))
     job = _Job(run.score_fn, run.sde, data, levels, args.repeats, args.seed, dtype, opts)
     start = time.perf_counter()
     try:
         parts = _solve_all(job, args, data.shape[0], world)
     except SolveError as err:
-        print(f"scoresolve likelihood: {err}", file=sys.stderr)
-        return 1
+        return report("scoresolve likelihood", err, status=1)
     except (ValueError, FileNotFoundError) as err:  # another job's shards, too many ranks, ...
-        print(f"scoresolve likelihood: {err}", file=sys.stderr)
-        return 2
+        return report("scoresolve likelihood", err)
     if parts is None:  # not rank 0
         return 0
     n, d = data.shape[0], math.prod(data.shape[1:])
     out = _summary(args, parts, run.sde.name, levels, n, d, time.perf_counter() - start, world)
-    write_json_atomic(args.out, out)
+    try:
+        write_json_atomic(args.out, out)
+    except OSError as err:
+        return report("scoresolve likelihood", OSError(f"could not write --out {args.out} ({err}); every batch "
+                                                       f"is kept in {_shard_dir(args)}: re-run to write it"), 1)
+    if world == 1 and not args.shard_dir:  # the default shards are only a safety net
+        shutil.rmtree(_shard_dir(args), ignore_errors=True)
     print(f"{args.data}/{args.split}: n={n}  NLL {out['nll_nats']:.4f} ± {out['nll_nats_stderr']:.4f} nats  "
           f"{out['bits_per_dim']:.4f} bits/dim  ({out['seconds']:.1f} s, {world} process(es)) -> {args.out}")
     return 0

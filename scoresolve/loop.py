@@ -11,9 +11,10 @@ from typing import NamedTuple
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .ode import step_limit_error
 from .protocol import Context, Sampler
 
-__all__ = ["run", "Solve", "StepBudgetExceeded"]
+__all__ = ["run", "Solve"]
 
 
 class Solve(NamedTuple):
@@ -22,10 +23,6 @@ class Solve(NamedTuple):
     x: Tensor
     trajectory: list[Tensor] | None
     stats: dict
-
-
-class StepBudgetExceeded(RuntimeError):
-    """An adaptive solve proposed more steps than its budget (``max_steps``)."""
 
 
 def _progress(sampler, ts: list[float], progress: bool):
@@ -69,7 +66,7 @@ def run(
             ``x0_of``) or None.
         x0_of: returns the sampler's latest x̂₀ (the Tweedie estimate at its last evaluation).
         max_steps: bound on the proposed steps of an adaptive solve; exceeding it raises
-            ``StepBudgetExceeded`` naming the time reached.
+            ``ode.StepLimitError`` naming the time reached.
     """
     score = ctx.score
     bar = _progress(sampler, ts, progress)
@@ -89,10 +86,8 @@ def run(
             else:
                 while not sampler.reached(state, t_next):
                     if max_steps is not None and state.i >= max_steps:
-                        raise StepBudgetExceeded(
-                            f"{type(sampler).__name__} proposed {state.i} steps (max_steps={max_steps}) and "
-                            f"reached only t={_t_min(state.t):.6g} on the way to {t_next:.6g}; raise "
-                            "max_steps or loosen rtol/atol")
+                        raise step_limit_error(type(sampler).__name__, max_steps, _t_min(state.t), ts[0], t_next,
+                                               "max_steps=")
                     score.step = state.i
                     state = sampler.attempt(ctx, state, t_next)
                     ok = state.accepted

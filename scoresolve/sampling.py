@@ -13,6 +13,18 @@ from torch import Tensor
 
 from . import loop
 from ._compat import translate
+from .checks import (
+    check_count,
+    check_device,
+    check_dtype,
+    check_eps,
+    check_generator,
+    check_sde,
+    check_seeds,
+    check_shape,
+    check_x_init,
+    warn_batch_dependent,
+)
 from .noise import Noise
 from .protocol import Context, Sampler
 from .registry import resolve
@@ -51,18 +63,6 @@ def _with_options(sampler, options: dict):
             f"valid options: {', '.join(valid)}"
         )
     return dataclasses.replace(sampler, **options)
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple of positive ints (batch, ...), got {shape!r}") from None
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be (batch, *data_dims) with positive sizes, got {shape}")
-    return shape
 
 
 class Start(NamedTuple):
@@ -133,7 +133,7 @@ def sample(
     Args:
         score_fn: any callable (x, t) -> ∇_x log p_t(x), x of shape (B, ...), t of shape (B,).
         sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
-        shape: (batch, *data_dims).
+        shape: (batch, *data_dims), positive integers.
         method: a name from ``SAMPLERS`` or a sampler object.  Classical: "pc", "em",
             "reverse_diffusion", "ancestral", "ald", "ode", "ode_euler", "ode_heun"; fast:
             "ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m",
@@ -141,15 +141,24 @@ def sample(
             "sde_srk"; k-diffusion / diffusers names: "euler" (= ddim), "heun" (= heun_edm), "lms",
             "euler_ancestral", "dpm_2", "unipc_bh2", "unipc_bh1" (``list(scoresolve.SAMPLERS)``
             is the authority).
-        steps: grid steps (default: the method's); excludes ``nfe``.
-        nfe: budget of score evaluations per sample; the step count is derived from it.
+        steps: grid steps, an integer >= 1 (default: the method's); excludes ``nfe``.
+        nfe: budget of score evaluations per sample (integer); the step count is derived from it.
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
             tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
         eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
         generator: torch.Generator on ``device``; excludes ``seeds``.
-        seeds: one integer per sample: sample i is then the same in any batch.
-        x_init: start from these states at T instead of the prior (shape ``shape``).
+        seeds: one integer per sample (int64 range); excludes ``generator``.  Sample i then
+            gets the same noise in any batch, and is bit for bit the same sample in any batch
+            for the methods whose steps act on each row alone: every fixed-step method and
+            "ode_adaptive_ps"/"ode_adaptive_rk23" (per-sample step control), except a
+            Langevin corrector with ``snr_norm="batch"`` (the default of "pc": its step size uses
+            norms averaged over the batch; a warning says so; pass ``snr_norm="sample"``).  It does
+            not hold for "ode" (dopri5 steps shared by the batch: differences within rtol/atol)
+            nor, as measured on the 8-ring, for "gotta_go_fast" and "sde_srk".
+        x_init: start from these states at T instead of the prior (a finite floating tensor of
+            shape ``shape``).
         device, dtype: of the samples (default: the generator's device / x_init's, float32).
+            float16/bfloat16: adaptive ODE solves (``ode``) integrate in float32 and cast back.
         denoise: return the noise-free mean of the last step (Tweedie step for ODE/ALD).
         return_trajectory: keep the states at every grid time.
         progress: show a tqdm bar.
@@ -163,10 +172,12 @@ def sample(
         **options: fields of the sampler, e.g. predictor=, corrector=, snr=, rtol=, max_steps=.
 
     Returns:
-        SampleResult(samples, nfe, ts, trajectory, stats) with nfe *counted*.
+        SampleResult(samples, nfe, ts, trajectory, stats) with nfe *counted*; stats hold the wall
+        time, the time spent inside the score (``score_time``) and their ratio ``overhead``.
 
     Raises:
-        ValueError / TypeError naming the argument and the valid choices.
+        ValueError / TypeError naming the argument and the valid choices;
+        ``scoresolve.StepLimitError`` when an adaptive solve uses up ``max_steps`` (naming the time reached).
     """
     s = start(score_fn, sde, shape, method, steps=steps, nfe=nfe, grid=grid, eps=eps, generator=generator,
               seeds=seeds, x_init=x_init, device=device, dtype=dtype, denoise=denoise, check=check,
@@ -177,8 +188,12 @@ def sample(
         solve = loop.run(sampler, s.ctx, s.x, s.ts, keep=return_trajectory, progress=progress,
                          callback=callback, x0_of=(lambda: score.x0) if callback is not None else None,
                          max_steps=getattr(sampler, "max_steps", None))
+    if solve.x.is_cuda:
+        torch.cuda.synchronize(solve.x.device)
+    wall = time.perf_counter() - wall
     stats = {"calls": score.calls, "steps": len(s.ts) - 1, "method": type(sampler).__name__,
-             "wall_time": time.perf_counter() - wall, **solve.stats}
+             "wall_time": wall, "score_time": score.seconds,
+             "overhead": wall / score.seconds if score.seconds > 0 else float("nan"), **solve.stats}
     traj = torch.stack(solve.trajectory) if solve.trajectory is not None else None
     if not all_finite(solve.x):
         raise FloatingPointError(
@@ -219,30 +234,22 @@ def start(
     gives the samples ``sample`` gives with the same arguments (bit for bit on CPU).  Arguments
     as for ``sample``; ``track_x0`` keeps the latest x̂_0 in ``s.ctx.score.x0``.
     """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scoresolve SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    check_sde(sde)
     sampler = _with_options(resolve("method", method), options)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     if steps is not None and nfe is not None:
         raise ValueError("pass steps= or nfe=, not both")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps, nfe = check_count("steps", steps), check_count("nfe", nfe)
     if nfe is not None:
         steps = steps_for_nfe(sampler, nfe, denoise)
 
     # device / dtype / randomness
-    if device is None:
-        device = x_init.device if x_init is not None else (
-            generator.device if generator is not None else torch.device("cpu"))
-    device = torch.device(device)
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device} but sampling runs on {device}; "
-                         "create it with torch.Generator(device=...)")
-    dtype = dtype or (x_init.dtype if x_init is not None else torch.get_default_dtype())
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating type, got {dtype}")
-    if seeds is not None and len(seeds) != shape[0]:
-        raise ValueError(f"seeds must have one entry per sample: {len(seeds)} given, batch {shape[0]}")
+    check_generator(generator)
+    check_x_init(x_init, shape)
+    device = check_device(device, x_init, generator)
+    dtype = check_dtype(dtype, x_init)
+    seeds = check_seeds(seeds, shape[0])
+    warn_batch_dependent(sampler, seeds)
     noise = Noise(generator, seeds, device, dtype)
 
     # time grid
@@ -254,15 +261,11 @@ def start(
         kind = grid or sampler.default_grid
         if kind not in GRIDS:
             raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRIDS)}")
-        eps = sde.default_eps if eps is None else eps
-        if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
-            raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
+        eps = sde.default_eps if eps is None else check_eps(eps, sde)
         ts = make_grid(kind, sde, steps or sampler.default_steps, float(eps))
 
     # initial state
     if x_init is not None:
-        if tuple(x_init.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
         x = x_init.to(device=device, dtype=dtype)
         noise.draws += 1  # keep the noise stream the same as with a prior draw
     else:

@@ -10,6 +10,7 @@ holding continuous times.  Adapters (with p_t(x | x_0) = N(m x_0, σ² I)):
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ __all__ = [
     "CountingScore",
     "ScoreWrapper",
     "NonFiniteScoreError",
+    "NonFiniteStateError",
 ]
 
 
@@ -106,12 +108,18 @@ class NonFiniteScoreError(FloatingPointError):
     """The score returned NaN or Inf."""
 
 
+class NonFiniteStateError(FloatingPointError):
+    """A sampler or solver handed the score a NaN/Inf state or time (its own overflow)."""
+
+
 class CountingScore:
     """Wraps a score, counts what was actually evaluated, and checks what comes back.
 
     ``nfe`` = rows evaluated / batch size, so a call on half the batch counts ½; ``calls`` is
-    the number of invocations.  With ``check=True`` every output is checked for shape and
-    finiteness, and a failure names the sampler step and the time (one host sync per call).
+    the number of invocations; ``seconds`` the wall time spent inside the score (synchronised
+    on CUDA, so work queued by the solver is not charged to the score).  With ``check=True``
+    every output is checked for shape and finiteness, and a failure names the sampler step and
+    the time (one host sync per call).
     An output that shares memory with its input is copied, so samplers may reuse their own
     buffers once a call has returned.
     """
@@ -127,6 +135,7 @@ class CountingScore:
         self.per_call = int(getattr(fn, "evaluations_per_call", 1))
         self.rows = 0
         self.calls = 0
+        self.seconds = 0.0  # wall time inside fn (synchronised on CUDA): overhead = run time / this
         self.step: int | None = None
         # (T, σ(T)) when the run starts from prior draws: the first call at T is then checked for
         # the magnitude of a score (a denoiser or ε-model passed as the score is warned about)
@@ -143,7 +152,14 @@ class CountingScore:
             t = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
         elif t.ndim == 0:
             t = t.expand(x.shape[0])
+        cuda = x.is_cuda
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
         out = self.fn(x, t)
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - start
         self.rows += x.shape[0] * self.per_call
         self.calls += 1
         if self.check:
@@ -183,10 +199,20 @@ class CountingScore:
                 f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; "
                 "it must return a tensor shaped like x"
             )
+        if not out.dtype.is_floating_point:
+            raise TypeError(f"score_fn returned a {out.dtype} tensor for x of dtype {x.dtype}; it must return "
+                            "a floating-point tensor (with check=False it is cast silently)")
         if not all_finite(out):
             where = "" if self.step is None else f" at step {self.step}"
+            if not (all_finite(x) and all_finite(t)):  # the solver's own NaN, not the score's
+                raise NonFiniteStateError(
+                    f"the sampler passed NaN/Inf {'x' if all_finite(t) else 't'} to score_fn{where} (call "
+                    f"{self.calls}, x of dtype {x.dtype}): its own arithmetic overflowed, not the score; in "
+                    "float16/bfloat16 sample in float32, else take more steps")
             bad = (~torch.isfinite(out.flatten(1))).any(1).sum().item()
             raise NonFiniteScoreError(
                 f"score_fn returned NaN/Inf{where}, t={float(t[0]):.6g} "
                 f"(call {self.calls}, {bad} of {x.shape[0]} samples affected)"
+                + (f"; in {out.dtype} a score beyond ±{torch.finfo(out.dtype).max:.5g} is Inf: sample in float32"
+                   if out.dtype in (torch.float16, torch.bfloat16) else "")
             )

@@ -190,7 +190,7 @@ def test_one_forward_per_rhs_and_steps_match_the_solver(monkeypatch):
 def test_skipping_weightless_stages_changes_nothing(method):
     sde = SDES["subvp"]
     x = data(RING, 32, sde, seed=6)
-    kw = dict(trace="hutchinson", probes=2, generator=None, rtol=1e-4, atol=1e-4, method=method)
+    kw = dict(trace="hutchinson", probes=2, generator=None, rtol=1e-4, atol=1e-4, solver=method)
     a = likelihood(RING.score_fn(sde), sde, x, seeds=range(32), **kw)
     b = likelihood(RING.score_fn(sde), sde, x, seeds=range(32), skip_stages=False, **kw)
     assert torch.equal(a.logp, b.logp) and torch.equal(a.latent, b.latent)
@@ -290,10 +290,10 @@ def test_errors_name_the_argument_and_the_choices():
         likelihood(score, sde, x, probes=4)
     with pytest.raises(ValueError, match="unknown trace 'hutch'; valid choices: exact, hutchinson"):
         likelihood(score, sde, x, trace="hutch")
-    with pytest.raises(ValueError, match="unknown probe 'normal'; valid choices: rademacher, gaussian"):
-        likelihood(score, sde, x, trace="hutchinson", probe="normal")
-    with pytest.raises(ValueError, match="unknown method 'rk4'; valid choices: dopri5, dopri8"):
-        likelihood(score, sde, x, method="rk4")
+    with pytest.raises(ValueError, match="unknown probe_dist 'normal'; valid choices: rademacher, gaussian"):
+        likelihood(score, sde, x, trace="hutchinson", probe_dist="normal")
+    with pytest.raises(ValueError, match="unknown solver 'rk4'; valid choices: dopri5, dopri8"):
+        likelihood(score, sde, x, solver="rk4")
     with pytest.raises(ValueError, match="unknown error_norm"):
         likelihood(score, sde, x, error_norm="max")
     for eps in (0.0, -1e-3, 1.0, 2.0):

@@ -120,7 +120,7 @@ def test_an_identity_x0_hook_changes_nothing_and_a_clip_bounds_the_denoised_samp
 @pytest.mark.parametrize("method", ADAPTIVE)
 def test_adaptive_solves_are_bounded_and_say_where_they_stopped(method):
     sde = ss.VPSDE()
-    with pytest.raises(ss.StepBudgetExceeded, match=r"max_steps=3.*reached only t="):
+    with pytest.raises(ss.StepLimitError, match=r"stopped at t=.*budget of 3 attempted steps"):
         ss.sample(RING.score_fn(sde), sde, (8, 2), method, generator=gen(), max_steps=3)
 
 
@@ -165,3 +165,16 @@ def test_import_scoresolve_pulls_no_scipy():
     code = "import sys, scoresolve; print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_likelihood_old_argument_names_warn_and_work():
+    sde = ss.VPSDE()
+    x = RING.sample(4, generator=gen(), dtype=F64)
+    new = ss.likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe_dist="gaussian", solver="bosh3",
+                        seeds=range(4), rtol=1e-3, atol=1e-3)
+    with pytest.warns(DeprecationWarning, match="probe, method renamed to probe_dist, solver"):
+        old = ss.likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe="gaussian", method="bosh3",
+                            seeds=range(4), rtol=1e-3, atol=1e-3)
+    assert torch.equal(new.logp, old.logp) and new.stats["solver"] == "bosh3"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        ss.likelihood(RING.score_fn(sde), sde, x, nope=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..cliargs import Parser, UsageError, check_int, check_out_dir, report
 from ..registry import SAMPLERS
 from .plan import BenchConfig
 from .problems import PROBLEMS, analytic_problem, load_reference, make_sde, run_dir_problem, user_problem
@@ -24,7 +25,7 @@ __all__ = ["main", "build_parser", "config_from_args"]
 DEFAULT_NFE = (10, 20, 50, 100, 200, 500, 1000)
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):
     def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
         return shlex.split(arg_line, comments=True)
 
@@ -170,7 +171,7 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
 
 
 def _report_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="scoresolve bench report",
+    p = Parser(prog="scoresolve bench report",
                                 description="Write DIR/report.md and DIR/plots/*.png from DIR/results.jsonl.")
     p.add_argument("dir")
     a = p.parse_args(argv)
@@ -178,9 +179,8 @@ def _report_main(argv: list[str]) -> int:
 
     try:
         path = write_report(a.dir)
-    except ValueError as e:
-        print(f"scoresolve bench report: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as e:
+        return report("scoresolve bench report", e)
     print(path)
     return 0
 
@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["report"]:
         return _report_main(argv[1:])
     a = build_parser().parse_args(argv)
+    try:
+        check_int("--threads", a.threads, 1)
+        check_out_dir("--out", a.out)
+    except UsageError as e:
+        return report("scoresolve bench", e)
     if a.threads:
         torch.set_num_threads(a.threads)
     from ..distributed import process_group
@@ -206,9 +211,8 @@ def _run(a: argparse.Namespace, rank: int, world: int) -> int:
     start = time.perf_counter()
     try:
         summary = run_bench(config_from_args(a))
-    except ValueError as e:
-        print(f"scoresolve bench: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as e:
+        return report("scoresolve bench", e)
     if rank != 0:
         return 130 if summary["interrupted"] else 0
     elapsed = time.perf_counter() - start

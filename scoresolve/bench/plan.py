@@ -9,6 +9,7 @@ Either way a row records the NFE the score wrapper *counted*.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,22 @@ def _check_numbers(cfg: BenchConfig) -> None:
         raise ValueError(f"--batch-size must be >= 1 or auto, got {cfg.batch_size}")
     if cfg.floor_repeats < 2:
         raise ValueError(f"--floor-repeats must be >= 2, got {cfg.floor_repeats}")
+    _check_more(cfg)
+
+
+def _check_more(cfg: BenchConfig) -> None:
+    """The options a typo would otherwise let through to every cell (each failing) or the report."""
+    from ..timegrid import GRIDS
+
+    if cfg.grid is not None and cfg.grid not in GRIDS:
+        raise ValueError(f"unknown --grid {cfg.grid!r}; valid choices: {', '.join(GRIDS)}")
+    if cfg.eps is not None and not math.isfinite(cfg.eps):
+        raise ValueError(f"--eps must be a finite number in (0, T), got {cfg.eps}")
+    if any(not math.isfinite(t) for t in cfg.tols):
+        raise ValueError(f"--tols must be finite numbers in (0, 1), got {list(cfg.tols)}")
+    for flag, value in (("--save-samples", cfg.save_samples), ("--bare-max-calls", cfg.bare_max_calls)):
+        if value is not None and value < (0 if flag == "--save-samples" else 1):
+            raise ValueError(f"{flag} must be an integer >= {0 if flag == '--save-samples' else 1}, got {value}")
 
 
 def _select(token: str, methods: tuple[str, ...], flag: str) -> list[str]:

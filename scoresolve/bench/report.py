@@ -160,10 +160,13 @@ def _plot_scatter(aggs, exact_file: Path, root: Path, title, path: Path) -> bool
         return False
     exact = np.load(exact_file)
     budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] == "nfe"})
+    nfes = sorted(a["nfe"] for a in aggs if a["nfe"] is not None)
     if budgets:
         picks = sorted(set([budgets[0], budgets[len(budgets) // 2], budgets[-1]]))
-    else:
-        picks = [sorted(a["nfe"] for a in aggs if a["nfe"] is not None)[-1]]
+    elif nfes:
+        picks = [nfes[-1]]
+    else:  # every cell failed: nothing to plot
+        return False
     methods = sorted({a["method"] for a in aggs})
     ncol = min(8, len(methods) + 1)
     rows_per = math.ceil((len(methods) + 1) / ncol)

@@ -96,6 +96,22 @@ def _floor(out: Path, group: Group, judge: Judge, cfg: BenchConfig) -> dict:
     return {m: tuple(have[m]) for m in judge.metrics}
 
 
+def _bench_manifest(out: Path) -> dict:
+    """``out/manifest.json`` if it is a benchmark's ({} if there is none); ValueError if the
+    directory belongs to another kind of job (a sample or likelihood shard directory)."""
+    try:
+        manifest = read_json(out / "manifest.json", {})
+    except ValueError as err:
+        raise ValueError(f"--out {out}: its manifest.json is unreadable ({err}); not a benchmark directory") from None
+    if not isinstance(manifest, dict) or (manifest and "settings" not in manifest) or "kind" in manifest:
+        kind = manifest.get("kind", "unknown") if isinstance(manifest, dict) else "unknown"
+        raise ValueError(f"--out {out} holds another job's manifest.json (kind {kind!r}), not a benchmark's; "
+                         "choose another --out")
+    if any(out.glob("chunk-*.pt")):
+        raise ValueError(f"--out {out} holds chunk files of a sharded job; choose another --out")
+    return manifest
+
+
 def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchConfig, batch: int,
               out: Path) -> dict:
     device = torch.device(cfg.device)
@@ -251,7 +267,7 @@ def run_bench(cfg: BenchConfig, *, log=None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     out = Path(cfg.out)
-    check_settings(out, cfg, (read_json(out / "manifest.json") or {}).get("settings"))
+    check_settings(out, cfg, _bench_manifest(out).get("settings"))
     for g in groups:
         _validate_score(g, device, cfg.dtype)
     cells = [(gi, c) for gi, g in enumerate(groups) for c in g.cells]
@@ -262,6 +278,8 @@ def run_bench(cfg: BenchConfig, *, log=None) -> dict:
     barrier()
     if rank == 0 and (out / RANK_DIR).is_dir():  # rows of a killed distributed run
         _merge_rank_files(out, order)
+    if rank == 0:  # a line torn by hand would otherwise stay (and warn) forever
+        ResultStore(out / "results.jsonl").repair()
     barrier()
     done = ResultStore(out / "results.jsonl").keys(ok_only=cfg.retry_failed)
     pending = [(j, gi, c) for j, (gi, c) in enumerate(cells) if c.key not in done]

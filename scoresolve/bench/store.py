@@ -105,6 +105,24 @@ class ResultStore:
                 out.append(row)
         return out
 
+    def repair(self) -> int:
+        """Move lines that do not parse as rows (a line torn by an editor or a copy) to
+        ``NAME.unreadable`` beside the file, with a warning, and rewrite the file atomically
+        without them; returns how many were moved (0: nothing is touched)."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_bytes().decode(errors="replace").splitlines()
+        bad = [ln for ln in lines if ln.strip() and _key(ln) is None]
+        if not bad:
+            return 0
+        aside = self.path.with_name(self.path.name + ".unreadable")
+        old = aside.read_bytes() if aside.exists() else b""
+        atomic_write_bytes(aside, old + "".join(f"{ln}\n" for ln in bad).encode())
+        good = [ln for ln in lines if ln.strip() and _key(ln) is not None]
+        atomic_write_bytes(self.path, "".join(f"{ln}\n" for ln in good).encode())
+        warnings.warn(f"{self.path}: {len(bad)} unreadable line(s) moved to {aside}", stacklevel=2)
+        return len(bad)
+
     def keys(self, *, ok_only: bool = False) -> set[str]:
         return {r["key"] for r in self.rows() if not ok_only or r.get("status") == "ok"}
 
@@ -133,5 +151,5 @@ class ResultStore:
 def _key(line: str) -> str | None:
     try:
         return json.loads(line).get("key")
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
         return None

@@ -152,7 +152,8 @@ class ProbabilityFlowODE(SamplerBase):
     trajectory is reported there, interpolated as torchdiffeq does); with ``denoise`` a final
     Tweedie step (1 NFE).  The batch shares one step size (torchdiffeq's error norm is over the
     whole batch); the step landing on eps is pinned, so the score is never evaluated below eps.
-    ``max_steps`` bounds the proposed steps (``StepBudgetExceeded`` names the time reached).
+    ``max_steps`` bounds the proposed steps (``StepLimitError`` names the time reached).  float16 and
+    bfloat16 states are integrated in float32 (their step-size arithmetic underflows) and cast back.
     ``solver``: any torchdiffeq method; the adaptive Runge-Kutta ones (dopri5, dopri8, bosh3,
     fehlberg2, adaptive_heun) are stepped one proposal at a time, others are solved whole.
     Reference: Song et al. 2021, §4.3 and Appendix D; Dormand & Prince 1980.
@@ -162,7 +163,7 @@ class ProbabilityFlowODE(SamplerBase):
     atol: float = option(1e-5, within="(0, inf)")
     solver: str = "dopri5"
     options: dict = field(default_factory=dict)
-    max_steps: int = option(100_000, within="[1, inf)", integer=True)
+    max_steps: int = option(ode.DEFAULT_MAX_STEPS, within="[1, inf)", integer=True)
     default_grid: str = "uniform"
     default_steps: int = 1
     order: float = 5.0
@@ -170,17 +171,23 @@ class ProbabilityFlowODE(SamplerBase):
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         x = ctx.settle(x, ts[0])
-        t = torch.tensor(ts, dtype=torch.float64).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        work = ode.working_dtype(x.dtype)  # float16/bfloat16 states are integrated in float32
+        t = torch.tensor(ts, dtype=torch.float64).to(device=x.device, dtype=torch.promote_types(work, torch.float32))
         opts = {"step_t": t[-1:].clone()} if self.solver in ADAPTIVE_RK else {}
         opts.update(self.options)
+        if "max_num_steps" in opts or "max_steps" in opts:
+            raise ValueError("cap the attempted steps with max_steps=N (ProbabilityFlowODE(max_steps=N) or "
+                             "sample(..., max_steps=N)), not options={'max_num_steps': N}")
         sde, score, stats = ctx.sde, ctx.score, {"solver": self.solver, "rtol": self.rtol, "atol": self.atol,
                                                  "rhs_evals": 0}
 
+        score_w = ode.score_in_dtype(score, x.dtype, work)
+
         def drift(tt: Tensor, y: Tensor) -> Tensor:
             stats["rhs_evals"] += 1
-            return ode.flow_drift(sde, score, y, tt)
+            return ode.flow_drift(sde, score_w, y, tt)
 
-        ode_ = StepwiseODE(drift, x, t, rtol=self.rtol, atol=self.atol, method=self.solver, options=opts)
+        ode_ = StepwiseODE(drift, x.to(work), t, rtol=self.rtol, atol=self.atol, method=self.solver, options=opts)
         return State(x, ts[0], memory=[ode_, 1, ts, ctx], stats=stats)
 
     def attempt(self, ctx: Context, state: State, t_end: float) -> State:
@@ -194,7 +201,8 @@ class ProbabilityFlowODE(SamplerBase):
         ode_, k, ts, ctx = state.memory
         if not ode_.reached(k):
             return False
-        state.x, state.t = ctx.settle(ode_.value(k), ts[k]), ts[k]  # the state at the output time ts[k]
+        x = ode_.value(k).to(state.x.dtype)  # the state at the output time ts[k]
+        state.x, state.t = ctx.settle(x, ts[k]), ts[k]
         state.memory[1] = k + 1
         f = ode_.func
         state.stats.update(steps_accepted=f.accepted, steps_rejected=f.rejected,

@@ -153,7 +153,14 @@ class GaussianMixture:
         return m.to(dtype), s.to(dtype)
 
     # ------------------------------------------------------------------ exact p_t quantities
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, {self.dim}) for this {self.dim}-d mixture (data items "
+                             f"flattening to {self.dim} numbers), got {got}")
+
     def _whitened(self, x: Tensor, t, sde):
+        self._check_x(x)
         """y = U_kᵀ (x − m μ_k) and the component variances m² λ + σ², per sample."""
         logw, mu, lam, u = self._params(x.device, x.dtype)
         m, s = self._scales(t, sde, x.shape[0], x.device, x.dtype)
@@ -186,6 +193,10 @@ class GaussianMixture:
         applied in one batched matmul (``_score_shared``); otherwise each row gets its own
         variances in the eigenbasis.
         """
+        self._check_x(x)
+        if x.dtype in (torch.float16, torch.bfloat16):  # exp/log-sum-exp overflow there: compute in float32
+            t = t.float() if isinstance(t, Tensor) else t
+            return self.score(x.float(), t, sde).to(x.dtype)
         ms = self._shared_scales(t, sde, x)
         if ms is not None:
             return self._score_shared(x, *ms)

@@ -13,7 +13,13 @@ score of the diffused *training data*; the bundled sets (``train.data.load_datas
 """
 
 from . import data
-from .checkpoint import ConfigMismatchError, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    ConfigMismatchError,
+    CorruptCheckpointError,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from .losses import (
     LOSSES,
     DenoisingLoss,
@@ -35,5 +41,5 @@ __all__ = [
     "dsm_loss", "ncsn_loss", "ddpm_loss", "ssm_loss", "loss_from_config", "LOSSES",
     "DenoisingLoss", "SlicedScoreLoss", "TimeSampler", "Parameterization", "PARAMETERIZATIONS",
     "ScoreMLP", "UNet", "SinusoidalEmbedding", "NETS", "net_from_config",
-    "save_checkpoint", "load_checkpoint", "data",
+    "save_checkpoint", "load_checkpoint", "load_latest_checkpoint", "CorruptCheckpointError", "data",
 ]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ..cliargs import Parser, UsageError, check_float, check_int, check_out_dir, check_out_file, report
 from ..sde import SDES
 from .checkpoint import ConfigMismatchError
 from .data import DATASETS, load_dataset
@@ -32,7 +32,7 @@ TRAIN_KEYS = ("data", "sde", "loss", "weighting", "t_sampling", "eps", "reductio
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scoresolve train", description=(
+    p = Parser(prog="scoresolve train", description=(
         "Train a score model on a bundled data set; rerunning with the same --out resumes from its checkpoint "
         "(the other options are then read from DIR/config.json unless given)."))
     a = p.add_argument
@@ -125,22 +125,68 @@ def build(s: dict, x_train: torch.Tensor):
     return model, loss
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    from .trainer import fit
+def _check_settings(s: dict) -> None:
+    """Every training setting in its valid range (UsageError naming the option otherwise)."""
+    for key, lo in (("width", 1), ("depth", 1), ("n_levels", 2), ("n_steps", 1), ("batch_size", 1),
+                    ("warmup", 0), ("seed", 0)):
+        check_int("--" + key.replace("_", "-"), s[key], lo)
+    check_float("--eps", s["eps"], 0.0, 1.0)
+    check_float("--lr", s["lr"], 0.0)
+    check_float("--grad-clip", s["grad_clip"], 0.0)
+    check_float("--ema", s["ema"], 0.0, 1.0, lo_open=False)
+    check_float("--beta-min", s["beta_min"], 0.0)
+    check_float("--beta-max", s["beta_max"], s["beta_min"] or 0.0)
+    check_float("--sigma-min", s["sigma_min"], 0.0)
+    check_float("--sigma-max", s["sigma_max"], s["sigma_min"] or 0.0)
+    item = DATASETS[s["data"]].item_shape
+    if (s["net"] == "unet") != (len(item) == 3):
+        want = "image data (C, H, W)" if s["net"] == "unet" else "vector data"
+        raise UsageError(f"--net {s['net']} needs {want}; {s['data']} has items of shape {item} "
+                         f"(use --net {'mlp' if s['net'] == 'unet' else 'unet'} or --net auto)")
 
-    args = _train_parser().parse_args(argv)
+
+def _saved_settings(out: Path) -> dict | None:
+    if not (out / CONFIG).exists():
+        return None
+    try:
+        return dict(json.loads((out / CONFIG).read_text())["settings"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--out {out}: {out / CONFIG} is unreadable ({err}); repair or remove it") from None
+
+
+def _prepare_train(args: argparse.Namespace):
+    """(settings, saved, training data, model, loss), everything checked; nothing written yet."""
+    check_int("--steps", args.steps, 0)
+    check_int("--checkpoint-every", args.checkpoint_every, 1)
+    check_int("--threads", args.threads, 1)
     out = Path(args.out)
-    saved = json.loads((out / CONFIG).read_text())["settings"] if (out / CONFIG).exists() else None
+    check_out_dir("--out", out)
+    saved = _saved_settings(out)
     try:
         s = _settings(args, saved)
     except ValueError as e:
-        print(f"scoresolve train: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
+    _check_settings(s)
     if args.threads:
         torch.set_num_threads(args.threads)
     x_train = load_dataset(s["data"], "train")
     torch.manual_seed(s["seed"])  # the network's initial weights
-    model, loss = build(s, x_train)
+    try:
+        model, loss = build(s, x_train)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return s, saved, x_train, model, loss
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .trainer import fit
+
+    args = _train_parser().parse_args(argv)
+    try:
+        s, saved, x_train, model, loss = _prepare_train(args)
+    except UsageError as e:
+        return report("scoresolve train", e)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if saved is None:  # written first, so an interrupted run can be resumed with just --out
         (out / CONFIG).write_text(json.dumps({"settings": s}, indent=2) + "\n")
@@ -150,9 +196,10 @@ def train_main(argv: list[str] | None = None) -> int:
                     warmup=s["warmup"], grad_clip=s["grad_clip"], ema=s["ema"], seed=s["seed"],
                     checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every, progress=args.progress,
                     meta={"dataset": s["data"]})
-    except ConfigMismatchError as e:
-        print(f"scoresolve train: {e}", file=sys.stderr)
-        return 2
+    except (ConfigMismatchError, ValueError) as e:  # another run's checkpoint, or none readable
+        return report("scoresolve train", e)
+    except FloatingPointError as e:  # the loss diverged: not a usage error
+        return report("scoresolve train", e, status=1)
     (out / CONFIG).write_text(json.dumps({"settings": s, "fit": state.config}, indent=2) + "\n")
     done = f"resumed at step {state.resumed_from}, " if state.resumed_from is not None else ""
     last = f", loss {state.history[-1][1]:.4g}" if state.history else ""
@@ -162,7 +209,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _sample_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scoresolve sample", description=(
+    p = Parser(prog="scoresolve sample", description=(
         "Sample a trained run and write a PNG: an image grid for image data, a scatter plot beside the "
         "training data for 2-D data."))
     a = p.add_argument
@@ -195,39 +242,76 @@ def _sample_sharded(run, args, n: int) -> int:
                                  config={"run": str(Path(args.run).resolve()), "ema": args.ema,
                                          "step": run.step})
         except (ValueError, TypeError, FileNotFoundError) as e:
-            print(f"scoresolve sample: {e}", file=sys.stderr)
-            return 2
+            return report("scoresolve sample", e)
     if path is not None:
         print(f"{n} samples with {args.method} (model coordinates; raw = data.to_raw) in {path}")
     return 0
 
 
+def _check_sample_args(args: argparse.Namespace) -> None:
+    """Every option of ``scoresolve sample`` that can be checked before loading the run."""
+    from ..registry import resolve
+
+    check_int("--n", args.n, 1)
+    check_int("--steps", args.steps, 1)
+    check_int("--seed", args.seed, 0, 2**63 - 1)
+    check_int("--chunk", args.chunk, 1)
+    check_int("--threads", args.threads, 1)
+    try:
+        resolve("method", args.method)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--method: {e}") from None
+    if args.shard_dir:
+        check_out_dir("--shard-dir", args.shard_dir)
+        for opt in ("out", "save"):
+            if getattr(args, opt):
+                raise UsageError(f"--{opt} does not apply with --shard-dir (the samples go to DIR/samples.pt)")
+    check_out_file("--out", args.out)
+    check_out_file("--save", args.save)
+
+
+def _plot_path(args: argparse.Namespace) -> Path:
+    base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    return Path(args.out) if args.out else base / f"samples_{args.method}.png"
+
+
 def sample_main(argv: list[str] | None = None) -> int:
     from ..sampling import sample
-    from .data import DATASETS as SPECS
-    from .plots import image_grid, scatter_panels
 
     args = _sample_parser().parse_args(argv)
+    try:
+        _check_sample_args(args)
+        run = load_run(args.run, ema=args.ema)
+        image = len(run.data_shape) == 3
+        if not args.shard_dir and not args.out and (image or run.data_shape == (2,)):
+            check_out_file("--out", _plot_path(args))
+    except (UsageError, FileNotFoundError, ValueError) as e:
+        return report("scoresolve sample", e)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        run = load_run(args.run, ema=args.ema)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"scoresolve sample: {e}", file=sys.stderr)
-        return 2
-    image = len(run.data_shape) == 3
-    n = args.n or (64 if image else 5000)
+    n = args.n if args.n is not None else (64 if image else 5000)
     if args.shard_dir:
         return _sample_sharded(run, args, n)
     try:
         res = sample(run.score_fn, run.sde, (n, *run.data_shape), args.method, steps=args.steps,
                      generator=torch.Generator().manual_seed(args.seed))
     except (ValueError, TypeError) as e:
-        print(f"scoresolve sample: {e}", file=sys.stderr)
-        return 2
+        return report("scoresolve sample", e)
+    try:
+        path = _write_samples(run, args, res, n, image)
+    except OSError as e:
+        return report("scoresolve sample", e, status=1)
+    print(f"{n} samples with {args.method}, NFE {res.nfe:g}" + (f"; wrote {path}" if path else ""))
+    return 0
+
+
+def _write_samples(run, args: argparse.Namespace, res, n: int, image: bool) -> Path | None:
+    """The PNG (image grid or scatter beside the training data) and, with --save, the tensor."""
+    from .data import DATASETS as SPECS
+    from .plots import image_grid, scatter_panels
+
     x = run.to_raw(res.samples)
-    base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    path = Path(args.out) if args.out else base / f"samples_{args.method}.png"
+    path = _plot_path(args)
     title = f"{run.dataset or 'run'}: {args.method}, NFE {res.nfe:g}, step {run.step}"
     if image:
         spec = SPECS.get(run.dataset)
@@ -242,5 +326,4 @@ def sample_main(argv: list[str] | None = None) -> int:
         path = None
     if args.save:
         torch.save(x, args.save)
-    print(f"{n} samples with {args.method}, NFE {res.nfe:g}" + (f"; wrote {path}" if path else ""))
-    return 0
+    return path

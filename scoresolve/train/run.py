@@ -1,6 +1,7 @@
 """Run directories: what ``scoresolve train --out DIR`` writes and ``load_run`` reads back.
 
     DIR/ckpt.pt      the training checkpoint (weights, EMA, optimizer, RNG states, config)
+    DIR/ckpt.prev.pt the one before it (used, with a warning, when ckpt.pt is corrupt)
     DIR/config.json  the same config, human-readable, plus the command-line arguments
 
 ``load_run`` also accepts a checkpoint file written by ``fit(..., checkpoint=PATH)`` directly,
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from ..score import ScoreFn
 from ..sde import SDE
-from .checkpoint import load_checkpoint
+from .checkpoint import load_latest_checkpoint, previous_path
 from .data import to_raw
 from .losses import loss_from_config
 from .nets import net_from_config
@@ -81,14 +82,26 @@ def load_run(path: str | os.PathLike, *, ema: bool = True, device: str | torch.d
         device: where to put the network.
 
     Returns:
-        Run(score_fn, sde, config, data_shape, model, step, path).
+        Run(score_fn, sde, config, data_shape, model, step, path).  If the latest checkpoint is
+        corrupt, the previous one (``ckpt.prev.pt``) is used with a warning naming the corrupt file.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path`` (the message names it).
+        ValueError: the checkpoint is empty, truncated, not a checkpoint, or not of a reference
+            network (the message names the file and what is wrong).
     """
     path = Path(path)
     file = path / CHECKPOINT if path.is_dir() else path
-    ckpt = load_checkpoint(file, map_location=device)
-    config = ckpt["config"]
-    model = net_from_config(config["model"]).to(device)
-    model.load_state_dict(ckpt["ema" if ema else "model"])
+    if not file.exists() and not previous_path(file).exists():
+        what = "run directory" if path.is_dir() else "checkpoint"
+        raise FileNotFoundError(f"no {what} at {path}" + (f" (no {CHECKPOINT} in it)" if path.is_dir() else ""))
+    ckpt, file = load_latest_checkpoint(file, map_location=device)
+    try:
+        config = ckpt["config"]
+        model = net_from_config(config["model"]).to(device)
+        model.load_state_dict(ckpt["ema" if ema else "model"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{file} is not a checkpoint of a reference network ({type(err).__name__}: {err})") from None
     model.eval().requires_grad_(False)
     loss = loss_from_config(config["loss"])
     if loss.sde is None:

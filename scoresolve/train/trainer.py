@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..score import ScoreFn
-from .checkpoint import ConfigMismatchError, config_diff, load_checkpoint, save_checkpoint
+from .checkpoint import ConfigMismatchError, config_diff, load_latest_checkpoint, previous_path, save_checkpoint
 from .nets import net_config
 
 __all__ = ["fit", "TrainState", "ConfigMismatchError"]
@@ -183,8 +183,11 @@ def fit(
         grad_clip: max global gradient norm (None: no clipping).
         ema: EMA decay of the weights; the effective decay at update k is min(ema, (1+k)/(10+k)).
         seed: seeds the loss generator (times, noise) and the data generator (seed + 1).
-        checkpoint: file path; written every ``checkpoint_every`` steps and at the end, atomically.
-        resume: continue from ``checkpoint`` if it exists (its config must match this call's).
+        checkpoint: file path; written every ``checkpoint_every`` steps and at the end, atomically
+            and verified; the one before is kept as ``NAME.prev.EXT``.
+        resume: continue from ``checkpoint`` if it exists (its config must match this call's); if it
+            is corrupt, from the previous one (with a warning naming the corrupt file, which is
+            renamed to ``NAME.EXT.corrupt``).
         progress: tqdm bar with the running loss.
         log_every: steps per ``history`` entry.
         callback: called as callback(step, loss) after every step.
@@ -224,8 +227,8 @@ def fit(
     loss_gen = torch.Generator(device).manual_seed(seed)
     step, history, window, resumed_from = 0, [], [], None
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and resume and path.exists():
-        ckpt = load_checkpoint(path, map_location=device)
+    if path is not None and resume and (path.exists() or previous_path(path).exists()):
+        ckpt, _ = load_latest_checkpoint(path, map_location=device, set_aside=True)
         diff = config_diff(ckpt["config"], config)
         if diff:
             raise ConfigMismatchError(
