@@ -73,12 +73,13 @@ def test_ddim_linspace_is_not_a_consistent_solver(unet, x_T):
 @pytest.mark.parametrize("n", STEPS)
 def test_dpmpp_2m_matches_diffusers(unet, x_T, n, spacing, prediction_type):
     """DPMSolverMultistepScheduler(dpmsolver++, order 2, midpoint) = ``dpmpp_2m`` with
-    ``lower_order_final=False``: diffusers' "lower order final" below 15 steps lowers only its
-    last step (to σ = 0, our final x̂_0), while scoresolve's also lowers the last grid step."""
+    ``lower_order_final="diffusers"``: diffusers' "lower order final" below 15 steps counts its
+    last step (to σ = 0, our final x̂_0), so at order 2 no grid step is lowered, while
+    scoresolve's default (True) also lowers the last grid step."""
     config = dict(prediction_type=prediction_type, timestep_spacing=spacing, algorithm_type="dpmsolver++",
                   solver_order=2, steps_offset=1 if spacing == "leading" else 0)
     _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, "dpmpp_2m", n, spacing, "dpmsolver",
-           lower_order_final=False)
+           lower_order_final="diffusers")
 
 
 def test_timesteps_match_diffusers():
