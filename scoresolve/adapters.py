@@ -14,7 +14,6 @@ k-diffusion ``external.py``; Ho & Salimans 2022 (classifier-free guidance).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -231,11 +230,3 @@ def from_v_prediction(model: Callable, sde: SDE) -> Callable:
         return output_to_score(model(x, t), x, m, s, "v_prediction")
 
     return score_fn
-
-
-def looks_like_score(out: Tensor, x: Tensor, sigma_T: float, tol: float = 0.5) -> bool:
-    """At t = T with x from the prior every score is ≈ −x/σ_T² (the data are small against the
-    noise): ‖σ_T² s + x‖/‖x‖ stays well below 1 for a score, and is ≈ 1 for a denoiser's x̂_0
-    or ≈ 2 for an ε-prediction.  Used to warn on the first call."""
-    r = (out * (sigma_T * sigma_T) + x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-30)
-    return bool(torch.median(r) < tol) if math.isfinite(float(r.sum())) else True
