@@ -23,7 +23,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -33,6 +32,7 @@ from ._compat import translate_kwargs
 from ._torchdiffeq import weightless_stages
 from .noise import Noise
 from .ode import DEFAULT_MAX_STEPS, check_max_steps, score_in_dtype, step_limit_error, working_dtype
+from .results import LikelihoodResult
 from .score import CountingScore, NonFiniteScoreError, ScoreFn, all_finite
 from .sde import SDE
 
@@ -48,32 +48,6 @@ ERROR_NORMS = ("point", "batch")
 VJPS = ("loop", "vmap")
 DEQUANTIZE = ("uniform", "none")
 SCALINGS = ("bins", "levels")
-
-
-@dataclass(frozen=True)
-class LikelihoodResult:
-    """What ``likelihood`` and ``bits_per_dim`` return (all per-point tensors have shape (B,)).
-
-    Attributes:
-        logp: log p_eps(x) in nats (``bits_per_dim``: the dequantized lower bound on log P(x)).
-        logp_stderr: standard error of ``logp`` from the Hutchinson probes (0 for the exact
-            trace; NaN with a single probe) or, for ``bits_per_dim``, from the repeats.
-        bpd: −logp / (d log 2), bits per dimension.
-        nfe: counted evaluations per point: score forward passes plus VJPs.
-        latent: x(T) (None if not requested or for ``bits_per_dim``).
-        prior_logp: log π(x(T)).
-        delta_logp: ∫_eps^T div F dt (mean over probes).
-        stats: forwards, vjps, rhs_evals, steps_accepted, steps_rejected, ts, wall_time, ...
-    """
-
-    logp: Tensor
-    logp_stderr: Tensor
-    bpd: Tensor
-    nfe: float
-    latent: Tensor | None
-    prior_logp: Tensor
-    delta_logp: Tensor
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _point_norm(state: tuple[Tensor, Tensor]) -> Tensor:

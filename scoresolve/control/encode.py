@@ -11,56 +11,18 @@ Reference: Song et al. 2021, §4.3 and Appendix D.2 ("uniquely identifiable enco
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import ode
-from ..results import SampleResult
+from ..results import EncodeResult, Interpolation, SampleResult
 from ..samplers import ProbabilityFlowODE
 from ..sampling import sample
 from ..score import CountingScore, ScoreFn
 from ..sde import SDE
 
 __all__ = ["encode", "decode", "interpolate", "slerp", "EncodeResult", "Interpolation"]
-
-
-@dataclass(frozen=True)
-class EncodeResult:
-    """What ``encode`` returns.
-
-    Attributes:
-        latent: (B, ...) states at T.
-        nfe: counted score evaluations per sample (rejected adaptive steps included).
-        ts: the float64 times integrated through, (eps, T).
-        stats: calls, wall time, solver settings.
-    """
-
-    latent: Tensor
-    nfe: float
-    ts: Tensor
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Interpolation:
-    """What ``interpolate`` returns.
-
-    Attributes:
-        samples: (n, B, ...) decoded points; samples[0] ≈ x_a, samples[-1] ≈ x_b.
-        latents: (n, B, ...) the interpolated latents.
-        alphas: (n,) interpolation weights in [0, 1].
-        nfe: score evaluations per sample of encoding plus per point of decoding.
-        stats: nfe_encode, nfe_decode, method.
-    """
-
-    samples: Tensor
-    latents: Tensor
-    alphas: Tensor
-    nfe: float
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_eps(sde: SDE, eps: float | None) -> float:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .._compat import renamed
 from .._torchsde import stepper
+from ..ode import score_in_dtype, working_dtype
 from ..protocol import Context, SamplerBase, State
 from ..sde import SDE
 
@@ -83,6 +84,7 @@ class TorchSDE(SamplerBase):
     sample) (with ``levy_area_approximation="space-time"`` for SRK); by default a fresh one
     seeded from the sampler's noise source (reproducible with a generator, but not
     batch-invariant with per-sample seeds).  With ``denoise`` a final Tweedie step (1 NFE).
+    float16/bfloat16 states are integrated in float32 and cast back after every step.
     Both are explicit: the reverse drift's stiffness g²/σ² near eps needs fine grids (reversible
     Heun is only conditionally stable and diverges on the 8-ring at 20-50 uniform steps, so only
     "srk" is registered); they are the reference backend, not fast samplers.
@@ -121,15 +123,16 @@ class TorchSDE(SamplerBase):
         name, noise_type, sde_type, levy, *_ = _METHODS[self.solver]
         shape, t_top = tuple(x.shape), ts[0]
         taus = [t_top - t for t in ts]
+        work = working_dtype(x.dtype)  # float16/bfloat16: integrate in float32 (their range overflows)
         bm = self.bm
         if bm is None:
             bm = torchsde.BrownianInterval(
-                t0=0.0, t1=taus[-1], size=(shape[0], x[0].numel()), dtype=x.dtype, device=x.device,
+                t0=0.0, t1=taus[-1], size=(shape[0], x[0].numel()), dtype=work, device=x.device,
                 entropy=_entropy(ctx.noise, shape), levy_area_approximation=levy)
-        rsde = _ReverseSDE(ctx.sde, ctx.score, shape, t_top, noise_type, sde_type)
+        rsde = _ReverseSDE(ctx.sde, score_in_dtype(ctx.score, x.dtype, work), shape, t_top, noise_type, sde_type)
         solver = stepper(rsde, bm, name, sde_type, dt=taus[1] - taus[0])
         tau = [torch.tensor(v, dtype=torch.float64) for v in taus]
-        y = x.reshape(shape[0], -1)
+        y = x.reshape(shape[0], -1).to(work)
         extra = solver.init_extra_solver_state(tau[0], y)
         return State(x, ts[0], memory=(solver, tau, y, extra), stats={"brownian": type(bm).__name__})
 
@@ -138,4 +141,4 @@ class TorchSDE(SamplerBase):
         i = state.i
         y, extra = solver.step(tau[i], tau[i + 1], y, extra)
         state.memory = (solver, tau, y, extra)
-        return state.advance(y.reshape(state.x.shape), t_next)
+        return state.advance(y.reshape(state.x.shape).to(state.x.dtype), t_next)
