@@ -5,7 +5,8 @@ probability-flow ODE of a forward SDE (VP, sub-VP, VE) for any score callable, a
 score evaluations it actually made.
 """
 
-from . import control, distributed, metrics, ncsn, protocol, samplers, targets, train
+from . import control, distributed, metrics, ncsn, protocol, samplers, targets, thresholding, train
+from .adapters import edm_precond, from_diffusers, from_karras, from_v_prediction
 from .control import (
     classifier_free,
     colorize,
@@ -40,6 +41,7 @@ from .samplers import (
     grid_steps,
 )
 from .sampling import Start, sample, start, steps_for_nfe
+from .schedules import DiscreteVPSDE, KarrasSDE, grid_from_sigmas, spaced_timesteps, timestep_grid
 from .score import (
     CountingScore,
     NonFiniteScoreError,
@@ -74,4 +76,6 @@ __all__ = [
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
+    "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "grid_from_sigmas",
+    "from_diffusers", "from_karras", "from_v_prediction", "edm_precond", "thresholding",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -160,11 +161,14 @@ class _AugmentedFlow:
             cot = self._basis
         else:
             cot = self.probes
-        try:
-            (g,) = torch.autograd.grad(s, xr, cot, is_grads_batched=True)
-        except RuntimeError as err:
-            raise RuntimeError(f"vjp='vmap': torch could not batch this score's backward ({err}); "
-                               "use vjp='loop'") from err
+        try:  # the graph is kept so that the loop can still run on it if vmap fails
+            (g,) = torch.autograd.grad(s, xr, cot, is_grads_batched=True, retain_graph=True)
+        except RuntimeError as err:  # e.g. diffusers' UNets: "NYI: querying is_contiguous inside of vmap"
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(f"vjp='vmap': torch could not batch this score's backward ({msg}); "
+                          "falling back to vjp='loop' for the rest of the solve", RuntimeWarning, stacklevel=2)
+            self.vmap = False
+            return self._divergence(s, xr)
         self.vjps += cot.shape[0]
         g = g.flatten(2)  # (K, B, d)
         if self.probes is None:
@@ -294,7 +298,8 @@ def likelihood(
             numbers, fewer backward calls; for scores whose backward vmap supports (the analytic
             targets; most networks), worth it where per-call overhead dominates (small models,
             GPUs).  The exact trace then holds d one-hot cotangents of the batch's size (d²·B
-            numbers).  If torch cannot batch the score's backward, a RuntimeError names this option.
+            numbers).  If torch cannot batch the score's backward (diffusers' UNets: "NYI: querying
+            is_contiguous inside of vmap"), a RuntimeWarning says so and the solve goes on with "loop".
         max_steps: budget of attempted (accepted + rejected) solver steps; when it runs out the
             solve stops with a ``StepLimitError`` naming the time reached.
         progress: a tqdm bar of the time reached, eps → T.

@@ -12,6 +12,8 @@ from .predictors import PREDICTORS
 from .protocol import Sampler
 from .samplers import (
     DDIM,
+    DPM2,
+    LMS,
     PC,
     AdaptiveMultistep,
     AdaptiveODE,
@@ -20,11 +22,13 @@ from .samplers import (
     DPMSolverMultistep,
     DPMSolverSDE,
     EDMHeun,
+    EulerAncestral,
     FixedStepODE,
     GottaGoFast,
     ProbabilityFlowODE,
     TorchSDE,
     UniPC,
+    UniPCBh,
 )
 
 __all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
@@ -53,6 +57,14 @@ SAMPLERS: dict[str, Sampler] = {
     "ode_adaptive_ps": AdaptiveMultistep(),
     "ode_adaptive_rk23": AdaptiveODE(),
     "sde_srk": TorchSDE("srk"),
+    # the names k-diffusion and diffusers users look for (steps in σ̃ = σ/m, x̃ = x/m; Karras grid):
+    "euler": DDIM(default_grid="karras"),  # k-diffusion sample_euler = DDIM: x̃' = x̃ + (σ̃' − σ̃)(x̃ − x̂_0)/σ̃
+    "heun": EDMHeun(),  # k-diffusion sample_heun = EDM Algorithm 1 (= heun_edm)
+    "lms": LMS(),  # k-diffusion sample_lms: linear multistep in σ̃, order 4
+    "euler_ancestral": EulerAncestral(),  # k-diffusion sample_euler_ancestral (≈ ddim_eta, noise on every step)
+    "dpm_2": DPM2(),  # k-diffusion sample_dpm_2: midpoint at √(σ̃_i σ̃_{i+1})
+    "unipc_bh2": UniPCBh(),  # diffusers' UniPCMultistepScheduler default (bh2, solver_order 2)
+    "unipc_bh1": UniPCBh(solver_type="bh1"),
     # TorchSDE("reversible_heun") is not registered: on the 8-ring its per-component W2 grows
     # with NFE (2951x the floor at 20 NFE, 13118x at 50); usable as an object, not yet trusted.
 }

@@ -138,7 +138,9 @@ def sample(
             "reverse_diffusion", "ancestral", "ald", "ode", "ode_euler", "ode_heun"; fast:
             "ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m",
             "dpmpp_2m_sde", "unipc", "gotta_go_fast", "ode_adaptive_ps", "ode_adaptive_rk23",
-            "sde_srk" (``list(scoresolve.SAMPLERS)`` is the authority).
+            "sde_srk"; k-diffusion / diffusers names: "euler" (= ddim), "heun" (= heun_edm), "lms",
+            "euler_ancestral", "dpm_2", "unipc_bh2", "unipc_bh1" (``list(scoresolve.SAMPLERS)``
+            is the authority).
         steps: grid steps, an integer >= 1 (default: the method's); excludes ``nfe``.
         nfe: budget of score evaluations per sample (integer); the step count is derived from it.
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
@@ -270,6 +272,8 @@ def start(
         x = noise(shape, std=sde.prior_std())
 
     score = CountingScore(score_fn, shape[0], check=check)
+    if x_init is None:  # prior draws: the first call at T can tell a score from a denoiser
+        score.prior_check = (float(sde.T), float(sde.std(sde.T)))
     if x0_hook is not None or track_x0:
         score = _X0View(score, sde, x0_hook, track_x0)
     ctx = Context(sde, score, noise, denoise)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -65,7 +66,10 @@ def from_epsilon(eps_model, sde: SDE) -> ScoreFn:
 
 
 def from_denoiser(denoiser, sde: SDE) -> ScoreFn:
-    """Score from a data predictor x̂_0(x, t) (Tweedie): s = (m x̂_0 − x) / σ²."""
+    """Score from a data predictor x̂_0(x, t) (Tweedie): s = (m x̂_0 − x) / σ².
+
+    The predictor is called with the SDE's time t.  A k-diffusion / EDM denoiser D(x, σ) takes
+    the noise level instead: use ``scoresolve.from_karras(D, sde)`` (and ``KarrasSDE``)."""
 
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         m, s = _coeffs(sde, x, t)
@@ -133,6 +137,9 @@ class CountingScore:
         self.calls = 0
         self.seconds = 0.0  # wall time inside fn (synchronised on CUDA): overhead = run time / this
         self.step: int | None = None
+        # (T, σ(T)) when the run starts from prior draws: the first call at T is then checked for
+        # the magnitude of a score (a denoiser or ε-model passed as the score is warned about)
+        self.prior_check: tuple[float, float] | None = None
 
     @property
     def nfe(self) -> float:
@@ -157,11 +164,28 @@ class CountingScore:
         self.calls += 1
         if self.check:
             self._validate(x, t, out)
+            if self.calls == 1 and self.prior_check is not None:
+                self._check_magnitude(x, t, out)
         if out.dtype != x.dtype:  # a half-precision score: keep the solver state's precision
             out = out.to(x.dtype)
         elif _shares_memory(out, x):
             out = out.clone()  # samplers may reuse their own input buffers once the call returns
         return out
+
+    def _check_magnitude(self, x: Tensor, t: Tensor, out: Tensor) -> None:
+        """At t = T on prior draws every score is ≈ −x/σ(T)² (the data are small against the
+        noise), so ‖σ(T)² s + x‖/‖x‖ ≪ 1; a denoiser's x̂_0 or an ε-prediction gives ≳ 1."""
+        big_t, sig = self.prior_check
+        if abs(float(t[0]) - big_t) > 1e-9 * big_t:
+            return
+        r = (out.detach().to(x.dtype) * (sig * sig) + x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+        if float(r.median()) > 0.5:
+            warnings.warn(
+                f"score_fn's first output at t = T does not look like a score: a score there is ≈ −x/σ(T)² "
+                f"(σ(T) = {sig:.4g}), but ‖σ(T)² s + x‖/‖x‖ = {float(r.median()):.3g}.  If the callable is a "
+                "denoiser D(x, σ), an ε- or v-prediction or a diffusers UNet, wrap it: from_karras(D, sde), "
+                "from_epsilon(model, sde), from_v_prediction(model, sde), from_diffusers(unet, sde).  (Data far "
+                "larger than σ(T) also trigger this; pass check=False to silence it.)", UserWarning, stacklevel=4)
 
     def _validate(self, x: Tensor, t: Tensor, out: Tensor) -> None:
         if isinstance(out, Tensor) and out.device != x.device:

@@ -79,5 +79,25 @@ def check_grid(ts: Tensor, sde: SDE) -> Tensor:
     if not (float(ts[-1]) > 0 and float(ts[0]) <= sde.T):
         raise ValueError(
             f"grid must lie in (0, T={sde.T}]; got [{float(ts[-1])}, {float(ts[0])}]"
+            + (_cover_hint(sde, float(ts[0])) if float(ts[0]) > sde.T else "")
         )
     return ts
+
+
+def _cover_hint(sde: SDE, t_max: float) -> str:
+    """Which SDE setting covers a grid reaching t_max > T."""
+    from .schedules import DiscreteVPSDE, KarrasSDE
+    from .sde import VESDE, VPSDE
+
+    if isinstance(sde, KarrasSDE):
+        return f"; the grid is in σ: KarrasSDE(sigma_max={t_max:g}) covers it"
+    if isinstance(sde, DiscreteVPSDE):
+        return (f"; t = (timestep + 1)/N, so t = {t_max:g} is timestep {sde.t_to_timestep(t_max):g} beyond the "
+                f"table's last ({sde.num_train_timesteps - 1}): build the grid with timestep_grid(sde, ...)")
+    if isinstance(sde, VESDE):
+        return ("; VESDE's t is log-scaled in σ: pass a grid of times in [0, 1], or use KarrasSDE(sigma_max=...) "
+                "for a grid of σ's")
+    if isinstance(sde, VPSDE):
+        return ("; a diffusers/DDPM timestep grid (t = (τ + 1)/N reaching 1 + 1/N, or τ/N) needs the discrete "
+                "table: DiscreteVPSDE.from_diffusers(scheduler) (or schedule='linear') with timestep_grid(...)")
+    return ""

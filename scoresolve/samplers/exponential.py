@@ -23,14 +23,16 @@ __all__ = ["DDIM", "DPMSolver2S", "Multistep", "DPMSolverMultistep", "DPMSolverS
            "multistep_weights"]
 
 
-def step_orders(n_steps: int, order: int, lower_order_final: bool) -> list[int]:
+def step_orders(n_steps: int, order: int, lower_order_final: bool | str, denoise: bool = True) -> list[int]:
     """Per-step order of a multistep method: warm-up min(order, i+1); with ``lower_order_final``
     and fewer than 15 steps the last steps also drop to min(order, n − i) (Lu et al. 2022b,
     §3.3: the last λ-steps of short time-uniform grids are long, and high orders are unstable
-    there)."""
+    there).  ``lower_order_final="diffusers"`` counts the final x̂_0 (``denoise``) as the last of
+    n + 1 steps, as diffusers and k-diffusion do, so order 2 lowers no grid step."""
     ks = [min(order, i + 1) for i in range(n_steps)]
-    if lower_order_final and n_steps < 15:
-        ks = [min(k, n_steps - i) for i, k in enumerate(ks)]
+    n = n_steps + 1 if lower_order_final == "diffusers" and denoise else n_steps
+    if lower_order_final and n < 15:
+        ks = [min(k, n - i) for i, k in enumerate(ks)]
     return ks
 
 
@@ -139,13 +141,14 @@ class Multistep(SamplerBase):
     memory is (schedule, per-step orders, history of m x̂_0, newest first)."""
 
     solver_order: int = 2
-    lower_order_final: bool = True
+    lower_order_final: bool | str = option(True, choices=(True, False, "diffusers"))
     default_grid: str = "log_snr"
     default_steps: int = 20
     nfe_per_step: ClassVar[int] = 1
 
     def prepare(self, ctx: Context, ts: list[float]):
-        return schedule(ctx.sde, ts), step_orders(len(ts) - 1, self.solver_order, self.lower_order_final), []
+        ks = step_orders(len(ts) - 1, self.solver_order, self.lower_order_final, ctx.denoise)
+        return schedule(ctx.sde, ts), ks, []
 
 
 @renamed(order="solver_order")
