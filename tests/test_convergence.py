@@ -1,0 +1,251 @@
+"""Convergence of every registered method against ground truth that trusts none of our code.
+
+- Deterministic samplers (classified by never drawing noise): the exact probability-flow map of
+  a Gaussian (closed form) and, on random mixtures, scipy's DOP853 at rtol 1e-11 on the flow
+  written here in numpy from the mixture's parameters and the SDE's marginal (helpers).
+- Stochastic samplers affine in their noise: weak order from the exact output mean and variance
+  on a Gaussian (BasisNoise bookkeeping, no Monte Carlo).
+- Every predictor and corrector of the registries, the corrector at a fixed time against the
+  moments of p_t it must leave invariant up to its discretisation bias.
+
+Order bounds: a declared order p must show as a log-log slope within ±0.3 of −p.  0.3 is below
+half the gap (0.5) between neighbouring integer orders, so no method of order p ± 1 can pass
+(nor a "slope 0.45 as order 1"), and leaves 0.2 for pre-asymptotic curvature; step counts are
+chosen in the asymptotic range, the bound is not widened per method.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import (
+    SDES,
+    Z_MAX,
+    classify,
+    exact_moments_on_grid,
+    gaussian_1d,
+    gaussian_flow_map,
+    loglog_slope,
+    mixture_flow_reference,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scoresolve as ss
+from scoresolve.targets import GaussianMixture
+
+F64 = torch.float64
+ORDER_TOL = 0.3  # see the module docstring
+KIND = {name: classify(s) for name, s in ss.SAMPLERS.items()}
+DETERMINISTIC_FIXED = [n for n, k in KIND.items() if k == "deterministic" and ss.SAMPLERS[n].nfe_per_step]
+DETERMINISTIC_ADAPTIVE = [n for n, k in KIND.items() if k == "deterministic" and not ss.SAMPLERS[n].nfe_per_step]
+LINEAR_STOCHASTIC = [n for n, k in KIND.items() if k == "linear"]
+DIAG = GaussianMixture(torch.ones(1), torch.tensor([[0.5, -1.0]]), torch.tensor([[0.25, 0.04]]))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_classification_covers_the_known_kinds():
+    # a mutation must not silently move a sampler out of the exact-moment or flow-map checks
+    assert {"ode_euler", "ode_heun", "ddim", "dpmpp_2m", "unipc"} <= set(DETERMINISTIC_FIXED)
+    assert {"em", "reverse_diffusion", "ancestral", "ddim_eta", "edm_churn", "dpmpp_2m_sde"} <= set(LINEAR_STOCHASTIC)
+    assert "ode" in DETERMINISTIC_ADAPTIVE
+
+
+def _ns(sampler, base=(16, 32, 64, 128)):
+    """Step counts at equal NFE budgets: 16..128 evaluations per sample times nfe_per_step⁻¹."""
+    per = sampler.nfe_per_step
+    return [max(4, b * 2 // per) for b in base]
+
+
+# ---------------------------------------------------------------- deterministic: exact Gaussian map
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", DETERMINISTIC_FIXED)
+def test_deterministic_order_against_the_exact_gaussian_flow_map(name, sde_name):
+    sde, eps, sampler = SDES[sde_name], 1e-3, ss.SAMPLERS[name]
+    x_T = DIAG.diffused(sde.T, sde).sample(16, generator=gen(0), dtype=F64)
+    exact = gaussian_flow_map(DIAG, sde, x_T, eps)
+    ns = _ns(sampler)
+    errs = []
+    for n in ns:  # a Karras grid: uneven λ-steps, so no superconvergence of uniform steps
+        res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, name, steps=n, grid="karras", eps=eps,
+                        x_init=x_T, denoise=False)
+        errs.append(float((res.samples - exact).abs().max()))
+    assert abs(-loglog_slope(ns, errs) - sampler.order) <= ORDER_TOL, (ns, errs)
+
+
+# ---------------------------------------------------------------- deterministic: random mixtures
+@st.composite
+def mixtures(draw):
+    dim, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    gm = GaussianMixture.random(dim, k, seed=draw(st.integers(0, 10_000)), spread=1.5,
+                                std_range=(0.3, 0.8), anisotropic=draw(st.booleans()))
+    return gm
+
+
+def _mixture_case(gm, sde, seed, eps=1e-2):
+    x_T = gm.sample(8, sde.T, sde, generator=gen(seed), dtype=F64)
+    return x_T, mixture_flow_reference(gm, sde, x_T, eps)
+
+
+# Start-up steps of lower order limit the global order of multistep methods once the first
+# interval's error dominates; on VE the 3-step DPM-Solver++ drops from 3 towards 2 and below
+# (slope 2.4 → 1.7 over 64..512 uniform steps) and recovers 3.00 when the first three intervals
+# are refined: a library defect, reported on issue 15, kept visible here.
+KNOWN_ORDER_DEFECTS = {("dpmpp_3m", "ve")}
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", DETERMINISTIC_FIXED)
+@settings(max_examples=3)
+@given(gm=mixtures(), seed=st.integers(0, 100))
+def test_deterministic_sampler_converges_at_its_order_to_an_independent_flow_on_random_mixtures(
+    name, sde_name, gm, seed
+):
+    """Property: on any Gaussian mixture a fixed-step deterministic method converges to the flow
+    solved by scipy on a numpy score (sharing no drift code with ours) at its declared order.
+    Steps: 64..256 evaluations per sample (errors below ~1e-3, the asymptotic range; at 16..64
+    Heun still shows 1.7), doubled for order 4, which reaches its range later."""
+    if (name, sde_name) in KNOWN_ORDER_DEFECTS:
+        pytest.xfail("start-up steps limit the global order (see KNOWN_ORDER_DEFECTS)")
+    sde, eps = SDES[sde_name], 1e-2
+    sampler = ss.SAMPLERS[name]
+    x_T, ref = _mixture_case(gm, sde, seed, eps)
+    ns = _ns(sampler, tuple(b * 2 ** max(0, math.ceil(sampler.order) - 3) for b in (64, 128, 256)))
+    errs = [float((ss.sample(gm.score_fn(sde), sde, x_T.shape, name, steps=n, x_init=x_T, eps=eps,
+                             denoise=False, grid="karras").samples - ref).abs().max()) for n in ns]
+    assert abs(-loglog_slope(ns, errs) - sampler.order) <= ORDER_TOL, (ns, errs)
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC_ADAPTIVE)
+@settings(max_examples=4)
+@given(gm=mixtures(), sde_name=st.sampled_from(list(SDES)), seed=st.integers(0, 100))
+def test_adaptive_deterministic_sampler_converges_to_an_independent_flow_on_random_mixtures(name, gm, sde_name, seed):
+    sde, eps = SDES[sde_name], 1e-2
+    x_T, ref = _mixture_case(gm, sde, seed, eps)
+    scale = float(ref.abs().max())
+    errs = [float((ss.sample(gm.score_fn(sde), sde, x_T.shape, name, x_init=x_T, eps=eps, denoise=False, rtol=tol,
+                             atol=tol).samples - ref).abs().max()) for tol in (1e-4, 1e-6)]
+    # local error control of an order-p (p >= 2) pair gives a global error ∝ tol^{p/(p+1)} >= tol^{2/3}:
+    # 100x tighter must gain >= 21x; ask 10x (step-control noise), and a converged value << scale
+    assert errs[1] < errs[0] / 10 or errs[0] < 1e-9 * scale, errs
+    assert errs[1] < 1e-4 * scale, errs
+
+
+# ---------------------------------------------------------------- stochastic: weak order, exact moments
+def _weak_errors(sampler, sde, ns, gm, eps=1e-3, grid=None):
+    ex = gm.diffused(eps, sde)
+    m_ex, v_ex = float(ex.mean()[0]), float(ex.cov()[0, 0])
+    errs = []
+    for n in ns:
+        ts = ss.make_grid(grid or sampler.default_grid, sde, n, eps).tolist()
+        per = max(1, sampler.nfe_per_step or 1)
+        m, v = exact_moments_on_grid(sampler, gm, sde, ts, n_draws=n * (per + 1))
+        errs.append(abs(m - m_ex) + abs(v - v_ex))
+    return errs
+
+
+def _check_weak_order(order, ns, errs):
+    slope = -loglog_slope(ns, errs)
+    # at least the declared order; on a Gaussian the leading error term may cancel (e.g. EM on VE),
+    # and then the next term, one order higher, shows: allow up to order + 1 (± the same 0.3)
+    assert order - ORDER_TOL <= slope <= order + 1 + ORDER_TOL, (ns, errs, slope)
+
+
+# ALD declares order 1, but with a fixed number of Langevin steps per level its weak error falls
+# only like N^-0.4 in the number of levels N (64..512, every SDE): reported on issue 15.
+KNOWN_WEAK_ORDER_DEFECTS = {"ald"}
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", LINEAR_STOCHASTIC)
+def test_stochastic_sampler_weak_order_from_exact_moments(name, sde_name):
+    sampler = ss.SAMPLERS[name]
+    if name in KNOWN_WEAK_ORDER_DEFECTS:
+        pytest.xfail("declared weak order not reached (see KNOWN_WEAK_ORDER_DEFECTS)")
+    ns = [64, 128, 256, 512] if sampler.order == 1 else [16, 32, 64, 128]
+    _check_weak_order(sampler.order, ns, _weak_errors(sampler, SDES[sde_name], ns, gaussian_1d()))
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("predictor", [p for p in ss.PREDICTORS if p != "none"])
+def test_every_predictor_has_weak_order_one(predictor, sde_name):
+    sampler = ss.PC(predictor=predictor, corrector="none")
+    ns = [64, 128, 256, 512]
+    _check_weak_order(1.0, ns, _weak_errors(sampler, SDES[sde_name], ns, gaussian_1d(), grid="uniform"))
+
+
+def test_none_predictor_and_corrector_leave_the_state_exactly_unchanged():
+    sde = ss.VPSDE()
+    x = torch.randn(5, 3, generator=gen(1), dtype=F64)
+    res = ss.sample(lambda z, t: -z, sde, x.shape, "pc", predictor="none", corrector="none", steps=4, x_init=x,
+                    denoise=False, generator=gen(2))
+    assert torch.equal(res.samples, x) and res.nfe == 0
+
+
+# ---------------------------------------------------------------- correctors at a fixed time
+def _corrector_run(corrector, sde, gm, t, n, snr, n_steps, seed=0, norm="batch"):
+    """n_steps corrector steps at time t from exact samples of p_t, through PC with the "none"
+    predictor on a one-step grid [t, t/2] (so the none predictor is run too)."""
+    x = gm.sample(n, t, sde, generator=gen(seed), dtype=F64)
+    res = ss.sample(gm.score_fn(sde), sde, x.shape, "pc", predictor="none", corrector=corrector, snr=snr,
+                    n_corrector_steps=n_steps, norm=norm, grid=torch.tensor([t, t / 2], dtype=F64), x_init=x,
+                    denoise=False, generator=gen(seed + 1))
+    assert res.nfe == (0 if corrector == "none" else n_steps)
+    return res.samples
+
+
+ISO = GaussianMixture(torch.ones(1), torch.full((1, 32), 0.7), torch.tensor([0.3]))  # N(0.7, 0.3 I) in 32-d
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("corrector", list(ss.CORRECTORS))
+def test_every_corrector_leaves_p_t_invariant_up_to_its_bias(corrector, sde_name):
+    """Langevin steps x' = x + ε s + √(2ε) z on N(μ, v) contract the mean by (1 − ε/v) and have
+    stationary variance v / (1 − ε/(2v)): the mean stays μ and the variance ratio lies in
+    [1, 1/(1 − snr²)] for the SNR step rules (ε ≤ 2 snr² v), within Monte-Carlo error."""
+    sde, t, snr, n = SDES[sde_name], 0.3, 0.16, 256
+    p_t = ISO.diffused(t, sde)
+    mu, v = float(p_t.means[0, 0]), float(p_t.covs[0, 0])
+    x = _corrector_run(corrector, sde, ISO, t, n, snr, 50)
+    m = x.numel()  # n × d independent coordinates
+    assert abs(float(x.mean()) - mu) <= Z_MAX * math.sqrt(v / m)
+    ratio = float(x.var()) / v
+    se = math.sqrt(2 / m) / (1 - snr**2)
+    assert 1 - Z_MAX * se <= ratio <= 1 / (1 - snr**2) + Z_MAX * se, ratio
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_langevin_stationary_variance_is_one_plus_snr_squared(sde_name):
+    """The batch-norm SNR rule ε = 2 (snr ‖z‖/‖s‖)² on N(μ, v I) in d dims: ‖z‖² ≈ d and
+    ‖s‖² ≈ d r / v at variance r v, so ε = 2 snr² v / r and the stationary ratio r = 1/(1 − ε/(2v))
+    solves r = 1 + snr².  At snr = 0.5: 1.25 (a quartered step would give 1.0625)."""
+    sde, t, snr, n = SDES[sde_name], 0.3, 0.5, 256
+    p_t = ISO.diffused(t, sde)
+    v = float(p_t.covs[0, 0])
+    x = _corrector_run("langevin", sde, ISO, t, n, snr, 30)  # (1 − ε/v)^{2·30} = 0.6^60: start forgotten
+    ratio = float(x.var()) / v
+    se = math.sqrt(2 / x.numel()) * (1 + snr**2)
+    assert abs(ratio - (1 + snr**2)) <= Z_MAX * se + 1 / ISO.dim, ratio  # + O(1/d) from the norms' ratio
+    assert abs(float(x.mean()) - float(p_t.means[0, 0])) <= Z_MAX * math.sqrt(ratio * v / x.numel())
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_annealed_langevin_corrector_follows_the_exact_ula_recursion(sde_name):
+    """ε = 2 (snr σ(t))² is deterministic, so the corrector is affine in its noise: from the exact
+    1-D p_t = N(μ, v) the output moments are exact, mean μ and variance
+    a^{2M} v + 2ε (1 − a^{2M}) / (1 − a²), a = 1 − ε/v (σ(t) written here from the SDE's parameters)."""
+    from helpers import marginal_np
+
+    sde, t, snr, M = SDES[sde_name], 0.3, 0.4, 7
+    gm = gaussian_1d(1.0, 0.5)
+    p_t = gm.diffused(t, sde)
+    mu, v = float(p_t.mean()[0]), float(p_t.cov()[0, 0])
+    sampler = ss.PC(predictor="none", corrector="annealed_langevin", snr=snr, n_corrector_steps=M)
+    mean, var = exact_moments_on_grid(sampler, gm, sde, [t, t / 2], n_draws=M)
+    eps = 2 * (snr * marginal_np(sde, t)[2]) ** 2
+    a = 1 - eps / v
+    assert math.isclose(mean, mu, rel_tol=1e-10, abs_tol=1e-12)
+    assert math.isclose(var, a ** (2 * M) * v + 2 * eps * (1 - a ** (2 * M)) / (1 - a * a), rel_tol=1e-10)
