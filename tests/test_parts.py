@@ -164,7 +164,7 @@ def test_sliced_w2_equals_its_closed_form_for_gaussians():
     """For x ~ N(μ1, s1² I), y ~ N(μ2, s2² I) in R^d every projection θᵀ gives 1-D Gaussians, so
     W2²(θ) = (θᵀΔ)² + (s1 − s2)² and, over uniform unit θ, SW2² = |Δ|²/d + (s1 − s2)²."""
     g = torch.Generator().manual_seed(0)
-    n, d = 20_000, 4
+    n, d = 8000, 4
     x = torch.randn(n, d, generator=g, dtype=F64)
     # equal means: every projection has the same W2 = |s1 − s2|, so only the samples' noise remains:
     # quantile-matched W2² has sd ≈ (s2 − s1)² √(2/n), plus an O(log n / n) two-sample bias
@@ -179,7 +179,8 @@ def test_sliced_w2_equals_its_closed_form_for_gaussians():
     se = float(delta @ delta) * math.sqrt(2 * (d - 1) / (d * d * (d + 2)) / 256)
     assert abs(sw2 - expect) <= 5 * se + 10 * math.log(n) / n, (sw2, expect, se)
     # unequal sizes take the quantile path: same law, so W2 → 0 at the sampling-noise rate
-    assert ss.metrics.sliced_wasserstein(x, torch.randn(n // 2, d, generator=g, dtype=F64)) ** 2 <= 20 * math.log(n) / n
+    y = torch.randn(n // 4, d, generator=g, dtype=F64)
+    assert ss.metrics.sliced_wasserstein(x[: n // 2], y, n_proj=32) ** 2 <= 20 * math.log(n) / n
     # MMD: unbiased, so ≈ 0 (sd ~ 1/n) for the same law and clearly positive for a shift
     same = ss.metrics.mmd(x[:2000], torch.randn(2000, d, generator=g, dtype=F64))
     assert abs(same) <= 5e-3 and ss.metrics.mmd(x[:2000], x[:2000] + 3.0) > 0.1
