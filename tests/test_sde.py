@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import marginal_np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -84,3 +85,50 @@ def test_reverse_drift_float_and_tensor_time():
     torch.testing.assert_close(a, b)
     f, g2 = sde.drift_coef(0.3), sde.diffusion(0.3) ** 2
     torch.testing.assert_close(a, f * x - 0.5 * g2 * s)
+
+
+def test_parameter_bounds_are_exactly_those_documented():
+    for bad in (dict(beta_min=0.0, beta_max=1.0), dict(beta_min=1.0, beta_max=1.0), dict(beta_min=-0.1, beta_max=1.0)):
+        with pytest.raises(ValueError, match="beta_min"):
+            ss.VPSDE(**bad)
+    for bad in (dict(sigma_min=0.0, sigma_max=1.0), dict(sigma_min=1.0, sigma_max=1.0)):
+        with pytest.raises(ValueError, match="sigma_min"):
+            ss.VESDE(**bad)
+    ss.VPSDE(beta_min=1e-3, beta_max=2e-3)
+    ss.VESDE(sigma_min=0.5, sigma_max=0.9)  # any 0 < σ_min < σ_max, also below 1
+    assert "beta_max=20.0" in repr(ss.VPSDE()) and repr(ss.VESDE()).startswith("VESDE(")
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_coefficients_are_elementwise_on_tensors_of_times(sde):
+    tt = torch.linspace(1e-3, 1.0, 7, dtype=torch.float64)
+    for name in ("log_mean_scale", "std", "diffusion", "drift_coef", "log_snr", "mean_scale"):
+        got = getattr(sde, name)(tt)
+        want = torch.tensor([getattr(sde, name)(float(t)) for t in tt], dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_prior_sample_follows_its_generator(sde):
+    a = sde.prior_sample((4, 3), generator=torch.Generator().manual_seed(1))
+    b = sde.prior_sample((4, 3), generator=torch.Generator().manual_seed(1))
+    c = sde.prior_sample((4, 3), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.testing.assert_close(a, sde.prior_std() * torch.randn((4, 3), generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_reverse_drifts_against_coefficients_written_from_the_marginal(sde):
+    """Reverse SDE f x − g² s and probability flow f x − ½ g² s (Song et al. 2021 eqs. 6, 13), with
+    f = ṁ/m and ½ g² = σσ̇ − (ṁ/m) σ² from the marginal alone (tests/helpers.marginal_np)."""
+    x, s = torch.randn(4, 3, dtype=torch.float32), torch.randn(4, 3, dtype=torch.float32)
+    t = 0.37
+    _, dlogm, sig, dsig = marginal_np(sde, t)
+    half_g2 = sig * dsig - dlogm * sig * sig
+    for pf, c in ((False, 2.0), (True, 1.0)):
+        want = dlogm * x.double() - c * half_g2 * s.double()
+        for tt in (t, torch.full((4,), t, dtype=torch.float64)):
+            got = ss.reverse_drift(sde, s, x, tt, probability_flow=pf)
+            assert got.dtype == torch.float32  # follows x, whatever the dtype of t
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ss.reverse_drift(sde, s, x, t), ss.reverse_drift(sde, s, x, t, probability_flow=False))
