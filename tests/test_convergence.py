@@ -228,14 +228,15 @@ def test_every_corrector_leaves_p_t_invariant_up_to_its_bias(corrector, sde_name
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
-def test_langevin_stationary_variance_is_one_plus_snr_squared(sde_name):
+def test_langevin_stationary_variance_is_one_plus_snr_squared(sde_name, norm="batch"):
     """The batch-norm SNR rule ε = 2 (snr ‖z‖/‖s‖)² on N(μ, v I) in d dims: ‖z‖² ≈ d and
     ‖s‖² ≈ d r / v at variance r v, so ε = 2 snr² v / r and the stationary ratio r = 1/(1 − ε/(2v))
-    solves r = 1 + snr².  At snr = 0.5: 1.25 (a quartered step would give 1.0625)."""
+    solves r = 1 + snr².  At snr = 0.5: 1.25 (a quartered step would give 1.0625).  (The per-sample
+    rule's heavy-tailed ‖z‖²/‖s‖² gives a larger ratio, 1.41 at d = 32: not covered here.)"""
     sde, t, snr, n = SDES[sde_name], 0.3, 0.5, 256
     p_t = ISO.diffused(t, sde)
     v = float(p_t.covs[0, 0])
-    x = _corrector_run("langevin", sde, ISO, t, n, snr, 30)  # (1 − ε/v)^{2·30} = 0.6^60: start forgotten
+    x = _corrector_run("langevin", sde, ISO, t, n, snr, 30, norm=norm)  # (1 − ε/v)^60 = 0.6^60: start forgotten
     ratio = float(x.var()) / v
     se = math.sqrt(2 / x.numel()) * (1 + snr**2)
     assert abs(ratio - (1 + snr**2)) <= Z_MAX * se + 1 / ISO.dim, ratio  # + O(1/d) from the norms' ratio

@@ -132,3 +132,11 @@ def test_reverse_drifts_against_coefficients_written_from_the_marginal(sde):
             assert got.dtype == torch.float32  # follows x, whatever the dtype of t
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ss.reverse_drift(sde, s, x, t), ss.reverse_drift(sde, s, x, t, probability_flow=False))
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_drift_is_the_log_mean_derivative_times_x(sde):
+    x = torch.randn(3, 2, 2, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    want = torch.stack([marginal_np(sde, float(ti))[1] * xi for ti, xi in zip(t, x)])
+    torch.testing.assert_close(sde.drift(x, t), want, rtol=1e-12, atol=1e-14)
