@@ -192,3 +192,26 @@ def test_metric_errors():
         ss.metrics.evaluate(torch.zeros(10, 2), gm, metrics=("fid",))
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         ss.metrics.evaluate(torch.zeros(10, 3), gm)
+
+
+def test_check_grid_accepts_exactly_the_documented_grids():
+    from scoresolve.timegrid import check_grid
+
+    sde = ss.VPSDE()
+    ts = check_grid([1.0, 0.5, 0.1], sde)
+    assert ts.dtype == F64 and ts.device.type == "cpu" and ts.tolist() == [1.0, 0.5, 0.1]
+    assert check_grid(torch.tensor([0.3, 1e-6], dtype=torch.float32), sde).dtype == F64
+    with pytest.raises(ValueError, match=r"1-D tensor of at least 2 times, got shape \(1,\)"):
+        check_grid([0.5], sde)
+    with pytest.raises(ValueError, match=r"1-D tensor of at least 2 times, got shape \(2, 2\)"):
+        check_grid([[1.0, 0.5], [0.4, 0.1]], sde)
+    for bad in ([1.0, 0.5, 0.5, 0.1], [1.0, 0.4, 0.6, 0.1], [0.9, 0.5, 0.6], [0.2, 0.5]):
+        with pytest.raises(ValueError, match=r"strictly decreasing \(from T towards eps\)"):
+            check_grid(bad, sde)
+    with pytest.raises(ValueError, match=r"grid must lie in \(0, T=1.0\]; got \[0.0, 1.0\]"):
+        check_grid([1.0, 0.5, 0.0], sde)
+    with pytest.raises(ValueError, match=r"got \[0.1, 1.5\]"):
+        check_grid([1.5, 0.5, 0.1], sde)
+    with pytest.raises(ValueError, match=r"got \[-0.1, 0.5\]"):
+        check_grid([0.5, 0.2, -0.1], sde)
+    check_grid([1.0, 0.6, 0.5, 0.1], sde)  # the end points alone decide the range
