@@ -96,7 +96,8 @@ def test_parameter_bounds_are_exactly_those_documented():
             ss.VESDE(**bad)
     ss.VPSDE(beta_min=1e-3, beta_max=2e-3)
     ss.VESDE(sigma_min=0.5, sigma_max=0.9)  # any 0 < σ_min < σ_max, also below 1
-    assert "beta_max=20.0" in repr(ss.VPSDE()) and repr(ss.VESDE()).startswith("VESDE(")
+    assert repr(ss.VPSDE()) == "VPSDE(beta_min=0.1, beta_max=20.0)"
+    assert repr(ss.VESDE(sigma_min=0.5, sigma_max=0.9)) == "VESDE(sigma_min=0.5, sigma_max=0.9)"
 
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)
@@ -140,3 +141,22 @@ def test_drift_is_the_log_mean_derivative_times_x(sde):
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     want = torch.stack([marginal_np(sde, float(ti))[1] * xi for ti, xi in zip(t, x)])
     torch.testing.assert_close(sde.drift(x, t), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_transition_on_tensors_of_times_and_its_clamp(sde):
+    s = torch.tensor([0.1, 0.3, 0.5, 0.7], dtype=torch.float64)
+    t = s + torch.tensor([0.0, 0.05, 0.2, 0.3], dtype=torch.float64)
+    a, v = sde.transition(s, t)
+    for i in range(4):
+        af, vf = sde.transition(float(s[i]), float(t[i]))
+        assert math.isclose(float(a[i]), af, rel_tol=1e-12) and math.isclose(float(v[i]), vf, rel_tol=1e-9, abs_tol=1e-15)
+    assert float(v[0]) == 0.0 and bool((v >= 0).all())  # s = t: no variance added (clamped, never negative)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_prior_logp_of_a_single_point_and_prior_sample_dtype(sde):
+    z = torch.randn(1, 3, dtype=torch.float64)
+    ref = torch.distributions.Normal(0.0, sde.prior_std()).log_prob(z).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z), ref)
+    assert sde.prior_sample((2, 3), dtype=torch.float64).dtype == torch.float64
