@@ -28,7 +28,7 @@ from helpers import (
     loglog_slope,
     mixture_flow_reference,
 )
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import scoresolve as ss
@@ -36,6 +36,8 @@ from scoresolve.targets import GaussianMixture
 
 F64 = torch.float64
 ORDER_TOL = 0.3  # see the module docstring
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)  # a failing example is reported as found: shrinking
+# it would rerun the scipy reference and three solves per candidate, minutes on 2 cores
 KIND = {name: classify(s) for name, s in ss.SAMPLERS.items()}
 DETERMINISTIC_FIXED = [n for n, k in KIND.items() if k == "deterministic" and ss.SAMPLERS[n].nfe_per_step]
 DETERMINISTIC_ADAPTIVE = [n for n, k in KIND.items() if k == "deterministic" and not ss.SAMPLERS[n].nfe_per_step]
@@ -100,7 +102,7 @@ KNOWN_ORDER_DEFECTS = {("dpmpp_3m", "ve")}
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("name", DETERMINISTIC_FIXED)
-@settings(max_examples=3)
+@settings(max_examples=3, phases=NO_SHRINK)
 @given(gm=mixtures(), seed=st.integers(0, 100))
 def test_deterministic_sampler_converges_at_its_order_to_an_independent_flow_on_random_mixtures(
     name, sde_name, gm, seed
@@ -122,7 +124,7 @@ def test_deterministic_sampler_converges_at_its_order_to_an_independent_flow_on_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DETERMINISTIC_ADAPTIVE)
-@settings(max_examples=4)
+@settings(max_examples=4, phases=NO_SHRINK)
 @given(gm=mixtures(), sde_name=st.sampled_from(list(SDES)), seed=st.integers(0, 100))
 def test_adaptive_deterministic_sampler_converges_to_an_independent_flow_on_random_mixtures(name, gm, sde_name, seed):
     sde, eps = SDES[sde_name], 1e-2

@@ -150,7 +150,8 @@ def test_transition_on_tensors_of_times_and_its_clamp(sde):
     a, v = sde.transition(s, t)
     for i in range(4):
         af, vf = sde.transition(float(s[i]), float(t[i]))
-        assert math.isclose(float(a[i]), af, rel_tol=1e-12) and math.isclose(float(v[i]), vf, rel_tol=1e-9, abs_tol=1e-15)
+        assert math.isclose(float(a[i]), af, rel_tol=1e-12)
+        assert math.isclose(float(v[i]), vf, rel_tol=1e-9, abs_tol=1e-15)
     assert float(v[0]) == 0.0 and bool((v >= 0).all())  # s = t: no variance added (clamped, never negative)
 
 
