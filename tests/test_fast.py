@@ -425,7 +425,10 @@ def test_fast_samplers_reach_the_target_on_every_sde_and_a_tiny_eps(name, sde_na
     # each within Z_MAX standard errors of its exact expectation (helpers.distribution_z_scores)
     sde, eps = SDES[sde_name], 1e-5
     tgt = RING.diffused(eps, sde)
-    budget = {} if ss.SAMPLERS[name].nfe_per_step is None else {"nfe": 100}
+    # first-order methods carry an O(1/NFE) bias: DDIM on sub-VP is 15% too wide in variance at 100 NFE
+    # (4.8 se here), so they get 4x the budget (bias ~4%, well inside the 4.5 se ≈ 10% threshold)
+    order = float(ss.SAMPLERS[name].order)
+    budget = {} if ss.SAMPLERS[name].nfe_per_step is None else {"nfe": 100 if order >= 2 else 400}
     res = ss.sample(RING.score_fn(sde), sde, (2000, 2), name, eps=eps, denoise=False,
                     generator=torch.Generator().manual_seed(1), **budget)
     assert bool(torch.isfinite(res.samples).all())
