@@ -215,3 +215,16 @@ def test_check_grid_accepts_exactly_the_documented_grids():
     with pytest.raises(ValueError, match=r"got \[-0.1, 0.5\]"):
         check_grid([0.5, 0.2, -0.1], sde)
     check_grid([1.0, 0.6, 0.5, 0.1], sde)  # the end points alone decide the range
+
+
+def test_make_grid_bounds_are_exactly_those_documented():
+    sde = ss.VPSDE()
+    assert ss.make_grid("uniform", sde, 1, 0.5).tolist() == [1.0, 0.5]  # one step is a valid grid
+    for steps in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=f"steps must be an integer >= 1, got {steps!r}"):
+            ss.make_grid("uniform", sde, steps, 1e-3)
+    for eps in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"eps must lie in \(0, T=1.0\), got {eps}"):
+            ss.make_grid("uniform", sde, 4, eps)
+    with pytest.raises(ValueError, match="unknown grid 'x'; valid choices: uniform, quadratic, log_snr, karras"):
+        ss.make_grid("x", sde, 4, 1e-3)
