@@ -67,7 +67,8 @@ def test_prior_matches_marginal_at_T_and_prior_logp(sde):
     torch.testing.assert_close(sde.prior_logp(z), ref)
     x = sde.prior_sample((20000, 2), generator=torch.Generator().manual_seed(0),
                          dtype=torch.float64)
-    assert float(x.std()) == pytest.approx(sde.prior_std(), rel=0.02)
+    # a sample sd of n Gaussian draws has relative sd 1/√(2n): 5 of those
+    assert abs(float(x.std()) / sde.prior_std() - 1) <= 5 / math.sqrt(2 * x.numel())
 
 
 def test_bad_parameters_raise():
