@@ -285,3 +285,21 @@ def test_distribution_checks_pass_exact_samples_and_fail_5pct_wide_components_or
     assert distribution_z_scores(moved, ring, ref)["weights"] > Z_MAX
     collapsed = distribution_z_scores(ring.means[0] + (x - centre), ring, ref)
     assert collapsed["weights"] > Z_MAX, collapsed
+
+
+# ---------------------------------------------------------------- the final denoising step
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", [n for n in DETERMINISTIC_FIXED + DETERMINISTIC_ADAPTIVE
+                                  if ss.SAMPLERS[n].extra_nfe(True) > ss.SAMPLERS[n].extra_nfe(False)])
+def test_final_denoising_step_is_the_exact_posterior_mean(name, sde_name):
+    """denoise=True ends a deterministic run with Tweedie's x̂_0 = E[x_0 | x_eps]; for the 1-D
+    Gaussian N(μ, v) that is μ + m v / (m² v + σ²) (x − m μ), (m, σ) written from the SDE's parameters."""
+    from helpers import marginal_np
+
+    sde, eps, gm = SDES[sde_name], 1e-2, gaussian_1d(1.0, 0.5)
+    x_T = gm.sample(16, sde.T, sde, generator=gen(3), dtype=F64)
+    kw = {"steps": 8} if ss.SAMPLERS[name].nfe_per_step else {}
+    plain, den = (ss.sample(gm.score_fn(sde), sde, x_T.shape, name, x_init=x_T, eps=eps, denoise=d, **kw).samples
+                  for d in (False, True))
+    m, _, s, _ = marginal_np(sde, eps)
+    torch.testing.assert_close(den, 1.0 + m * 0.25 / (m * m * 0.25 + s * s) * (plain - m), rtol=1e-9, atol=1e-9)
