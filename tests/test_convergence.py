@@ -303,3 +303,31 @@ def test_final_denoising_step_is_the_exact_posterior_mean(name, sde_name):
                   for d in (False, True))
     m, _, s, _ = marginal_np(sde, eps)
     torch.testing.assert_close(den, 1.0 + m * 0.25 / (m * m * 0.25 + s * s) * (plain - m), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_ald_is_exactly_annealed_langevin_on_a_gaussian(sde_name):
+    """ALD misses its declared weak order (KNOWN_WEAK_ORDER_DEFECTS), so its algorithm is pinned
+    instead: on N(μ, v) each level rescales by m(t_i)/m(t_{i−1}) and takes Langevin steps
+    x' = (1 − α/(2 v_t)) x + (α/2) m μ / v_t + √α z, α = ε (σ_i/σ_L)², whose exact mean and variance
+    recursion (coefficients written from the SDE's parameters) the sampler must reproduce."""
+    from helpers import marginal_np
+
+    from scoresolve.ncsn import ald_step_size
+
+    sde, gm, k, n = SDES[sde_name], gaussian_1d(1.0, 0.5), 3, 6
+    ts = ss.make_grid("log_snr", sde, n, 1e-3).tolist()
+    mean, var = exact_moments_on_grid(ss.AnnealedLangevin(n_steps_each=k), gm, sde, ts, n_draws=n * k)
+    sig = [marginal_np(sde, t)[2] for t in ts[1:]]
+    lr = ald_step_size((sig[0] / sig[-1]) ** (1 / (n - 1)), k, sig[-1])
+    m0, _, s0, _ = marginal_np(sde, ts[0])
+    mu, v = m0 * 1.0, m0 * m0 * 0.25 + s0 * s0
+    for t_prev, t in zip(ts[:-1], ts[1:]):
+        m, _, s, _ = marginal_np(sde, t)
+        r = m / marginal_np(sde, t_prev)[0]
+        mu, v = r * mu, r * r * v
+        alpha, vt = lr * (s / sig[-1]) ** 2, m * m * 0.25 + s * s
+        for _ in range(k):
+            a = 1 - alpha / (2 * vt)
+            mu, v = a * mu + 0.5 * alpha * m * 1.0 / vt, a * a * v + alpha
+    assert math.isclose(mean, mu, rel_tol=1e-9) and math.isclose(var, v, rel_tol=1e-9), (mean, mu, var, v)
