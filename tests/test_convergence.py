@@ -331,3 +331,15 @@ def test_ald_is_exactly_annealed_langevin_on_a_gaussian(sde_name):
             a = 1 - alpha / (2 * vt)
             mu, v = a * mu + 0.5 * alpha * m * 1.0 / vt, a * a * v + alpha
     assert math.isclose(mean, mu, rel_tol=1e-9) and math.isclose(var, v, rel_tol=1e-9), (mean, mu, var, v)
+
+
+@pytest.mark.parametrize("predictor", list(ss.PREDICTORS))
+def test_predictor_mean_is_the_step_without_its_noise(predictor):
+    # denoise=True returns the last step's x_mean: it must be the update with its noise draw left out
+    sde, gm = ss.VPSDE(), gaussian_1d()
+    x = torch.randn(5, 1, generator=gen(0), dtype=F64)
+    score = ss.CountingScore(gm.score_fn(sde), 5)
+    step = ss.PREDICTORS[predictor](sde, score, x, 0.5, 0.4, lambda shape, std=1.0: torch.zeros(shape, dtype=F64))
+    assert torch.equal(step.x, step.x_mean)
+    noisy = ss.PREDICTORS[predictor](sde, score, x, 0.5, 0.4, lambda shape, std=1.0: torch.full(shape, std, dtype=F64))
+    torch.testing.assert_close(noisy.x_mean, step.x_mean, rtol=0, atol=0)
