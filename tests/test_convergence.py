@@ -375,3 +375,47 @@ def test_langevin_norms_per_sample_make_a_sample_independent_of_its_batch():
     assert not torch.allclose(run([0, 1, 2, 3, 4, 5], "batch")[:2], run([0, 1], "batch"))
     with pytest.raises(ValueError, match="norm must be 'batch' or 'sample', got 'x'"):
         run([0], "x")
+
+
+# ---------------------------------------------------------------- the adaptive probability-flow solver
+@pytest.mark.parametrize("method", ["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"])
+def test_solve_adaptive_stays_above_eps_reaches_the_exact_map_and_honours_its_tolerances(method):
+    from scoresolve.ode import solve_adaptive
+
+    sde, gm, eps = ss.VPSDE(), gaussian_1d(1.0, 0.5), 1e-3
+    seen = []
+
+    def score(x, t):
+        seen.append(float(t.min()))
+        return gm.score_fn(sde)(x, t)
+
+    x_T = gm.sample(16, sde.T, sde, generator=gen(0), dtype=F64)
+    ts = torch.tensor([1.0, 0.5, eps], dtype=F64)
+    ys, stats = solve_adaptive(sde, score, x_T, ts, rtol=1e-5, atol=1e-5, method=method)
+    assert min(seen) >= eps and ys.shape == (3, 16, 1)  # pinned to land on eps, never past it
+    exact = torch.stack([gaussian_flow_map(gm, sde, x_T, t) for t in ts.tolist()])
+    err = float((ys - exact).abs().max())
+    err_loose = float((solve_adaptive(sde, gm.score_fn(sde), x_T, ts, rtol=1e-3, atol=1e-3, method=method)[0]
+                       - exact).abs().max())
+    # global error ∝ tol^{p/(p+1)} for an order-p pair (p >= 1: 100x tighter gains >= 10x); ask 5x
+    assert err < err_loose / 5 and err < 1e-2, (err, err_loose)
+    assert (stats["solver"], stats["rtol"], stats["atol"], stats["rhs_evals"]) == (method, 1e-5, 1e-5, len(seen))
+    assert ("steps_accepted" in stats) == (method == "dopri5")
+    if method == "dopri5":  # 2 evaluations pick the first step, then 6 per attempted step
+        assert stats["rhs_evals"] == 2 + 6 * stats["steps_attempted"]
+        assert stats["steps_accepted"] + stats["steps_rejected"] == stats["steps_attempted"] >= 1
+    loose = solve_adaptive(sde, score, x_T, ts, rtol=1e-2, atol=1e-2, method=method)[1]
+    assert loose["rhs_evals"] < stats["rhs_evals"]
+    # atol is passed through: with rtol negligible, a tighter atol costs more evaluations
+    by_atol = [solve_adaptive(sde, score, x_T, ts, rtol=1e-12, atol=a, method=method)[1]["rhs_evals"]
+               for a in (1e-2, 1e-4)]
+    assert by_atol[0] < by_atol[1], by_atol
+
+
+def test_solve_adaptive_defaults_to_dopri5_and_float32_states_stay_float32():
+    from scoresolve.ode import solve_adaptive
+
+    sde, gm = ss.VPSDE(), gaussian_1d()
+    x = torch.randn(4, 1, generator=gen(0))
+    ys, stats = solve_adaptive(sde, gm.score_fn(sde), x, torch.tensor([1.0, 1e-2], dtype=F64), rtol=1e-3, atol=1e-3)
+    assert stats["solver"] == "dopri5" and ys.dtype == torch.float32
