@@ -361,7 +361,7 @@ def test_corrector_defaults_one_step_and_zero_steps(corrector):
         assert torch.equal(one.x, x) and torch.equal(one.x_mean, x)
 
 
-def test_langevin_norms_per_sample_make_a_sample_independent_of_its_batch():
+def test_langevin_per_sample_norms_keep_a_sample_independent_of_its_mates():
     sde, gm = ss.VPSDE(), gaussian_1d()
     x = torch.randn(6, 3, generator=gen(0), dtype=F64)
     z = torch.randn(6, 3, generator=gen(1), dtype=F64)
