@@ -12,4 +12,8 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+# mutation runs (benchmarks/mutation/run.sh): every surviving mutant reruns its tests, so fewer examples
+settings.register_profile(
+    "mutation", derandomize=True, max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import SDES, BasisNoise, gaussian_1d, gaussian_flow_map, loglog_slope
+from helpers import SDES, Z_MAX, BasisNoise, distribution_z_scores, gaussian_1d, gaussian_flow_map, loglog_slope
 
 import scoresolve as ss
 from scoresolve.samplers import (
@@ -186,9 +186,8 @@ def test_sde_weak_order_from_exact_output_moments(sampler, sde_name):
         return sampler.run(sde, score, x, ts, noise, denoise=False, keep=False, progress=False).x
 
     slope, errs = _weak_slope(run, [16, 32, 64, 128], gm, sde, eps)
-    # DDIM-η reaches slope 1 only slowly (0.85-0.9 over 16..128 steps): one-sided margin
-    lo = sampler.order - (0.2 if sampler.order == 1 else 0) - ORDER_TOL
-    assert lo < slope < sampler.order + ORDER_TOL, errs
+    # ±0.3, below half the gap between integer orders (DDIM-η measures 0.85-0.9 here)
+    assert abs(slope - sampler.order) <= 0.3, (slope, errs)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -341,14 +340,21 @@ def test_per_sample_adaptive_ode_costs_less_than_a_shared_step_at_equal_error():
                    denoise=False)
     sh = ss.sample(score, sde, x_T.shape, AdaptiveMultistep(rtol=1e-3, atol=1e-3, error_norm="state", per_sample=False),
                    x_init=x_T, denoise=False)
-    # the shared run is more accurate (it follows the hardest sample); loosen it until it is not
-    tol = 1e-3
-    while _flow_error(sh, ref) < _flow_error(ps, ref) and tol < 1.0:
-        tol *= 1.5
+    # cost at equal error: the shared run follows the hardest sample and is more accurate at the
+    # same tolerance, so read its NFE at the per-sample run's error off its own error-NFE curve
+    # (log-log interpolation between the two tolerances that bracket that error)
+    target = _flow_error(ps, ref)
+    curve = []
+    for tol in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):
         shared = AdaptiveMultistep(rtol=tol, atol=tol, error_norm="state", per_sample=False)
-        sh = ss.sample(score, sde, x_T.shape, shared, x_init=x_T, denoise=False)
-    assert _flow_error(sh, ref) >= _flow_error(ps, ref)
-    assert ps.nfe < 0.85 * sh.nfe, (ps.nfe, sh.nfe)
+        r = ss.sample(score, sde, x_T.shape, shared, x_init=x_T, denoise=False)
+        curve.append((_flow_error(r, ref), r.nfe))
+    assert curve[0][0] < target < curve[-1][0], (target, curve)  # the sweep brackets the target
+    (e0, n0), (e1, n1) = next((a, b) for a, b in zip(curve, curve[1:]) if a[0] <= target <= b[0])
+    shared_nfe = math.exp(math.log(n0) + (math.log(target) - math.log(e0)) / (math.log(e1) - math.log(e0))
+                          * (math.log(n1) - math.log(n0)))
+    assert sh.nfe >= shared_nfe  # sanity: at the same tolerance the shared run costs at least that
+    assert ps.nfe < 0.85 * shared_nfe, (ps.nfe, shared_nfe, curve)
 
 
 def _ve_matching(vp: ss.VPSDE, eps: float) -> ss.VESDE:
@@ -415,17 +421,20 @@ def test_bf16_score_gives_finite_float32_samples(name, sde_name):
 @pytest.mark.parametrize("name", ["ddim", "ddim_eta", "heun_edm", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m",
                                   "dpmpp_2m_sde", "unipc", "ode_adaptive_ps"])
 def test_fast_samplers_reach_the_target_on_every_sde_and_a_tiny_eps(name, sde_name):
-    # mean log-density of 1000 samples within 6 Monte-Carlo s.e. + 0.1 of exact samples' (sd ≈ 1)
+    # mode weights, per-component means and widths and the mean exact log-density of 2000 samples,
+    # each within Z_MAX standard errors of its exact expectation (helpers.distribution_z_scores)
     sde, eps = SDES[sde_name], 1e-5
     tgt = RING.diffused(eps, sde)
-    budget = {} if ss.SAMPLERS[name].nfe_per_step is None else {"nfe": 100}
-    res = ss.sample(RING.score_fn(sde), sde, (1000, 2), name, eps=eps, denoise=False,
+    # first-order methods carry an O(1/NFE) bias: DDIM on sub-VP is 15% too wide in variance at 100 NFE
+    # (4.8 se here), so they get 4x the budget (bias ~4%, well inside the 4.5 se ≈ 10% threshold)
+    order = float(ss.SAMPLERS[name].order)
+    budget = {} if ss.SAMPLERS[name].nfe_per_step is None else {"nfe": 100 if order >= 2 else 400}
+    res = ss.sample(RING.score_fn(sde), sde, (2000, 2), name, eps=eps, denoise=False,
                     generator=torch.Generator().manual_seed(1), **budget)
     assert bool(torch.isfinite(res.samples).all())
-    lp = tgt.log_prob(res.samples.double())
-    ref = tgt.log_prob(tgt.sample(20000, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
-    se = float(ref.std()) / math.sqrt(1000)
-    assert abs(float(lp.mean() - ref.mean())) < 6 * se + 0.1
+    ref = tgt.log_prob(tgt.sample(100_000, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    z = distribution_z_scores(res.samples, tgt, ref)
+    assert max(abs(v) for v in z.values()) <= Z_MAX, z
 
 
 @pytest.mark.parametrize("name", ["ddim_eta", "edm_churn", "dpmpp_2m_sde", "gotta_go_fast", "sde_srk"])

@@ -160,11 +160,30 @@ def test_gaussian_w2_closed_form():
     assert ss.metrics.gaussian_w2(mu, c1, mu + 1, c2) == pytest.approx(math.sqrt(2 + 2))
 
 
-def test_sliced_w2_and_mmd_are_zero_for_identical_sets():
-    x = torch.randn(500, 3)
-    assert ss.metrics.sliced_wasserstein(x, x) == pytest.approx(0.0, abs=1e-12)
-    assert ss.metrics.sliced_wasserstein(x, x + 1.0) == pytest.approx(1.0, rel=0.2)
-    assert ss.metrics.mmd(x, x + 3.0) > 0.1
+def test_sliced_w2_equals_its_closed_form_for_gaussians():
+    """For x ~ N(μ1, s1² I), y ~ N(μ2, s2² I) in R^d every projection θᵀ gives 1-D Gaussians, so
+    W2²(θ) = (θᵀΔ)² + (s1 − s2)² and, over uniform unit θ, SW2² = |Δ|²/d + (s1 − s2)²."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 8000, 4
+    x = torch.randn(n, d, generator=g, dtype=F64)
+    # equal means: every projection has the same W2 = |s1 − s2|, so only the samples' noise remains:
+    # quantile-matched W2² has sd ≈ (s2 − s1)² √(2/n), plus an O(log n / n) two-sample bias
+    y = 1.5 * torch.randn(n, d, generator=g, dtype=F64)
+    sw2 = ss.metrics.sliced_wasserstein(x, y) ** 2
+    assert abs(sw2 - 0.25) <= 5 * 0.25 * math.sqrt(2 / n) + 10 * math.log(n) / n, sw2
+    # a shift Δ: (θᵀΔ)² = |Δ|² u², u² ~ Beta(1/2, (d−1)/2) with variance 2(d−1)/(d²(d+2)), averaged
+    # over the 256 projections
+    delta = torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=F64)
+    sw2 = ss.metrics.sliced_wasserstein(x, torch.randn(n, d, generator=g, dtype=F64) + delta) ** 2
+    expect = float(delta @ delta) / d
+    se = float(delta @ delta) * math.sqrt(2 * (d - 1) / (d * d * (d + 2)) / 256)
+    assert abs(sw2 - expect) <= 5 * se + 10 * math.log(n) / n, (sw2, expect, se)
+    # unequal sizes take the quantile path: same law, so W2 → 0 at the sampling-noise rate
+    y = torch.randn(n // 4, d, generator=g, dtype=F64)
+    assert ss.metrics.sliced_wasserstein(x[: n // 2], y, n_proj=32) ** 2 <= 20 * math.log(n) / n
+    # MMD: unbiased, so ≈ 0 (sd ~ 1/n) for the same law and clearly positive for a shift
+    same = ss.metrics.mmd(x[:2000], torch.randn(2000, d, generator=g, dtype=F64))
+    assert abs(same) <= 5e-3 and ss.metrics.mmd(x[:2000], x[:2000] + 3.0) > 0.1
 
 
 def test_metric_errors():
@@ -173,3 +192,39 @@ def test_metric_errors():
         ss.metrics.evaluate(torch.zeros(10, 2), gm, metrics=("fid",))
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         ss.metrics.evaluate(torch.zeros(10, 3), gm)
+
+
+def test_check_grid_accepts_exactly_the_documented_grids():
+    from scoresolve.timegrid import check_grid
+
+    sde = ss.VPSDE()
+    ts = check_grid([1.0, 0.5, 0.1], sde)
+    assert ts.dtype == F64 and ts.device.type == "cpu" and ts.tolist() == [1.0, 0.5, 0.1]
+    assert check_grid(torch.tensor([0.3, 1e-6], dtype=torch.float32), sde).dtype == F64
+    with pytest.raises(ValueError, match=r"1-D tensor of at least 2 times, got shape \(1,\)"):
+        check_grid([0.5], sde)
+    with pytest.raises(ValueError, match=r"1-D tensor of at least 2 times, got shape \(2, 2\)"):
+        check_grid([[1.0, 0.5], [0.4, 0.1]], sde)
+    for bad in ([1.0, 0.5, 0.5, 0.1], [1.0, 0.4, 0.6, 0.1], [0.9, 0.5, 0.6], [0.2, 0.5]):
+        with pytest.raises(ValueError, match=r"strictly decreasing \(from T towards eps\)"):
+            check_grid(bad, sde)
+    with pytest.raises(ValueError, match=r"grid must lie in \(0, T=1.0\]; got \[0.0, 1.0\]"):
+        check_grid([1.0, 0.5, 0.0], sde)
+    with pytest.raises(ValueError, match=r"got \[0.1, 1.5\]"):
+        check_grid([1.5, 0.5, 0.1], sde)
+    with pytest.raises(ValueError, match=r"got \[-0.1, 0.5\]"):
+        check_grid([0.5, 0.2, -0.1], sde)
+    check_grid([1.0, 0.6, 0.5, 0.1], sde)  # the end points alone decide the range
+
+
+def test_make_grid_bounds_are_exactly_those_documented():
+    sde = ss.VPSDE()
+    assert ss.make_grid("uniform", sde, 1, 0.5).tolist() == [1.0, 0.5]  # one step is a valid grid
+    for steps in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=f"steps must be an integer >= 1, got {steps!r}"):
+            ss.make_grid("uniform", sde, steps, 1e-3)
+    for eps in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"eps must lie in \(0, T=1.0\), got {eps}"):
+            ss.make_grid("uniform", sde, 4, eps)
+    with pytest.raises(ValueError, match="unknown grid 'x'; valid choices: uniform, quadratic, log_snr, karras"):
+        ss.make_grid("x", sde, 4, 1e-3)

@@ -4,9 +4,16 @@ import math
 
 import pytest
 import torch
-from helpers import SDES, exact_output_moments, gaussian_1d, gaussian_flow_map, loglog_slope
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from helpers import (
+    SDES,
+    Z_MAX,
+    classify,
+    distribution_z_scores,
+    exact_output_moments,
+    gaussian_1d,
+    gaussian_flow_map,
+    loglog_slope,
+)
 
 import scoresolve as ss
 from scoresolve.targets import GaussianMixture
@@ -87,22 +94,8 @@ def test_fixed_step_ode_order(method, order, ns, sde_name):
     assert abs(loglog_slope(ns, errs) + order) <= 0.2, errs
 
 
-@settings(max_examples=8)
-@given(seed=st.integers(0, 1000), dim=st.integers(1, 3), k=st.integers(1, 3),
-       sde_name=st.sampled_from(list(SDES)))
-def test_heun_converges_at_order_two_on_random_mixtures(seed, dim, k, sde_name):
-    """Property: on any Gaussian mixture the Heun push-forward of fixed points converges to the
-    (tight-tolerance) adaptive solution with error falling ≈ 4× per doubling of steps."""
-    sde = SDES[sde_name]
-    gm = GaussianMixture.random(dim, k, seed=seed, spread=1.5, std_range=(0.3, 0.8))
-    x_T = gm.sample(64, sde.T, sde, generator=gen(seed), dtype=F64)
-    ref = ss.sample(gm.score_fn(sde), sde, x_T.shape, "ode", x_init=x_T, eps=1e-2, denoise=False,
-                    rtol=1e-10, atol=1e-10).samples
-    errs = [float((ss.sample(gm.score_fn(sde), sde, x_T.shape, "ode_heun", steps=n, x_init=x_T,
-                             eps=1e-2, denoise=False, grid="log_snr").samples - ref).abs().max())
-            for n in (32, 64, 128)]
-    assert errs[2] < errs[1] < errs[0]
-    assert loglog_slope([32, 64, 128], errs) < -1.6, errs
+# (Heun and every other deterministic method on random mixtures, against a flow that shares no
+# drift code with ours: test_convergence.py)
 
 
 # ---------------------------------------------------------------- distribution-level checks
@@ -120,25 +113,35 @@ def test_pc_langevin_recovers_unequal_mode_weights(sde_name):
 
 
 RING = GaussianMixture.ring(8, 2.0, 0.2)
-N_FLOOR = 4000
-FLOOR = ss.metrics.noise_floor(RING, N_FLOOR, repeats=6, metrics=("component_w2", "mode_tv"))
+N_FLOOR = 8000  # at this size a 5% wider component shifts the width check by ~9 standard errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("method", list(ss.SAMPLERS))
 def test_every_registered_sampler_reaches_the_noise_floor(method, sde_name):
+    """Mode weights (exact responsibilities), per-component means and widths and the mean exact
+    log-density of the samples, each within Z_MAX standard errors (computed from the sample size)
+    of its exact expectation under p_eps (helpers.distribution_z_scores; its power against 5% wide
+    components, a missing mode and a collapse onto one mode is shown in test_convergence)."""
     sde = SDES[sde_name]
     sampler = ss.SAMPLERS[method]
-    kw = {} if sampler.nfe_per_step is None else {"nfe": 800}
     if isinstance(sampler, ss.AnnealedLangevin):
-        # ALD's step α_i ∝ σ_i² stops mixing once σ_i is far below the component width (0.2):
-        # it needs many steps per level to equilibrate where σ_i is near that width
-        kw = {"steps": 100, "n_steps_each": 100}
+        # measured at 100 levels x 100 steps: components 7-14% too wide in variance (width z = +6..+13
+        # at this sample size) on every SDE; the old 2x-floor tolerance let it pass.  Reported on issue 15.
+        pytest.xfail("ALD's components are 7-14% too wide (library defect, see the comment)")
+    # first-order methods carry an O(1/NFE) bias (ancestral on VP: ~4% narrower in variance at 800 NFE,
+    # close to the 4.5 se threshold), so they get twice the budget: the bias halves, far from it
+    kw = {"nfe": 800 if float(sampler.order) >= 2 else 1600} if sampler.nfe_per_step is not None else {}
+    if sampler.nfe_per_step is None and classify(sampler) != "deterministic":
+        # adaptive SDE solvers at a tolerance costing about the fixed-step budget (GGF: ~880 NFE;
+        # its default rtol 0.05 stops at ~180 NFE with components ~4% too wide on VP)
+        kw = {"rtol": 3e-3, "atol": 3e-3}
     res = ss.sample(RING.score_fn(sde), sde, (N_FLOOR, 2), method, generator=gen(6), **kw)
-    ev = ss.metrics.evaluate(res.samples, RING, metrics=("component_w2", "mode_tv"))
-    (w_mean, _), (tv_mean, tv_sd) = FLOOR["component_w2"], FLOOR["mode_tv"]
-    assert ev["component_w2"] <= 2 * w_mean, (ev, FLOOR)
-    assert ev["mode_tv"] <= tv_mean + 4 * tv_sd + 0.01, (ev, FLOOR)
+    tgt = RING.diffused(sde.default_eps, sde)
+    ref = tgt.log_prob(tgt.sample(200_000, generator=gen(99), dtype=F64))
+    z = distribution_z_scores(res.samples, tgt, ref)
+    assert max(abs(v) for v in z.values()) <= Z_MAX, z
 
 
 @pytest.mark.parametrize("steps", [5, 10, 20])

@@ -1,0 +1,421 @@
+"""Convergence of every registered method against ground truth that trusts none of our code.
+
+- Deterministic samplers (classified by never drawing noise): the exact probability-flow map of
+  a Gaussian (closed form) and, on random mixtures, scipy's DOP853 at rtol 1e-11 on the flow
+  written here in numpy from the mixture's parameters and the SDE's marginal (helpers).
+- Stochastic samplers affine in their noise: weak order from the exact output mean and variance
+  on a Gaussian (BasisNoise bookkeeping, no Monte Carlo).
+- Every predictor and corrector of the registries, the corrector at a fixed time against the
+  moments of p_t it must leave invariant up to its discretisation bias.
+
+Order bounds: a declared order p must show as a log-log slope within ±0.3 of −p.  0.3 is below
+half the gap (0.5) between neighbouring integer orders, so no method of order p ± 1 can pass
+(nor a "slope 0.45 as order 1"), and leaves 0.2 for pre-asymptotic curvature; step counts are
+chosen in the asymptotic range, the bound is not widened per method.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import (
+    SDES,
+    Z_MAX,
+    classify,
+    exact_moments_on_grid,
+    gaussian_1d,
+    gaussian_flow_map,
+    loglog_slope,
+    mixture_flow_reference,
+)
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+import scoresolve as ss
+from scoresolve.targets import GaussianMixture
+
+F64 = torch.float64
+ORDER_TOL = 0.3  # see the module docstring
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)  # a failing example is reported as found: shrinking
+# it would rerun the scipy reference and three solves per candidate, minutes on 2 cores
+KIND = {name: classify(s) for name, s in ss.SAMPLERS.items()}
+DETERMINISTIC_FIXED = [n for n, k in KIND.items() if k == "deterministic" and ss.SAMPLERS[n].nfe_per_step]
+DETERMINISTIC_ADAPTIVE = [n for n, k in KIND.items() if k == "deterministic" and not ss.SAMPLERS[n].nfe_per_step]
+LINEAR_STOCHASTIC = [n for n, k in KIND.items() if k == "linear"]
+DIAG = GaussianMixture(torch.ones(1), torch.tensor([[0.5, -1.0]]), torch.tensor([[0.25, 0.04]]))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_classification_covers_the_known_kinds():
+    # a mutation must not silently move a sampler out of the exact-moment or flow-map checks
+    assert {"ode_euler", "ode_heun", "ddim", "dpmpp_2m", "unipc"} <= set(DETERMINISTIC_FIXED)
+    assert {"em", "reverse_diffusion", "ancestral", "ddim_eta", "edm_churn", "dpmpp_2m_sde"} <= set(LINEAR_STOCHASTIC)
+    assert "ode" in DETERMINISTIC_ADAPTIVE
+
+
+def _ns(sampler, base=(16, 32, 64, 128)):
+    """Step counts at equal NFE budgets: 16..128 evaluations per sample times nfe_per_step⁻¹."""
+    per = sampler.nfe_per_step
+    return [max(4, b * 2 // per) for b in base]
+
+
+# ---------------------------------------------------------------- deterministic: exact Gaussian map
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", DETERMINISTIC_FIXED)
+def test_deterministic_order_against_the_exact_gaussian_flow_map(name, sde_name):
+    sde, eps, sampler = SDES[sde_name], 1e-3, ss.SAMPLERS[name]
+    x_T = DIAG.diffused(sde.T, sde).sample(16, generator=gen(0), dtype=F64)
+    exact = gaussian_flow_map(DIAG, sde, x_T, eps)
+    ns = _ns(sampler)
+    errs = []
+    for n in ns:  # a Karras grid: uneven λ-steps, so no superconvergence of uniform steps
+        res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, name, steps=n, grid="karras", eps=eps,
+                        x_init=x_T, denoise=False)
+        errs.append(float((res.samples - exact).abs().max()))
+    assert abs(-loglog_slope(ns, errs) - sampler.order) <= ORDER_TOL, (ns, errs)
+
+
+# ---------------------------------------------------------------- deterministic: random mixtures
+@st.composite
+def mixtures(draw):
+    dim, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    gm = GaussianMixture.random(dim, k, seed=draw(st.integers(0, 10_000)), spread=1.5,
+                                std_range=(0.3, 0.8), anisotropic=draw(st.booleans()))
+    return gm
+
+
+def _mixture_case(gm, sde, seed, eps=1e-2):
+    x_T = gm.sample(8, sde.T, sde, generator=gen(seed), dtype=F64)
+    return x_T, mixture_flow_reference(gm, sde, x_T, eps)
+
+
+# Start-up steps of lower order limit the global order of multistep methods once the first
+# interval's error dominates; on VE the 3-step DPM-Solver++ drops from 3 towards 2 and below
+# (slope 2.4 → 1.7 over 64..512 uniform steps) and recovers 3.00 when the first three intervals
+# are refined: a library defect, reported on issue 15, kept visible here.
+KNOWN_ORDER_DEFECTS = {("dpmpp_3m", "ve")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", DETERMINISTIC_FIXED)
+@settings(max_examples=3, phases=NO_SHRINK)
+@given(gm=mixtures(), seed=st.integers(0, 100))
+def test_deterministic_sampler_converges_at_its_order_to_an_independent_flow_on_random_mixtures(
+    name, sde_name, gm, seed
+):
+    """Property: on any Gaussian mixture a fixed-step deterministic method converges to the flow
+    solved by scipy on a numpy score (sharing no drift code with ours) at its declared order.
+    Steps: 64..256 evaluations per sample (errors below ~1e-3, the asymptotic range; at 16..64
+    Heun still shows 1.7), doubled for order 4, which reaches its range later."""
+    if (name, sde_name) in KNOWN_ORDER_DEFECTS:
+        pytest.xfail("start-up steps limit the global order (see KNOWN_ORDER_DEFECTS)")
+    sde, eps = SDES[sde_name], 1e-2
+    sampler = ss.SAMPLERS[name]
+    x_T, ref = _mixture_case(gm, sde, seed, eps)
+    ns = _ns(sampler, tuple(b * 2 ** max(0, math.ceil(sampler.order) - 3) for b in (64, 128, 256)))
+    errs = [float((ss.sample(gm.score_fn(sde), sde, x_T.shape, name, steps=n, x_init=x_T, eps=eps,
+                             denoise=False, grid="karras").samples - ref).abs().max()) for n in ns]
+    assert abs(-loglog_slope(ns, errs) - sampler.order) <= ORDER_TOL, (ns, errs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DETERMINISTIC_ADAPTIVE)
+@settings(max_examples=4, phases=NO_SHRINK)
+@given(gm=mixtures(), sde_name=st.sampled_from(list(SDES)), seed=st.integers(0, 100))
+def test_adaptive_deterministic_sampler_converges_to_an_independent_flow_on_random_mixtures(name, gm, sde_name, seed):
+    sde, eps = SDES[sde_name], 1e-2
+    x_T, ref = _mixture_case(gm, sde, seed, eps)
+    scale = float(ref.abs().max())
+    errs = [float((ss.sample(gm.score_fn(sde), sde, x_T.shape, name, x_init=x_T, eps=eps, denoise=False, rtol=tol,
+                             atol=tol).samples - ref).abs().max()) for tol in (1e-4, 1e-6)]
+    # local error control of an order-p (p >= 2) pair gives a global error ∝ tol^{p/(p+1)} >= tol^{2/3}:
+    # 100x tighter must gain >= 21x; ask 10x (step-control noise), and a converged value << scale
+    assert errs[1] < errs[0] / 10 or errs[0] < 1e-9 * scale, errs
+    assert errs[1] < 1e-4 * scale, errs
+
+
+# ---------------------------------------------------------------- stochastic: weak order, exact moments
+def _weak_errors(sampler, sde, ns, gm, eps=1e-3, grid=None):
+    ex = gm.diffused(eps, sde)
+    m_ex, v_ex = float(ex.mean()[0]), float(ex.cov()[0, 0])
+    errs = []
+    for n in ns:
+        ts = ss.make_grid(grid or sampler.default_grid, sde, n, eps).tolist()
+        per = max(1, sampler.nfe_per_step or 1)
+        m, v = exact_moments_on_grid(sampler, gm, sde, ts, n_draws=n * (per + 1))
+        errs.append(abs(m - m_ex) + abs(v - v_ex))
+    return errs
+
+
+def _check_weak_order(order, ns, errs):
+    slope = -loglog_slope(ns, errs)
+    # at least the declared order; on a Gaussian the leading error term may cancel (e.g. EM on VE),
+    # and then the next term, one order higher, shows: allow up to order + 1 (± the same 0.3)
+    assert order - ORDER_TOL <= slope <= order + 1 + ORDER_TOL, (ns, errs, slope)
+
+
+# ALD declares order 1, but with a fixed number of Langevin steps per level its weak error falls
+# only like N^-0.4 in the number of levels N (64..512, every SDE): reported on issue 15.
+KNOWN_WEAK_ORDER_DEFECTS = {"ald"}
+
+
+@pytest.mark.parametrize("slope", [0.45, 0.69])
+def test_weak_order_check_rejects_a_slope_off_by_more_than_its_bound(slope):
+    ns = [64, 128, 256, 512]
+    with pytest.raises(AssertionError):
+        _check_weak_order(1.0, ns, [n**-slope for n in ns])
+    _check_weak_order(1.0, ns, [n**-0.75 for n in ns])  # and accepts one within it
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", LINEAR_STOCHASTIC)
+def test_stochastic_sampler_weak_order_from_exact_moments(name, sde_name):
+    sampler = ss.SAMPLERS[name]
+    if name in KNOWN_WEAK_ORDER_DEFECTS:
+        pytest.xfail("declared weak order not reached (see KNOWN_WEAK_ORDER_DEFECTS)")
+    ns = [64, 128, 256, 512] if sampler.order == 1 else [16, 32, 64, 128]
+    _check_weak_order(sampler.order, ns, _weak_errors(sampler, SDES[sde_name], ns, gaussian_1d()))
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("predictor", [p for p in ss.PREDICTORS if p != "none"])
+def test_every_predictor_has_weak_order_one(predictor, sde_name):
+    sampler = ss.PC(predictor=predictor, corrector="none")
+    ns = [64, 128, 256, 512]
+    _check_weak_order(1.0, ns, _weak_errors(sampler, SDES[sde_name], ns, gaussian_1d(), grid="uniform"))
+
+
+def test_none_predictor_and_corrector_leave_the_state_exactly_unchanged():
+    sde = ss.VPSDE()
+    x = torch.randn(5, 3, generator=gen(1), dtype=F64)
+    res = ss.sample(lambda z, t: -z, sde, x.shape, "pc", predictor="none", corrector="none", steps=4, x_init=x,
+                    denoise=False, generator=gen(2))
+    assert torch.equal(res.samples, x) and res.nfe == 0
+
+
+# ---------------------------------------------------------------- correctors at a fixed time
+def _corrector_run(corrector, sde, gm, t, n, snr, n_steps, seed=0, norm="batch"):
+    """n_steps corrector steps at time t from exact samples of p_t, through PC with the "none"
+    predictor on a one-step grid [t, t/2] (so the none predictor is run too)."""
+    x = gm.sample(n, t, sde, generator=gen(seed), dtype=F64)
+    res = ss.sample(gm.score_fn(sde), sde, x.shape, "pc", predictor="none", corrector=corrector, snr=snr,
+                    n_corrector_steps=n_steps, snr_norm=norm, grid=torch.tensor([t, t / 2], dtype=F64), x_init=x,
+                    denoise=False, generator=gen(seed + 1))
+    assert res.nfe == (0 if corrector == "none" else n_steps)
+    return res.samples
+
+
+ISO = GaussianMixture(torch.ones(1), torch.full((1, 32), 0.7), torch.tensor([0.3]))  # N(0.7, 0.3 I) in 32-d
+ISO128 = GaussianMixture(torch.ones(1), torch.full((1, 128), 0.7), torch.tensor([0.3]))
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("corrector", list(ss.CORRECTORS))
+def test_every_corrector_leaves_p_t_invariant_up_to_its_bias(corrector, sde_name):
+    """Langevin steps x' = x + ε s + √(2ε) z on N(μ, v) contract the mean by (1 − ε/v) and have
+    stationary variance v / (1 − ε/(2v)): the mean stays μ and the variance ratio lies in
+    [1, 1/(1 − snr²)] for the SNR step rules (ε ≤ 2 snr² v), within Monte-Carlo error."""
+    sde, t, snr, n = SDES[sde_name], 0.3, 0.16, 256
+    p_t = ISO.diffused(t, sde)
+    mu, v = float(p_t.means[0, 0]), float(p_t.covs[0, 0])
+    x = _corrector_run(corrector, sde, ISO, t, n, snr, 50)
+    m = x.numel()  # n × d independent coordinates
+    assert abs(float(x.mean()) - mu) <= Z_MAX * math.sqrt(v / m)
+    ratio = float(x.var()) / v
+    se = math.sqrt(2 / m) / (1 - snr**2)
+    assert 1 - Z_MAX * se <= ratio <= 1 / (1 - snr**2) + Z_MAX * se, ratio
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_langevin_stationary_variance_is_one_plus_snr_squared(sde_name, norm="batch"):
+    """The batch-norm SNR rule ε = 2 (snr ‖z‖/‖s‖)² on N(μ, v I) in d dims: ‖z‖² ≈ d and
+    ‖s‖² ≈ d r / v at variance r v, so ε = 2 snr² v / r and the stationary ratio r = 1/(1 − ε/(2v))
+    solves r = 1 + snr².  At snr = 0.5: 1.25 (a quartered step would give 1.0625).  (The per-sample
+    rule's heavy-tailed ‖z‖²/‖s‖² gives a larger ratio, 1.41 at d = 32: not covered here.)"""
+    sde, t, snr, n = SDES[sde_name], 0.3, 0.5, 256
+    p_t = ISO128.diffused(t, sde)
+    v = float(p_t.covs[0, 0])
+    x = _corrector_run("langevin", sde, ISO128, t, n, snr, 30, norm=norm)  # (1 − ε/v)^60 = 0.6^60: start forgotten
+    ratio = float(x.var()) / v
+    se = math.sqrt(2 / x.numel()) * (1 + snr**2)
+    # ± Z_MAX se + O(1/d) from the ratio of mean norms: 0.045 here, while a step off by 20% moves r by 0.05
+    assert abs(ratio - (1 + snr**2)) <= Z_MAX * se + 1 / ISO128.dim, ratio
+    assert abs(float(x.mean()) - float(p_t.means[0, 0])) <= Z_MAX * math.sqrt(ratio * v / x.numel())
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_annealed_langevin_corrector_follows_the_exact_ula_recursion(sde_name):
+    """ε = 2 (snr σ(t))² is deterministic, so the corrector is affine in its noise: from the exact
+    1-D p_t = N(μ, v) the output moments are exact, mean μ and variance
+    a^{2M} v + 2ε (1 − a^{2M}) / (1 − a²), a = 1 − ε/v (σ(t) written here from the SDE's parameters)."""
+    from helpers import marginal_np
+
+    sde, t, snr, M = SDES[sde_name], 0.3, 0.4, 7
+    gm = gaussian_1d(1.0, 0.5)
+    p_t = gm.diffused(t, sde)
+    mu, v = float(p_t.mean()[0]), float(p_t.cov()[0, 0])
+    sampler = ss.PC(predictor="none", corrector="annealed_langevin", snr=snr, n_corrector_steps=M)
+    mean, var = exact_moments_on_grid(sampler, gm, sde, [t, t / 2], n_draws=M)
+    eps = 2 * (snr * marginal_np(sde, t)[2]) ** 2
+    a = 1 - eps / v
+    assert math.isclose(mean, mu, rel_tol=1e-10, abs_tol=1e-12)
+    assert math.isclose(var, a ** (2 * M) * v + 2 * eps * (1 - a ** (2 * M)) / (1 - a * a), rel_tol=1e-10)
+
+
+# ---------------------------------------------------------------- distribution-level checks have power
+def test_distribution_checks_pass_exact_samples_and_fail_5pct_wide_components_or_a_missing_mode():
+    """The checks of test_every_registered_sampler_reaches_the_noise_floor, at its sample size,
+    on exact samples (pass) and on the same samples with every component 5% too wide, one mode
+    emptied into its neighbour, or everything on one mode (each must fail)."""
+    from helpers import distribution_z_scores
+
+    ring = GaussianMixture.ring(8, 2.0, 0.2)
+    n = 8000
+    x, k = ring.sample(n, generator=gen(0), dtype=F64, return_labels=True)
+    ref = ring.log_prob(ring.sample(200_000, generator=gen(1), dtype=F64))
+    centre = ring.means[k]
+    ok = distribution_z_scores(x, ring, ref)
+    assert max(abs(v) for v in ok.values()) <= Z_MAX, ok
+    wide = distribution_z_scores(centre + 1.05 * (x - centre), ring, ref)
+    assert wide["width"] > Z_MAX, wide
+    moved = x.clone()
+    moved[k == 0] += ring.means[1] - ring.means[0]
+    assert distribution_z_scores(moved, ring, ref)["weights"] > Z_MAX
+    collapsed = distribution_z_scores(ring.means[0] + (x - centre), ring, ref)
+    assert collapsed["weights"] > Z_MAX, collapsed
+
+
+# ---------------------------------------------------------------- the final denoising step
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("name", [n for n in DETERMINISTIC_FIXED + DETERMINISTIC_ADAPTIVE
+                                  if ss.SAMPLERS[n].extra_nfe(True) > ss.SAMPLERS[n].extra_nfe(False)])
+def test_final_denoising_step_is_the_exact_posterior_mean(name, sde_name):
+    """denoise=True ends a deterministic run with Tweedie's x̂_0 = E[x_0 | x_eps]; for the 1-D
+    Gaussian N(μ, v) that is μ + m v / (m² v + σ²) (x − m μ), (m, σ) written from the SDE's parameters."""
+    from helpers import marginal_np
+
+    sde, eps, gm = SDES[sde_name], 1e-2, gaussian_1d(1.0, 0.5)
+    x_T = gm.sample(16, sde.T, sde, generator=gen(3), dtype=F64)
+    kw = {"steps": 8} if ss.SAMPLERS[name].nfe_per_step else {}
+    plain, den = (ss.sample(gm.score_fn(sde), sde, x_T.shape, name, x_init=x_T, eps=eps, denoise=d, **kw).samples
+                  for d in (False, True))
+    m, _, s, _ = marginal_np(sde, eps)
+    torch.testing.assert_close(den, 1.0 + m * 0.25 / (m * m * 0.25 + s * s) * (plain - m), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_ald_is_exactly_annealed_langevin_on_a_gaussian(sde_name):
+    """ALD misses its declared weak order (KNOWN_WEAK_ORDER_DEFECTS), so its algorithm is pinned
+    instead: on N(μ, v) each level rescales by m(t_i)/m(t_{i−1}) and takes Langevin steps
+    x' = (1 − α/(2 v_t)) x + (α/2) m μ / v_t + √α z, α = ε (σ_i/σ_L)², whose exact mean and variance
+    recursion (coefficients written from the SDE's parameters) the sampler must reproduce."""
+    from helpers import marginal_np
+
+    from scoresolve.ncsn import ald_step_size
+
+    sde, gm, k, n = SDES[sde_name], gaussian_1d(1.0, 0.5), 3, 6
+    ts = ss.make_grid("log_snr", sde, n, 1e-3).tolist()
+    mean, var = exact_moments_on_grid(ss.AnnealedLangevin(n_steps_each=k), gm, sde, ts, n_draws=n * k)
+    sig = [marginal_np(sde, t)[2] for t in ts[1:]]
+    lr = ald_step_size((sig[0] / sig[-1]) ** (1 / (n - 1)), k, sig[-1])
+    m0, _, s0, _ = marginal_np(sde, ts[0])
+    mu, v = m0 * 1.0, m0 * m0 * 0.25 + s0 * s0
+    for t_prev, t in zip(ts[:-1], ts[1:]):
+        m, _, s, _ = marginal_np(sde, t)
+        r = m / marginal_np(sde, t_prev)[0]
+        mu, v = r * mu, r * r * v
+        alpha, vt = lr * (s / sig[-1]) ** 2, m * m * 0.25 + s * s
+        for _ in range(k):
+            a = 1 - alpha / (2 * vt)
+            mu, v = a * mu + 0.5 * alpha * m * 1.0 / vt, a * a * v + alpha
+    assert math.isclose(mean, mu, rel_tol=1e-9) and math.isclose(var, v, rel_tol=1e-9), (mean, mu, var, v)
+
+
+@pytest.mark.parametrize("predictor", list(ss.PREDICTORS))
+def test_predictor_mean_is_the_step_without_its_noise(predictor):
+    # denoise=True returns the last step's x_mean: it must be the update with its noise draw left out
+    sde, gm = ss.VPSDE(), gaussian_1d()
+    x = torch.randn(5, 1, generator=gen(0), dtype=F64)
+    score = ss.CountingScore(gm.score_fn(sde), 5)
+    step = ss.PREDICTORS[predictor](sde, score, x, 0.5, 0.4, lambda shape, std=1.0: torch.zeros(shape, dtype=F64))
+    assert torch.equal(step.x, step.x_mean)
+    noisy = ss.PREDICTORS[predictor](sde, score, x, 0.5, 0.4, lambda shape, std=1.0: torch.full(shape, std, dtype=F64))
+    torch.testing.assert_close(noisy.x_mean, step.x_mean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("corrector", list(ss.CORRECTORS))
+def test_corrector_defaults_one_step_and_zero_steps(corrector):
+    sde, gm = ss.VPSDE(), gaussian_1d()
+    x = torch.randn(6, 1, generator=gen(0), dtype=F64)
+    score = ss.CountingScore(gm.score_fn(sde), 6)
+    fn = ss.CORRECTORS[corrector]
+    noise = ss.Noise(generator=gen(1), dtype=F64)
+    one = fn(sde, score, x, 0.5, noise, snr=0.16)  # documented default: n_steps=1 (and norm="batch")
+    assert score.calls == (0 if corrector == "none" else 1) and one.x_mean is not None
+    assert fn(sde, score, x, 0.5, noise, snr=0.16, n_steps=0) == (x, x) or corrector == "none"
+    if corrector == "none":
+        assert torch.equal(one.x, x) and torch.equal(one.x_mean, x)
+
+
+def test_langevin_per_sample_norms_keep_a_sample_independent_of_its_mates():
+    sde, gm = ss.VPSDE(), gaussian_1d()
+    x = torch.randn(6, 3, generator=gen(0), dtype=F64)
+    z = torch.randn(6, 3, generator=gen(1), dtype=F64)
+
+    def run(rows, norm):
+        score = ss.CountingScore(gm.score_fn(sde), len(rows))
+        return ss.CORRECTORS["langevin"](sde, lambda a, t: score(a.reshape(-1, 1), t).reshape(a.shape),
+                                         x[rows], 0.5, lambda shape, std=1.0: z[rows].clone(), snr=0.3, norm=norm).x
+
+    torch.testing.assert_close(run([0, 1, 2, 3, 4, 5], "sample")[:2], run([0, 1], "sample"), rtol=1e-14, atol=0)
+    assert not torch.allclose(run([0, 1, 2, 3, 4, 5], "batch")[:2], run([0, 1], "batch"))
+    with pytest.raises(ValueError, match="norm must be 'batch' or 'sample', got 'x'"):
+        run([0], "x")
+
+
+# ---------------------------------------------------------------- the adaptive probability-flow solver
+@pytest.mark.parametrize("method", ["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"])
+def test_solve_adaptive_stays_above_eps_reaches_the_exact_map_and_honours_its_tolerances(method):
+    from scoresolve.ode import solve_adaptive
+
+    sde, gm, eps = ss.VPSDE(), gaussian_1d(1.0, 0.5), 1e-3
+    seen = []
+
+    def score(x, t):
+        seen.append(float(t.min()))
+        return gm.score_fn(sde)(x, t)
+
+    x_T = gm.sample(16, sde.T, sde, generator=gen(0), dtype=F64)
+    ts = torch.tensor([1.0, 0.5, eps], dtype=F64)
+    ys, stats = solve_adaptive(sde, score, x_T, ts, rtol=1e-5, atol=1e-5, method=method)
+    assert min(seen) >= eps and ys.shape == (3, 16, 1)  # pinned to land on eps, never past it
+    exact = torch.stack([gaussian_flow_map(gm, sde, x_T, t) for t in ts.tolist()])
+    err = float((ys - exact).abs().max())
+    err_loose = float((solve_adaptive(sde, gm.score_fn(sde), x_T, ts, rtol=1e-3, atol=1e-3, method=method)[0]
+                       - exact).abs().max())
+    # global error ∝ tol^{p/(p+1)} for an order-p pair (p >= 1: 100x tighter gains >= 10x); ask 5x
+    assert err < err_loose / 5 and err < 1e-2, (err, err_loose)
+    assert (stats["solver"], stats["rtol"], stats["atol"], stats["rhs_evals"]) == (method, 1e-5, 1e-5, len(seen))
+    assert ("steps_accepted" in stats) == (method == "dopri5")
+    if method == "dopri5":  # 2 evaluations pick the first step, then 6 per attempted step
+        assert stats["rhs_evals"] == 2 + 6 * stats["steps_attempted"]
+        assert stats["steps_accepted"] + stats["steps_rejected"] == stats["steps_attempted"] >= 1
+    loose = solve_adaptive(sde, score, x_T, ts, rtol=1e-2, atol=1e-2, method=method)[1]
+    assert loose["rhs_evals"] < stats["rhs_evals"]
+    # atol is passed through: with rtol negligible, a tighter atol costs more evaluations
+    by_atol = [solve_adaptive(sde, score, x_T, ts, rtol=1e-12, atol=a, method=method)[1]["rhs_evals"]
+               for a in (1e-2, 1e-4)]
+    assert by_atol[0] < by_atol[1], by_atol
+
+
+def test_solve_adaptive_defaults_to_dopri5_and_float32_states_stay_float32():
+    from scoresolve.ode import solve_adaptive
+
+    sde, gm = ss.VPSDE(), gaussian_1d()
+    x = torch.randn(4, 1, generator=gen(0))
+    ys, stats = solve_adaptive(sde, gm.score_fn(sde), x, torch.tensor([1.0, 1e-2], dtype=F64), rtol=1e-3, atol=1e-3)
+    assert stats["solver"] == "dopri5" and ys.dtype == torch.float32
