@@ -142,8 +142,10 @@ def tweedie(ctx: Context, x: Tensor, t: float) -> Tensor:
 class SamplerBase:
     """Defaults shared by the samplers (one level, no further hierarchy).
 
-    ``denoise_with``: "tweedie" (a final Tweedie step, 1 NFE: ODE samplers, ALD), "mean" (the
-    last stochastic step's noise-free mean, no NFE), or "none".
+    ``denoise_with``: "tweedie" (a final Tweedie step, 1 NFE: ODE samplers, ALD), "step" (1 NFE
+    like Tweedie, but the method's own last step to σ = 0, whose earlier steps may depend on
+    ``denoise``: k-diffusion's LMS, diffusers' UniPC), "mean" (the last stochastic step's
+    noise-free mean, no NFE), or "none".
     """
 
     denoise_with: ClassVar[str] = "tweedie"
@@ -153,7 +155,7 @@ class SamplerBase:
         check_options(self)
 
     def extra_nfe(self, denoise: bool) -> int:
-        return int(denoise and self.denoise_with == "tweedie")
+        return int(denoise and self.denoise_with in ("tweedie", "step"))
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         return State(ctx.settle(x, ts[0]), ts[0], memory=self.prepare(ctx, ts))
@@ -164,7 +166,7 @@ class SamplerBase:
 
     def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
         x = state.x
-        if denoise and self.denoise_with == "tweedie":
+        if denoise and self.denoise_with in ("tweedie", "step"):
             x = tweedie(ctx, x, state.t if not isinstance(state.t, Tensor) else float(state.t.max()))
         elif denoise and self.denoise_with == "mean" and state.x_mean is not None:
             x = state.x_mean

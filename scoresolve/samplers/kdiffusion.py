@@ -68,6 +68,7 @@ class LMS(SamplerBase):
     default_grid: str = "karras"
     default_steps: int = 20
     nfe_per_step: ClassVar[int] = 1
+    denoise_with: ClassVar[str] = "step"
 
     @property
     def order(self) -> float:

@@ -66,6 +66,7 @@ class UniPCBh(SamplerBase):
     default_grid: str = "log_snr"
     default_steps: int = 20
     nfe_per_step: ClassVar[int] = 1
+    denoise_with: ClassVar[str] = "step"  # with lower_order_final the final x̂_0 counts as a step
 
     @property
     def order(self) -> float:
