@@ -29,7 +29,8 @@ for meta in sorted((root / "mutants/scoresolve").rglob("*.py.meta")):
             fate = next((f for p, f in fates if fnmatch.fnmatch(k, p)), "UNEXPLAINED")
             survivors.append((k, STATUS[v], fate))
 
-print("| module | generated | killed | survived | no tests | timeout | not run | equivalent (of survived + no tests) | score |")
+print("| module | generated | killed | survived | no tests | timeout | not run "
+      "| equivalent (of survived + no tests) | score |")
 print("|---|---|---|---|---|---|---|---|---|")
 tot = Counter()
 n_tot = 0
@@ -38,7 +39,8 @@ for mod, n, c in rows:
     run = n - c["not run"]
     denom = run - eq
     score = f"{100 * (c['killed'] + c['timeout']) / denom:.1f}%" if denom else "-"
-    print(f"| {mod} | {n} | {c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | {c['not run']} | {eq} | {score} |")
+    print(f"| {mod} | {n} | {c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | {c['not run']} "
+          f"| {eq} | {score} |")
     tot.update(c)
     tot["equivalent"] += eq
     n_tot += n
