@@ -32,6 +32,11 @@ from torch import Tensor
 import scoresolve as ss
 
 
+def _sqrt(v: float) -> float:
+    """√v, NaN for v < 0 (as torch gives; the reference's tables go negative at small N)."""
+    return math.sqrt(v) if v >= 0 else float("nan")
+
+
 class Counted:
     """score(x, t) with t a (B,) tensor, counting evaluations per sample."""
 
@@ -66,13 +71,13 @@ class Discrete:
         sde, i = self.sde, self.index(t)
         if type(sde) is ss.VPSDE:
             beta = float(self.betas[i])
-            return (math.sqrt(1.0 - beta) - 1.0) * x, math.sqrt(beta)
+            return (_sqrt(1.0 - beta) - 1.0) * x, _sqrt(beta)
         if isinstance(sde, ss.VESDE):
             sig = float(self.sigmas[i])
             adj = 0.0 if i == 0 else float(self.sigmas[i - 1])
-            return torch.zeros_like(x), math.sqrt(sig * sig - adj * adj)
+            return torch.zeros_like(x), _sqrt(sig * sig - adj * adj)
         dt = 1.0 / self.N  # sub-VP: the generic discretisation
-        return sde.drift_coef(t) * dt * x, sde.diffusion(t) * math.sqrt(dt)
+        return sde.drift_coef(t) * dt * x, sde.diffusion(t) * _sqrt(dt)
 
 
 def _vec(t: float, x: Tensor) -> Tensor:
@@ -84,7 +89,7 @@ def euler_maruyama(d: Discrete, score, x, t, g):
     s = score(x, _vec(t, x))
     f, gg = d.sde.drift_coef(t), d.sde.diffusion(t)
     x_mean = x + (f * x - gg * gg * s) * dt
-    return x_mean + gg * math.sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=x.dtype), x_mean
+    return x_mean + gg * _sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=x.dtype), x_mean
 
 
 def reverse_diffusion(d: Discrete, score, x, t, g):
@@ -101,14 +106,14 @@ def ancestral(d: Discrete, score, x, t, g):
         adj = 0.0 if i == 0 else float(d.sigmas[i - 1])
         s = score(x, _vec(t, x))
         x_mean = x + s * (sig * sig - adj * adj)
-        std = math.sqrt(adj * adj * (sig * sig - adj * adj) / (sig * sig))
+        std = _sqrt(adj * adj * (sig * sig - adj * adj) / (sig * sig))
         return x_mean + std * torch.randn(x.shape, generator=g, dtype=x.dtype), x_mean
     if type(sde) is not ss.VPSDE:
         raise NotImplementedError("the reference has ancestral sampling for VP and VE only")
     beta = float(d.betas[i])
     s = score(x, _vec(t, x))
-    x_mean = (x + beta * s) / math.sqrt(1.0 - beta)  # NaN / inf once β ≥ 1 (N ≤ 20)
-    return x_mean + math.sqrt(beta) * torch.randn(x.shape, generator=g, dtype=x.dtype), x_mean
+    x_mean = (x + beta * s) / _sqrt(1.0 - beta) if beta != 1 else x * float("inf")  # NaN / inf once β ≥ 1 (N ≤ 20)
+    return x_mean + _sqrt(beta) * torch.randn(x.shape, generator=g, dtype=x.dtype), x_mean
 
 
 def langevin(d: Discrete, score, x, t, g, snr: float, n_steps: int = 1):
@@ -133,7 +138,7 @@ def annealed_langevin(d: Discrete, score, x, t, g, snr: float, n_steps: int = 1)
     for _ in range(n_steps):
         s = score(x, _vec(t, x))
         x_mean = x + eps * s
-        x = x_mean + math.sqrt(eps * 2) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        x = x_mean + _sqrt(eps * 2) * torch.randn(x.shape, generator=g, dtype=x.dtype)
     return x, x_mean
 
 

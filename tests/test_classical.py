@@ -11,6 +11,7 @@ import scoresolve as ss
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("opts", [{"predictor": "euler_maruyama", "t_eval": 1.0},
                                   {"predictor": "euler_maruyama", "t_eval": 0.5},
+                                  {"predictor": "reverse_diffusion", "t_eval": 1.0},
                                   {"predictor": "ancestral", "variance": 0.5},
                                   {"predictor": "ancestral", "variance": 1.0}])
 def test_options_keep_weak_order_one(opts, sde_name):
@@ -49,4 +50,5 @@ def test_out_of_range_options_name_the_argument(bad):
 
 def test_registered_defaults():
     assert ss.SAMPLERS["em"].t_eval == 1.0 and ss.SAMPLERS["em"].default_grid == "classical"
+    assert ss.SAMPLERS["reverse_diffusion"].t_eval == 1.0
     assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
