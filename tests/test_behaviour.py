@@ -26,6 +26,10 @@ CHANGED = {
     *(f"{m}/{s}/{c}" for m in ("em", "ancestral", "reverse_diffusion") for s in ("vp", "ve", "subvp")
       for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
     *(f"inpaint/{m}/{s}" for m in ("em", "ancestral") for s in ("vp", "ve", "subvp")),
+    # issue 18: Gotta Go Fast defaults rtol 0.02, exponent ½ (the paper's 0.05 / 0.9 miss the
+    # log-density floor on the 8-ring)
+    *(f"gotta_go_fast/{s}/{c}" for s in ("vp", "ve", "subvp")
+      for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
 }
 
 
