@@ -173,6 +173,51 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+FINDINGS = """## What made the gap (issue 18), measured on the 8-ring, VP, 10k samples, one seed
+
+Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 100 NFE.
+
+1. **score_sde's loop is EM on a grid ending at t = 0 with its evaluation times lagged.**  With
+   dt = −1/N on the N points linspace(T, eps, N) it steps τ_i = T − i/N → τ_{i+1} while taking
+   f, g and the score at t_i ≤ τ_i; the lag grows to a whole step, and the last step is taken *at*
+   eps.  Written that way in our code it reproduces the reference to the digit (1.93 / 1.56 at 10 NFE).
+2. Our textbook EM (θ = 0, uniform grid): 72.3 / 974, 8.36 / 50.6, 11.0 / 52.8, 3.18 / 17.0.
+   Grid alone (quadratic): 3.60 / 19.5, 2.80 / 15.1, 1.49 / 7.27, 1.27 / 5.37.  Shift alone (θ = 1,
+   uniform): 3.20 / 3.17, 4.12 / 18.8, 2.98 / 15.3, 2.36 / 11.6.  Both (the new default):
+   2.01 / 0.52, 2.27 / 8.52, 1.37 / 4.47, 0.93 / 0.51.  Reference: 1.93 / 1.56, 4.38 / 21.1,
+   2.78 / 14.3, 2.20 / 10.7.  Shifting only the score (coefficients at t) blows up (60.6 / 686 at
+   10 NFE): the whole step must move.
+3. End handling is not the cause: with θ = 0 on the uniform grid, returning the last step's
+   noise-free mean / the noisy state / a Tweedie step at eps / x̂₀ at the last grid time gives
+   72 / 974, 118 / 2190, 129 / 2528, 26 / 176 at 10 NFE (x̂₀ helps at 50-100 only).
+4. **Ancestral variance.**  Posterior β̃ (our old default) under-disperses, the transition β (the
+   reference's VP choice) over-disperses; uniform grid, β̃: 26.6 / 164, 9.44 / 34.8, 8.08 / 41.0,
+   5.57 / 29.7; β: 26.7 / 177, 6.09 / 11.4, 1.68 / 6.51, 1.75 / 7.14; ½(β̃ + β) on the quadratic
+   grid (new default): 7.83 / 41.6, 2.50 / 7.60, 0.93 / 0.60, 0.89 / 1.20 (reference: NaN, NaN,
+   1.79 / 7.40, 1.63 / 6.07).  VE, uniform, β̃: 9.33 / 1.06, 4.68 / 16.7, 2.12 / 10.2, 1.18 / 5.26;
+   ½: 10.65 / 71.4, 3.44 / 17.2, 1.32 / 4.31, 0.90 / 1.70.
+5. Reverse diffusion, shifted whole step (θ = 1) on the quadratic grid: 15.8 / 119, 4.45 / 27.4,
+   1.32 / 5.51, 1.08 / 3.56, against 28.2 / 211, 6.01 / 17.8, 1.89 / 8.25, 1.86 / 8.29 before
+   (reference NaN, 10.3 / 70.0, 1.62 / 6.15, 1.56 / 5.47).
+6. Not changed: `pc` (θ = 1 on the quadratic grid helps W2 on two/sub-VP but loses on the VP ring's
+   log-density and on VE), `ald`, `ode` (same RK45 tableau; at equal tolerance torchdiffeq and scipy
+   spend different NFE, so compare those rows by their NFE).
+
+7. **Gotta Go Fast** (8-ring, 10k, one seed; NFE: W2 / logp).  Paper defaults (rtol 0.05, r = 0.9):
+   VP 194: 1.49 / 4.49, VE 304: 1.12 / 3.36 (~40 % of proposals rejected).  rtol 0.02, r = 0.9:
+   333: 1.08 / 1.91; rtol 0.01: 445: 0.95 / 0.28.  New defaults rtol 0.02, r = ½: VP 306: 0.84 / 0.29
+   (both floors); VE 538: 1.20 / 3.13 (log-density still 3× its floor: open).  Against EM at equal
+   quality: textbook EM needs ~1000 NFE for that quality (100: 3.18 / 17.0, 1000: 0.84 / 0.24), so GGF
+   is ~3× cheaper than it, inside the published 2-10×; the time-shifted EM (new default) gets 1.04 /
+   1.70 at 100 and 0.81 / 0.58 at 1000, so against it GGF is not cheaper here.  GGF's NFE and overhead
+   are tabulated in benchmarks/adaptive_overhead.md.
+
+New options: `PC(t_eval=θ)` (θ ∈ [0, 1]), `PC(variance=λ)` (λ ∈ [0, 1], ancestral only), grid
+kind `"classical"` (quadratic for VP / sub-VP, uniform for VE).  Defaults: `em` and
+`reverse_diffusion` θ = 1, `ancestral` λ = ½, all three on the "classical" grid.
+"""
+
+
 def report(a) -> None:
     lines = ["# Classical samplers against score_sde's algorithms (reference-style, benchmarks/reference_sde.py)",
              "",
@@ -182,7 +227,8 @@ def report(a) -> None:
              "multiples of their noise floor, mean over seeds; **bold** where ours is at least as close as the",
              "reference on both metrics (or the reference failed). `ode`: same rtol = atol for both (budget",
              "10/20/50/100/1000 → 1e-1/1e-2/1e-3/1e-4/1e-5), counted NFE. Overhead = wall ÷ time inside the",
-             "score in the same run (measured on a shared 2-core machine under load by other jobs).", ""]
+             "score in the same run (measured on a shared 2-core machine under load by other jobs).", "",
+             FINDINGS]
     for fname in sorted(os.listdir(OUT)):
         if not fname.endswith(".jsonl"):
             continue
