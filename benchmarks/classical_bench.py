@@ -223,8 +223,8 @@ def report(a) -> None:
              "",
              "Made by `python benchmarks/classical_bench.py run --problem P --sde S` for each problem and SDE",
              "below, then `python benchmarks/classical_bench.py report` (1 thread, 10k samples; 3 seeds per cell,",
-             "1 at 1000 NFE; gmm64 as listed in its header). Each cell: `NFE: comp. W2 / logp gap`, both as",
-             "multiples of their noise floor, mean over seeds; **bold** where ours is at least as close as the",
+             "1 at 1000 NFE; gmm64: `--seeds 1 --budgets 10,20,50,100`). Each cell: `NFE: comp. W2 / logp gap`,",
+             "both as multiples of their noise floor, mean over seeds; **bold** where ours is at least as close as the",
              "reference on both metrics (or the reference failed). `ode`: same rtol = atol for both (budget",
              "10/20/50/100/1000 → 1e-1/1e-2/1e-3/1e-4/1e-5), counted NFE. Overhead = wall ÷ time inside the",
              "score in the same run (measured on a shared 2-core machine under load by other jobs).", "",
@@ -235,7 +235,9 @@ def report(a) -> None:
         rows = [json.loads(line) for line in open(os.path.join(OUT, fname))]
         s = summarize(rows)
         budgets = sorted({k[2] for k in s})
-        lines += [f"## {fname[:-6]}", "", "| method | impl | " + " | ".join(f"{b}" for b in budgets)
+        seeds = max(c["n"] for k, c in s.items() if k[2] < 1000)
+        lines += [f"## {fname[:-6]} ({seeds} seed(s) per cell below 1000 NFE)", "",
+                  "| method | impl | " + " | ".join(f"{b}" for b in budgets)
                   + " | overhead |", "|" + "---|" * (len(budgets) + 3)]
         for m in METHODS:
             for impl in ("ours", "ref"):
