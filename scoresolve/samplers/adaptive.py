@@ -168,8 +168,9 @@ class GottaGoFast(PerSampleAdaptive):
     Score-Based Models", Algorithm 1 (its defaults ε_rel = 0.05, ε_abs = 0.0078, r = θ = 0.9).
     Defaults here: ε_rel = 0.02 and r = ½ (the EM/improved-Euler difference, the error estimate,
     is O(h); about a third of the proposals are still rejected, the estimate being noisy).
-    Measured on the 8-ring (VP, 10k samples): the paper's defaults spend 194 NFE and leave the log-density gap at 4.5× its floor; these
-    spend 306 NFE and reach both floors (0.84× / 0.29×); see benchmarks/classical_results.md.
+    Measured on the 8-ring (VP, 10k samples): the paper's defaults spend 194 NFE and leave the
+    log-density gap at 4.5× its floor; these spend 306 NFE and reach both floors (0.84× / 0.29×);
+    see benchmarks/classical_results.md.
     """
 
     rtol: float = option(0.02, within="(0, inf)")
