@@ -45,14 +45,22 @@ def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise
     return Step(noise(x.shape, std=math.sqrt(v)).add_(x_mean), x_mean)
 
 
-def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:
+def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise, *, variance: float = 0.0) -> Step:
     """Ancestral sampling from the Gaussian posterior q(x_{t'} | x_t, x̂_0) with Tweedie's x̂_0:
-    x' = (x + v s(x, t)) / a + σ(t') √(v) / σ(t) z.  For VP this is DDPM (Ho et al. 2020, with
-    the posterior variance β̃), for VE the SMLD sampler (Song et al. 2021, eq. 47)."""
+    x' = (x + v s(x, t)) / a + √((1 − λ) β̃ + λ v) z,  β̃ = σ(t')² v / σ(t)².
+
+    ``variance`` λ ∈ [0, 1] interpolates the noise variance between the posterior variance β̃
+    (λ = 0: DDPM's σ² = β̃, the SMLD sampler of Song et al. 2021, eq. 47) and the transition
+    variance v (λ = 1: DDPM's σ² = β, what score_sde's VP ancestral step uses).  β̃ ignores the
+    uncertainty of x̂_0 and under-disperses on coarse grids, v over-disperses; measured on
+    exact mixtures λ = ½ is the best of the three at 10-1000 steps (benchmarks/classical_results.md).
+    Reference: Ho et al. 2020, §3.2 (the two choices of σ_t²); Song et al. 2021, eq. 47."""
     a, v = sde.transition(t_next, t)
     s = score(x, t)
     x_mean = torch.add(x, s, alpha=v).mul_(1.0 / a)
-    sd = sde.std(t_next) * math.sqrt(v) / sde.std(t)
+    sd = sde.std(t_next) * math.sqrt(v) / sde.std(t)  # √β̃
+    if variance:
+        sd = math.sqrt((1.0 - variance) * sd * sd + variance * v)
     return Step(noise(x.shape, std=sd).add_(x_mean), x_mean)
 
 

@@ -6,6 +6,9 @@ any sampler.  Kinds:
     quadratic  √t uniform (denser near eps; Song et al. 2020 DDIM / Lu et al. 2022)
     log_snr    λ(t) = log(m²/σ²) uniform (DPM-Solver, Lu et al. 2022)
     karras     σ̃ = σ/m uniform in σ̃^{1/ρ}, ρ = 7 (EDM, Karras et al. 2022, eq. 5)
+    classical  quadratic for SDEs whose mean decays (VP, sub-VP), uniform for VE (where uniform
+               in t is uniform in log σ): the measured best for the classical SDE samplers
+               (benchmarks/classical_results.md)
 """
 
 from __future__ import annotations
@@ -41,11 +44,18 @@ def _karras(sde: SDE, n: int, eps: float, rho: float = 7.0, **_) -> Tensor:
     return sde.t_from_log_snr(-2.0 * sig.log())
 
 
+def _classical(sde: SDE, n: int, eps: float, **_) -> Tensor:
+    if sde.log_mean_scale(sde.T) == 0.0:  # VE: m(t) = 1
+        return _uniform(sde, n, eps)
+    return _quadratic(sde, n, eps)
+
+
 GRIDS: dict[str, Callable[..., Tensor]] = {
     "uniform": _uniform,
     "quadratic": _quadratic,
     "log_snr": _log_snr,
     "karras": _karras,
+    "classical": _classical,
 }
 
 

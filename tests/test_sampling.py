@@ -51,7 +51,7 @@ def test_weak_order_one(predictor, sde_name):
 def test_exact_moment_trick_agrees_with_monte_carlo():
     """The linear-noise bookkeeping above agrees with plain sampling within MC error."""
     sde, gm = SDES["vp"], gaussian_1d()
-    m, v = exact_output_moments(ss.PC(predictor="euler_maruyama", corrector="none"), gm, sde, 32)
+    m, v = exact_output_moments(ss.SAMPLERS["em"], gm, sde, 32, grid="classical")
     n = 200_000
     x_T = gm.sample(n, sde.T, sde, generator=gen(1), dtype=F64)
     x = ss.sample(gm.score_fn(sde), sde, (n, 1), "em", steps=32, x_init=x_T, eps=1e-3,
@@ -299,7 +299,7 @@ def test_non_finite_score_names_step_and_time():
         return torch.where(t[:, None] < 0.5, torch.full_like(x, float("nan")), -x)
 
     with pytest.raises(ss.NonFiniteScoreError, match=r"NaN/Inf at step 6, t=0\.46"):
-        ss.sample(bad, ss.VPSDE(), (4, 2), "em", steps=10, eps=0.1)
+        ss.sample(bad, ss.VPSDE(), (4, 2), "em", steps=10, eps=0.1, grid="uniform", t_eval=0.0)
 
 
 @pytest.mark.parametrize("value", [float("inf"), -float("inf")])

@@ -169,8 +169,8 @@ class AdaptiveMultistep(PerSampleAdaptive):
         if not self.per_sample:
             err = err.max().expand_as(err)
         ok = err <= 1
-        oks = Rows(ok.nonzero().squeeze(1), ok.numel())  # accepted among the running rows
-        acc = Rows(idx[ok], b)  # ... and in the batch
+        # accepted among the running rows, and in the batch (no gather when all were accepted)
+        oks, acc = self._accepted_rows(ok, int(ok.sum()), run, b)
         mem.x = acc.set(x, oks.of(x_corr))
         mem.lam = acc.set(mem.lam, oks.of(torch.where(last, torch.full_like(la, lam_end), la + ha)))
         mem.t = acc.set(mem.t, oks.of(tn))
@@ -178,7 +178,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
             mem.hist = torch.cat([d_new.unsqueeze(0), mem.hist[:-1]])
             mem.hlam = torch.cat([mem.lam.unsqueeze(0), mem.hlam[:-1]])
         else:
-            mem.hist[:, acc.idx] = torch.cat([d_new[ok].unsqueeze(0), mem.hist[:-1, acc.idx]])
+            mem.hist[:, acc.idx] = torch.cat([oks.of(d_new).unsqueeze(0), mem.hist[:-1, acc.idx]])
             mem.hlam[:, acc.idx] = torch.cat([mem.lam[acc.idx].unsqueeze(0), mem.hlam[:-1, acc.idx]])
         acc.add(mem.n_hist, 1)
         run.add(mem.acc_n, ok.double())

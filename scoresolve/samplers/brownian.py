@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from ..sde import append_dims
-from ._common import Rows
 
 __all__ = ["BrownianMemory"]
 
@@ -33,36 +32,52 @@ class BrownianMemory:
         b = x.shape[0]
         self.tau = torch.full((b, depth), torch.inf, dtype=torch.float64, device=x.device)
         self.w = torch.zeros((b, depth) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        self.bound = 0  # on the host: no row holds more revealed points than this
 
-    def _used(self, idx: Tensor) -> int:
-        """Revealed points held by the fullest of the rows idx (one host sync); the methods
-        below only touch that many slots (usually 0-2 of ``depth``)."""
-        return int(torch.isfinite(Rows(idx, self.tau.shape[0]).of(self.tau)).sum(1).max()) if idx.numel() else 0
+    def _holding(self, idx: Tensor) -> Tensor:
+        """Positions (in idx) of the rows that hold revealed points (one host sync)."""
+        return torch.isfinite(self.tau[:, 0].index_select(0, idx)).nonzero().squeeze(1)
 
     def propose(self, idx: Tensor, h: Tensor, xi: Tensor) -> Tensor:
-        u = self._used(idx)
-        if u == 0:  # nothing revealed: a fresh increment
-            return append_dims(h.sqrt(), xi.ndim).to(xi.dtype) * xi
-        sel = Rows(idx, self.tau.shape[0])
-        tau, w = sel.of(self.tau[:, :u]), sel.of(self.w[:, :u])  # sorted ascending, inf = empty
-        i = (tau < h.unsqueeze(1)).sum(1)  # revealed points strictly before h
-        rows = torch.arange(idx.numel(), device=idx.device)
+        out = append_dims(h.sqrt(), xi.ndim).to(xi.dtype) * xi  # a fresh increment
+        if self.bound == 0:
+            return out
+        pos = self._holding(idx)
+        if not pos.numel():
+            return out
+        # the rows holding points: W(h) from the bridge between their neighbouring points
+        u, rows_m = self.bound, idx.index_select(0, pos)
+        tau, w = self.tau[rows_m, :u], self.w[rows_m, :u]  # sorted ascending, inf = empty
+        hm, xm = h.index_select(0, pos), xi.index_select(0, pos)
+        i = (tau < hm.unsqueeze(1)).sum(1)  # revealed points strictly before h
+        rows = torch.arange(pos.numel(), device=idx.device)
         tau0 = torch.cat([torch.zeros_like(tau[:, :1]), tau], 1)
         w0 = torch.cat([torch.zeros_like(w[:, :1]), w], 1)
         t_l, w_l = tau0[rows, i], w0[rows, i]
         t_r, w_r = tau0[rows, (i + 1).clamp(max=u)], w0[rows, (i + 1).clamp(max=u)]
         has_r = (i < u) & torch.isfinite(t_r)
         span = torch.where(has_r, t_r - t_l, torch.ones_like(t_l))
-        frac = torch.where(has_r, (h - t_l) / span, torch.zeros_like(h))
-        var = torch.where(has_r, (h - t_l) * (t_r - h) / span, h - t_l).clamp_min(0)
-        mean = w_l + append_dims(frac, xi.ndim).to(xi.dtype) * (w_r - w_l)
-        return mean + append_dims(var.sqrt(), xi.ndim).to(xi.dtype) * xi
+        frac = torch.where(has_r, (hm - t_l) / span, torch.zeros_like(hm))
+        var = torch.where(has_r, (hm - t_l) * (t_r - hm) / span, hm - t_l).clamp_min(0)
+        mean = w_l + append_dims(frac, xm.ndim).to(xm.dtype) * (w_r - w_l)
+        out[pos] = mean + append_dims(var.sqrt(), xm.ndim).to(xm.dtype) * xm
+        return out
 
-    def resolve(self, idx: Tensor, h: Tensor, w_h: Tensor, ok: Tensor) -> None:
-        # every row of idx has at most u points, so the first u + 1 slots hold all there will be
-        n = min(self._used(idx) + 1, self.tau.shape[1])
-        sel = Rows(idx, self.tau.shape[0])
-        tau, w = sel.of(self.tau[:, :n]), sel.of(self.w[:, :n])
+    def resolve(self, idx: Tensor, h: Tensor, w_h: Tensor, ok: Tensor, n_rejected: int | None = None) -> None:
+        """Forget the path up to h where accepted, remember (h, W(h)) where rejected.  Only the
+        rows that were rejected or hold points are touched; ``n_rejected`` (the number of False
+        in ``ok``, if the caller knows it) lets the case with neither return at once."""
+        if self.bound == 0 and n_rejected == 0:
+            return
+        act = ~ok if self.bound == 0 else ~ok | torch.isfinite(self.tau[:, 0].index_select(0, idx))
+        pos = act.nonzero().squeeze(1)
+        if not pos.numel():
+            return
+        rows_a = idx.index_select(0, pos)
+        h, w_h, ok = h.index_select(0, pos), w_h.index_select(0, pos), ok.index_select(0, pos)
+        # no row holds more than ``bound`` points, so the first bound + 1 slots hold all there will be
+        n = min(self.bound + 1, self.tau.shape[1])
+        tau, w = self.tau[rows_a, :n], self.w[rows_a, :n]
         dims = (1,) * (w.ndim - 2)
         # accepted rows: shift the origin to h, forget what lies before it
         shifted = tau - h.unsqueeze(1)
@@ -75,5 +90,7 @@ class BrownianMemory:
         tau_new = torch.where(okc, tau_acc, tau_rej)
         w_new = torch.where(okc.reshape(okc.shape + dims), w_acc, w_rej)
         order = tau_new.argsort(1)
-        sel.write(self.tau[:, :n], tau_new.gather(1, order))
-        sel.write(self.w[:, :n], w_new.gather(1, order.reshape(order.shape + dims).expand_as(w_new)))
+        tau_new = tau_new.gather(1, order)
+        self.tau[rows_a, :n] = tau_new
+        self.w[rows_a, :n] = w_new.gather(1, order.reshape(order.shape + dims).expand_as(w_new))
+        self.bound = int(torch.isfinite(self.tau[:, :n]).sum(1).max())

@@ -7,6 +7,7 @@ state, ``step`` advances it one grid interval; ``loop.run`` drives them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -56,6 +57,17 @@ class PC(SamplerBase):
     Names or callables are accepted for ``predictor`` and ``corrector`` (``PREDICTORS``,
     ``CORRECTORS``).  ``snr_norm`` is the Langevin corrector's norm rule ("batch": norms averaged
     over the batch, as the reference; "sample": per sample, batch-invariant).
+
+    ``t_eval`` θ ∈ [0, 1]: the predictor steps on the interval shifted by θ dt, i.e. from
+    t_θ = t + θ (t' − t) to t_θ + (t' − t) (cut at t = 0 for the transition-based predictors), so
+    its score and coefficients are taken at t_θ while the state is at t; for EM:
+    x' = x + [f x − g² s](x, t_θ) dt + g(t_θ) √|dt| z (θ = 0: the textbook step).  A shift towards
+    t' counters the first-order steps' under-contraction on coarse grids; score_sde's loop does
+    the same implicitly (dt = −1/N on a grid of spacing (T − eps)/(N − 1) lags its evaluation
+    times by up to one step, the last one at eps).  ``variance`` λ ∈ [0, 1] is the ancestral predictor's
+    noise variance, (1 − λ) β̃ + λ β (see ``predictors.ancestral``; ignored by the others).
+    Reference: Li et al. 2024, "Alleviating exposure bias in diffusion models through sampling
+    with shifted time steps" (ICLR); Ho et al. 2020, §3.2.
     """
 
     predictor: str | object = "reverse_diffusion"
@@ -63,6 +75,8 @@ class PC(SamplerBase):
     snr: float = option(0.16, within="(0, inf)")
     n_corrector_steps: int = option(1, within="[0, inf)", integer=True)
     snr_norm: str = option("batch", choices=("batch", "sample"))
+    t_eval: float = option(0.0, within="[0, 1]")
+    variance: float = option(0.0, within="[0, 1]")
     default_grid: str = "uniform"
     default_steps: int = 1000
     order: float = 1.0
@@ -93,7 +107,15 @@ class PC(SamplerBase):
         for _ in range(self._corrector_steps):  # corrector first, at the current time
             x, _ = corrector(ctx.sde, ctx.score, x, t, ctx.noise, snr=self.snr, n_steps=1, norm=self.snr_norm)
             x = ctx.settle(x, t)
-        x, x_mean = self._predictor(ctx.sde, ctx.score, x, t, t_next, ctx.noise)
+        predictor, t0, t1 = self._predictor, t, t_next
+        if self.variance and predictor is predictors.ancestral:
+            predictor = functools.partial(predictor, variance=self.variance)
+        if self.t_eval:  # the step taken on the interval shifted by θ dt
+            t0 = t + self.t_eval * (t_next - t)
+            t1 = t0 + (t_next - t)
+            if predictor is not predictors.euler_maruyama:
+                t1 = max(t1, 0.0)  # transition-based steps: the interval is cut at t = 0
+        x, x_mean = predictor(ctx.sde, ctx.score, x, t0, t1, ctx.noise)
         return state.advance(ctx.settle(x, t_next), t_next, x_mean)
 
 

@@ -1,0 +1,54 @@
+"""Issue 18: the classical samplers' options (t_eval, variance, the "classical" grid) keep the
+methods' weak order and behave as documented."""
+
+import pytest
+import torch
+from helpers import SDES, exact_output_moments, gaussian_1d, loglog_slope
+
+import scoresolve as ss
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("opts", [{"predictor": "euler_maruyama", "t_eval": 1.0},
+                                  {"predictor": "euler_maruyama", "t_eval": 0.5},
+                                  {"predictor": "reverse_diffusion", "t_eval": 1.0},
+                                  {"predictor": "ancestral", "variance": 0.5},
+                                  {"predictor": "ancestral", "variance": 1.0}])
+def test_options_keep_weak_order_one(opts, sde_name):
+    """Exact output moments (no Monte-Carlo error) converge like 1/N on the classical grid."""
+    sde, gm = SDES[sde_name], gaussian_1d()
+    ref = gm.diffused(1e-3, sde)
+    sampler = ss.PC(corrector="none", **opts)
+    ns = [128, 256, 512, 1024]
+    errs = []
+    for n in ns:
+        m, v = exact_output_moments(sampler, gm, sde, n, grid="classical")
+        errs.append(abs(m - float(ref.mean()[0])) + abs(v - float(ref.cov()[0, 0])))
+    assert loglog_slope(ns, errs) <= -0.85, errs
+
+
+def test_ancestral_variance_interpolates_between_posterior_and_transition():
+    """One step's output variance is (1 − λ) β̃ + λ v exactly (basis-noise bookkeeping)."""
+    sde, gm = SDES["vp"], gaussian_1d()
+    outs = [exact_output_moments(ss.PC(predictor="ancestral", corrector="none", variance=lam), gm, sde, 4)[1]
+            for lam in (0.0, 0.5, 1.0)]
+    assert outs[0] < outs[1] < outs[2]
+    assert abs(outs[1] - 0.5 * (outs[0] + outs[2])) < 1e-12 * outs[2]
+
+
+def test_classical_grid_is_quadratic_for_vp_and_uniform_for_ve():
+    for name, kind in (("vp", "quadratic"), ("subvp", "quadratic"), ("ve", "uniform")):
+        sde = SDES[name]
+        assert torch.equal(ss.make_grid("classical", sde, 7, 1e-3), ss.make_grid(kind, sde, 7, 1e-3))
+
+
+@pytest.mark.parametrize("bad", [{"t_eval": 1.5}, {"t_eval": -0.1}, {"variance": 2.0}])
+def test_out_of_range_options_name_the_argument(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ss.PC(**bad)
+
+
+def test_registered_defaults():
+    assert ss.SAMPLERS["em"].t_eval == 1.0 and ss.SAMPLERS["em"].default_grid == "classical"
+    assert ss.SAMPLERS["reverse_diffusion"].t_eval == 1.0
+    assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
