@@ -6,7 +6,8 @@
 Each case is (method, SDE, dtype, options): samples from a fixed generator and from per-sample
 seeds on an 8-mode ring (float64 and float32), plus inpainting with the classical samplers.
 ``check`` prints, per case, whether the samples are bit-identical, else their max relative
-difference (max |a − b| / max |b|), and exits 1 if any case exceeds 1e-6.
+difference (max |a − b| / max |b|), and exits 1 if any case exceeds 1e-6; the deliberate
+changes since the release (``CHANGED``, each with its reason) are skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,23 @@ from scoresolve.targets import GaussianMixture
 RING = GaussianMixture.ring(8, 2.0, 0.2)
 SDES = {"vp": ss.VPSDE(), "ve": ss.VESDE(sigma_max=20.0), "subvp": ss.SubVPSDE()}
 TOL = 1e-6
+
+# Deliberate changes since the release, each with its reason:
+CHANGED = {
+    # 0.1.0's inpainting re-implemented the ALD loop without the m(t)/m(t_prev) rescale between
+    # levels that sample(method="ald") has (issue 13); it now runs ALD's own step
+    "inpaint/ald/vp", "inpaint/ald/subvp",
+    # issue 18: em and reverse_diffusion now step on the interval shifted to its end (t_eval=1) on
+    # the "classical" grid, and ancestral uses the variance ½(β̃ + β) on that grid: measured closer to
+    # the noise floor than score_sde's own samplers (benchmarks/classical_results.md)
+    *(f"{m}/{s}/{c}" for m in ("em", "ancestral", "reverse_diffusion") for s in ("vp", "ve", "subvp")
+      for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
+    *(f"inpaint/{m}/{s}" for m in ("em", "ancestral") for s in ("vp", "ve", "subvp")),
+    # issue 18: Gotta Go Fast defaults rtol 0.02, exponent ½ (the paper's 0.05 / 0.9 miss the
+    # log-density floor on the 8-ring)
+    *(f"gotta_go_fast/{s}/{c}" for s in ("vp", "ve", "subvp")
+      for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
+}
 
 
 def _budget(method: str) -> dict:
@@ -73,6 +91,8 @@ def main(argv: list[str]) -> int:
         if name not in ref:
             print(f"{name}: new case (no reference)")
             continue
+        if name in CHANGED:
+            continue
         a, b = f(), ref[name]
         if a.shape == b.shape and torch.equal(a, b):
             same += 1
@@ -82,7 +102,8 @@ def main(argv: list[str]) -> int:
         print(f"{name}: max rel diff {rel:.3g}")
         if not rel <= TOL:
             bad.append(name)
-    print(f"{same} of {len(todo)} cases bit-identical; worst relative difference {worst:.3g}; "
+    print(f"{len(CHANGED & set(ref))} deliberately changed cases skipped; "
+          f"{same} of {len(todo)} cases bit-identical; worst relative difference {worst:.3g}; "
           f"{len(bad)} above {TOL:g}")
     return 1 if bad else 0
 

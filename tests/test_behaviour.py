@@ -15,22 +15,7 @@ snap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(snap)
 REF = torch.load(ROOT / "tests" / "data" / "behaviour_0.1.0.pt", weights_only=True)
 CASES = snap.cases()
-# Deliberate changes since the release, each with its reason:
-CHANGED = {
-    # 0.1.0's inpainting re-implemented the ALD loop without the m(t)/m(t_prev) rescale between
-    # levels that sample(method="ald") has (issue 13); it now runs ALD's own step
-    "inpaint/ald/vp", "inpaint/ald/subvp",
-    # issue 18: em and reverse_diffusion now step on the interval shifted to its end (t_eval=1) on
-    # the "classical" grid, and ancestral uses the variance ½(β̃ + β) on that grid: measured closer to
-    # the noise floor than score_sde's own samplers (benchmarks/classical_results.md)
-    *(f"{m}/{s}/{c}" for m in ("em", "ancestral", "reverse_diffusion") for s in ("vp", "ve", "subvp")
-      for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
-    *(f"inpaint/{m}/{s}" for m in ("em", "ancestral") for s in ("vp", "ve", "subvp")),
-    # issue 18: Gotta Go Fast defaults rtol 0.02, exponent ½ (the paper's 0.05 / 0.9 miss the
-    # log-density floor on the 8-ring)
-    *(f"gotta_go_fast/{s}/{c}" for s in ("vp", "ve", "subvp")
-      for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
-}
+CHANGED = snap.CHANGED
 
 
 @pytest.mark.parametrize("name", sorted(set(REF) - CHANGED))
