@@ -238,6 +238,8 @@ def start(
     if steps is not None and nfe is not None:
         raise ValueError("pass steps= or nfe=, not both")
     steps, nfe = check_count("steps", steps), check_count("nfe", nfe)
+    if nfe is not None and sampler.nfe_per_step is None and hasattr(sampler, "nfe_budget"):
+        sampler, nfe = dataclasses.replace(sampler, nfe_budget=nfe), None  # an adaptive solve within a budget
     if nfe is not None:
         steps = steps_for_nfe(sampler, nfe, denoise)
 
