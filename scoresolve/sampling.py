@@ -140,7 +140,8 @@ def sample(
             "dpmpp_2m_sde", "unipc", "gotta_go_fast", "ode_adaptive_ps", "ode_adaptive_rk23",
             "sde_srk" (``list(scoresolve.SAMPLERS)`` is the authority).
         steps: grid steps, an integer >= 1 (default: the method's); excludes ``nfe``.
-        nfe: budget of score evaluations per sample (integer); the step count is derived from it.
+        nfe: budget of score evaluations per sample (integer); the step count is derived from it
+            (for "ode_adaptive_ps": every sample stays within it, see ``AdaptiveMultistep.nfe_budget``).
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
             tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
         eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
