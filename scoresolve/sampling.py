@@ -142,7 +142,8 @@ def sample(
             "euler_ancestral", "dpm_2", "unipc_bh2", "unipc_bh1" (``list(scoresolve.SAMPLERS)``
             is the authority).
         steps: grid steps, an integer >= 1 (default: the method's); excludes ``nfe``.
-        nfe: budget of score evaluations per sample (integer); the step count is derived from it.
+        nfe: budget of score evaluations per sample (integer); the step count is derived from it
+            (for "ode_adaptive_ps": every sample stays within it, see ``AdaptiveMultistep.nfe_budget``).
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
             tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
         eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
@@ -240,6 +241,8 @@ def start(
     if steps is not None and nfe is not None:
         raise ValueError("pass steps= or nfe=, not both")
     steps, nfe = check_count("steps", steps), check_count("nfe", nfe)
+    if nfe is not None and sampler.nfe_per_step is None and hasattr(sampler, "nfe_budget"):
+        sampler, nfe = dataclasses.replace(sampler, nfe_budget=nfe), None  # an adaptive solve within a budget
     if nfe is not None:
         steps = steps_for_nfe(sampler, nfe, denoise)
 

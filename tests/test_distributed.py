@@ -222,8 +222,8 @@ def test_likelihood_command_refuses_other_jobs_shards_and_too_many_ranks(digits_
 BENCH_ARGS = ["bench", "--problem", "ring8", "--sde", "vp", "--methods", "em,ode_heun,ode", "--nfe", "10,20",
               "--tols", "1e-2", "--samples", "200", "--floor-repeats", "2", "--metrics",
               "component_w2,mode_tv,logp_gap", "--no-progress"]
-TIMING = {"time", "run_id", "wall_s", "wall_per_batch_s", "bare_s", "overhead", "samples_per_s", "peak_mem_mb",
-          "base_mem_mb", "threads"}
+TIMING = {"time", "run_id", "wall_s", "wall_per_batch_s", "score_s", "bare_s", "overhead", "samples_per_s",
+          "peak_mem_mb", "base_mem_mb", "threads"}
 
 
 def _bench_rows(out: Path) -> list[dict]:

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mmd-samples", type=int, default=2000, help="MMD² uses this many of each set")
     g.add_argument("--save-samples", type=int, help="samples kept per cell for plots (default 1000 in 2-D)")
     g.add_argument("--bare-max-calls", type=int,
-                   help="time at most this many bare score calls per batch and scale (default: all)")
+                   help="also time this many bare score calls per batch (extra bare_s column; the overhead "
+                        "is always wall / time inside the score in the run; default: none)")
     g.add_argument("--check", action="store_true", help="validate every score output (one sync per call)")
     g.add_argument("--retry-failed", action="store_true", help="re-run cells recorded as failed")
     g.add_argument("--no-progress", action="store_true")

@@ -86,6 +86,36 @@ def _gmm(dim: int) -> GaussianMixture:
     return GaussianMixture.random(dim, 10, seed=0, anisotropic=True)
 
 
+def _mix(dim: int, seed: int) -> GaussianMixture:
+    """A hard random mixture for held-out checks: k ∈ [2, 8] components (drawn), weights
+    log-normal then shifted so the smallest is exactly 0.05, means ~ N(0, 2² I), rotated
+    per-direction stds log-uniform in [0.05, 0.5] with both ends attained (a 10× span)."""
+    g = torch.Generator().manual_seed(1_000 + seed)
+    k = int(torch.randint(2, 9, (1,), generator=g))
+    raw = torch.randn(k, generator=g, dtype=torch.float64).exp()
+    raw = raw - raw.min()
+    w = 0.05 + (1 - 0.05 * k) * raw / raw.sum()
+    means = 2.0 * torch.randn(k, dim, generator=g, dtype=torch.float64)
+    stds = 0.05 * 10 ** torch.rand(k, dim, generator=g, dtype=torch.float64)
+    stds.view(-1)[0], stds.view(-1)[-1] = 0.05, 0.5
+    q, r = torch.linalg.qr(torch.randn(k, dim, dim, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)
+    return GaussianMixture(w, means, q @ torch.diag_embed(stds**2) @ q.transpose(1, 2))
+
+
+def _two(dim: int) -> GaussianMixture:
+    """Two anisotropic components, weights 0.8 / 0.2, stds 0.05…0.5 (10×) along rotated axes."""
+    g = torch.Generator().manual_seed(dim)
+    means = torch.zeros(2, dim, dtype=torch.float64)
+    means[0, 0], means[1, 0] = -1.0, 1.5
+    stds = torch.stack([torch.logspace(math.log10(0.05), math.log10(0.5), dim, dtype=torch.float64),
+                        torch.logspace(math.log10(0.5), math.log10(0.05), dim, dtype=torch.float64)])
+    q, r = torch.linalg.qr(torch.randn(2, dim, dim, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)
+    return GaussianMixture(torch.tensor([0.8, 0.2], dtype=torch.float64), means,
+                           q @ torch.diag_embed(stds**2) @ q.transpose(1, 2))
+
+
 PROBLEMS: dict[str, tuple[Callable[[], GaussianMixture], str]] = {
     "ring8": (lambda: GaussianMixture.ring(8, 2.0, 0.1),
               "8 isotropic components on a circle, radius 2, std 0.1"),
@@ -95,6 +125,7 @@ PROBLEMS: dict[str, tuple[Callable[[], GaussianMixture], str]] = {
     "gauss": (lambda: _gauss(16), "one anisotropic Gaussian in d=16, stds log-spaced in [0.1, 1]"),
 }
 _PATTERNS = {"gmm": (_gmm, "10 anisotropic components in d={d} (random({d}, 10, seed=0))"),
+             "two": (_two, "two anisotropic components in d={d}, weights 0.8/0.2, stds 0.05-0.5"),
              "gauss": (_gauss, "one anisotropic Gaussian in d={d}, stds log-spaced in [0.1, 1]")}
 
 
@@ -108,10 +139,17 @@ def analytic_problem(name: str) -> Problem:
         make, desc = PROBLEMS[name]
         target = make()
     else:
-        m = re.fullmatch(r"(gmm|gauss)(\d+)", name)
+        m = re.fullmatch(r"(gmm|gauss|two)(\d+)", name)
+        h = re.fullmatch(r"mix(\d+)s(\d+)", name)
+        if h and int(h.group(1)) >= 1:
+            d, seed = int(h.group(1)), int(h.group(2))
+            target = _mix(d, seed)
+            desc = (f"held-out mixture in d={d}, seed {seed}: {target.n_components} rotated components, "
+                    "min weight 0.05, stds 0.05-0.5")
+            return Problem(name, (target.dim,), target.score_fn, target=target, description=desc)
         if not m or int(m.group(2)) < 1:
             raise ValueError(f"unknown problem {name!r}; valid choices: {', '.join(PROBLEMS)}, "
-                             "gmm<d>, gauss<d> (or --score module:function / --run DIR)")
+                             "gmm<d>, gauss<d>, two<d>, mix<d>s<seed> (or --score module:function / --run DIR)")
         make, desc = _PATTERNS[m.group(1)]
         target = make(int(m.group(2)))
         desc = desc.format(d=int(m.group(2)))

@@ -1,10 +1,13 @@
 """Wall time with device synchronisation, bare score time, peak memory, batch sizing.
 
-Solver overhead = wall time of a sampler run / wall time of the same number of bare score
-calls on a batch of the same size, measured in the same run on the same device.  On CUDA
-every clock read is preceded by ``torch.cuda.synchronize`` (kernels are asynchronous); peak
-memory is ``torch.cuda.max_memory_allocated`` there and the process's peak resident set size
-(polled from /proc while the cell runs) on CPU.
+Solver overhead = wall time of a sampler run / wall time spent inside the score during that
+same run (``CountingScore.seconds``, ``SampleResult.stats["score_time"]``), so it is ≥ 1 by
+construction for every method, fixed-step or per-sample adaptive.  ``bare_score_time`` (bare
+calls on the final batch, ``--bare-max-calls``) is kept as an optional extra column only: its
+inputs differ from the run's (e.g. the samples instead of the states), so a ratio against it
+can fall below 1.  On CUDA every clock read is preceded by ``torch.cuda.synchronize`` (kernels
+are asynchronous); peak memory is ``torch.cuda.max_memory_allocated`` there and the process's
+peak resident set size (polled from /proc while the cell runs) on CPU.
 """
 
 from __future__ import annotations
