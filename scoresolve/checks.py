@@ -146,20 +146,9 @@ def check_x_init(x_init, shape: tuple[int, ...]) -> None:
 
 
 def warn_batch_dependent(sampler, seeds) -> None:
-    """Warn once when ``seeds=`` is given but the sampler's Langevin corrector normalises its
-    step over the batch (``snr_norm="batch"``): then a sample still depends on its batch mates."""
-    if seeds is None or getattr(sampler, "snr_norm", None) != "batch":
-        return
-    from .registry import resolve
-
-    corrector = getattr(sampler, "corrector", None)
-    try:
-        name = getattr(resolve("corrector", corrector), "__name__", "") if corrector is not None else "none"
-    except (ValueError, TypeError):
-        return
-    if name != "none" and getattr(sampler, "n_corrector_steps", 1) > 0:
-        warnings.warn(
-            f"seeds= makes the noise of each sample batch-independent, but the {name} corrector of "
-            f"{type(sampler).__name__} sets its step from norms averaged over the batch (snr_norm='batch'), so "
-            "a sample still depends on its batch mates; pass snr_norm='sample' (or a sampler without a "
-            "corrector) for batch-invariant samples", stacklevel=3)
+    """Warn once when ``seeds=`` is given but the sampler couples the samples of a batch (its
+    ``batch_coupling`` says how): then a sample still depends on its batch mates."""
+    reason = getattr(sampler, "batch_coupling", None)
+    if seeds is not None and reason:
+        warnings.warn(f"seeds= makes the noise of each sample batch-independent, but {type(sampler).__name__}: "
+                      f"{reason}, so a sample still depends on its batch mates", stacklevel=3)

@@ -150,6 +150,8 @@ class SamplerBase:
 
     denoise_with: ClassVar[str] = "tweedie"
     stochastic: ClassVar[bool] = False
+    # why a sample depends on its batch mates even with per-sample seeds (None: it does not)
+    batch_coupling: ClassVar[str | None] = None
 
     def __post_init__(self):
         check_options(self)

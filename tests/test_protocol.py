@@ -180,10 +180,18 @@ def test_likelihood_old_argument_names_warn_and_work():
         ss.likelihood(RING.score_fn(sde), sde, x, nope=1)
 
 
-@pytest.mark.parametrize("method", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="AdaptiveODE's stages overflow in float16"))
-    if m == "ode_adaptive_rk23" else m for m in ss.SAMPLERS])
+@pytest.mark.parametrize("method", list(ss.SAMPLERS))
 @pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VESDE()], ids=["vp", "ve"])
 def test_half_precision_gives_finite_half_samples_with_every_method(method, sde):
     res = ss.sample(RING.score_fn(sde), sde, (32, 2), method, dtype=torch.float16, generator=gen(8), **budget(method))
     assert res.samples.dtype == torch.float16 and torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize("method", list(ss.SAMPLERS))
+def test_seeds_warn_exactly_for_the_samplers_that_couple_a_batch(method):
+    sde = ss.VPSDE()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ss.sample(RING.score_fn(sde), sde, (4, 2), method, seeds=range(4), **budget(method))
+    warned = [x for x in w if "depends on its batch mates" in str(x.message)]
+    assert len(warned) == (method in ("pc", "ode", "gotta_go_fast", "sde_srk")), [str(x.message) for x in w]

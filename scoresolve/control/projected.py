@@ -146,6 +146,10 @@ class WrapsBase:
         return self.base.stochastic
 
     @property
+    def batch_coupling(self) -> str | None:
+        return getattr(self.base, "batch_coupling", None)
+
+    @property
     def max_steps(self):
         return getattr(self.base, "max_steps", None)
 

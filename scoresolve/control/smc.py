@@ -78,6 +78,7 @@ class ParticleSampler(WrapsBase):
     observation: Observation
     particles: int
     ess_threshold: float = 0.5
+    batch_coupling = "its particles interact within each group (weights and resampling)"
 
     def __post_init__(self):
         if not isinstance(self.base, PC):

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._compat import renamed
+from ..ode import score_in_dtype, working_dtype
 from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ..sde import SDE, append_dims
@@ -91,15 +92,19 @@ class PerSampleAdaptive(SamplerBase):
     nfe_per_step: ClassVar[None] = None
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
-        mem = self._start(ctx, ctx.settle(x, ts[0]).clone(), ts)
-        return State(mem.x.clone(), ts[0], memory=mem)
+        work = working_dtype(x.dtype)  # float16/bfloat16: step control and state in float32
+        if work != x.dtype:
+            ctx.score = score_in_dtype(ctx.score, x.dtype, work)
+        mem = self._start(ctx, ctx.settle(x, ts[0]).to(work, copy=True), ts)
+        mem.dtype = x.dtype
+        return State(mem.x.to(x.dtype, copy=True), ts[0], memory=mem)
 
     def reached(self, state: State, t_end: float) -> bool:
         mem = state.memory
         mem.idx = self._running(mem, t_end).nonzero().squeeze(1)
         if mem.idx.numel():
             return False
-        state.x, state.t = mem.x.clone(), t_end  # a copy: the working state changes in place
+        state.x, state.t = mem.x.to(mem.dtype, copy=True), t_end  # a copy: the working state changes in place
         return True
 
     def attempt(self, ctx: Context, state: State, t_end: float) -> State:
@@ -122,7 +127,7 @@ class PerSampleAdaptive(SamplerBase):
         mem = state.memory
         state.stats.update(nfe_per_sample=mem.rows.cpu(), accepted=float(mem.acc_n.mean()),
                            rejected=float(mem.rej_n.mean()), iterations=state.i)
-        return super().finish(ctx, state, denoise)
+        return super().finish(ctx, state, denoise).to(mem.dtype)
 
     @staticmethod
     def _counters(x: Tensor, ts: list[float], rows: float = 0.0) -> SimpleNamespace:
@@ -178,6 +183,8 @@ class GottaGoFast(PerSampleAdaptive):
     h_init: float = option(0.01, within="(0, inf)")
     exponent: float = option(0.5, within="(0, inf)")
     order: ClassVar[float] = 2.0
+    batch_coupling: ClassVar[str] = ("its noise draws are numbered by the batch's proposals, whose count "
+                                     "depends on the other samples' step sizes")
     stochastic: ClassVar[bool] = True
 
     def _start(self, ctx: Context, x: Tensor, ts: list[float]) -> SimpleNamespace:
@@ -195,7 +202,7 @@ class GottaGoFast(PerSampleAdaptive):
         ha = torch.minimum(run.of(mem.h), ta - t_end)
         last = ha >= ta - t_end
         tn = torch.where(last, torch.full_like(ta, t_end), ta - ha)
-        w_h = mem.memory.propose(idx, ha, run.of(ctx.noise(x.shape)))  # W(h), unbiased by rejections
+        w_h = mem.memory.propose(idx, ha, run.of(ctx.noise(x.shape)).to(x.dtype))  # W(h), unbiased by rejections
         x1, x2 = improved_euler_step(ctx.sde, ctx.score, xa, ta, tn, w_h / _col(ha.sqrt(), xa))
         run.add(mem.rows, 2.0)
         delta = torch.maximum(x1.abs(), run.of(mem.x_prev)).mul_(self.rtol).clamp_(min=self.atol)

@@ -89,6 +89,13 @@ class PC(SamplerBase):
         super().__post_init__()
 
     @property
+    def batch_coupling(self) -> str | None:
+        if self._corrector_steps and self.snr_norm == "batch" and self.corrector in ("langevin", correctors.langevin):
+            return ("its langevin corrector sets its step from norms averaged over the batch (snr_norm='batch'); "
+                    "pass snr_norm='sample' (or a sampler without a corrector)")
+        return None
+
+    @property
     def nfe_per_step(self) -> int:
         return int(self._predictor is not predictors.none) + self._corrector_steps
 
@@ -190,6 +197,8 @@ class ProbabilityFlowODE(SamplerBase):
     default_steps: int = 1
     order: float = 5.0
     nfe_per_step: ClassVar[None] = None
+    batch_coupling: ClassVar[str] = ("dopri5 shares one step size across the batch (samples differ within "
+                                     "rtol/atol); ode_adaptive_ps steps each sample on its own")
 
     def init(self, ctx: Context, x: Tensor, ts: list[float]) -> State:
         x = ctx.settle(x, ts[0])

@@ -113,6 +113,7 @@ class TorchSDE(SamplerBase):
         return _METHODS[self.solver][6][0]
 
     stochastic: ClassVar[bool] = True
+    batch_coupling: ClassVar[str] = "its Brownian path is seeded from a draw over the whole batch"
 
     def extra_nfe(self, denoise: bool) -> int:
         return _METHODS[self.solver][5] + int(denoise)
