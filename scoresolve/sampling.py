@@ -154,8 +154,9 @@ def sample(
             "ode_adaptive_ps"/"ode_adaptive_rk23" (per-sample step control), except a
             Langevin corrector with ``snr_norm="batch"`` (the default of "pc": its step size uses
             norms averaged over the batch; a warning says so; pass ``snr_norm="sample"``).  It does
-            not hold for "ode" (dopri5 steps shared by the batch: differences within rtol/atol)
-            nor, as measured on the 8-ring, for "gotta_go_fast" and "sde_srk".
+            not hold for "ode" (dopri5 steps shared by the batch: differences within rtol/atol),
+            "gotta_go_fast" (draws numbered by the batch's proposals) and "sde_srk" (Brownian path
+            seeded from the batch); a warning names the reason (the sampler's ``batch_coupling``).
         x_init: start from these states at T instead of the prior (a finite floating tensor of
             shape ``shape``).
         device, dtype: of the samples (default: the generator's device / x_init's, float32).
