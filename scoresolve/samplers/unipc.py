@@ -57,9 +57,12 @@ class UniPC(Multistep):
         x_pred = lincomb([(a, x)] + [(m_next * w[j] / sc.alpha[i - j], hist[j]) for j in range(k)])
         if i + 1 == len(ks):  # the last step is not corrected
             return state.advance(ctx.settle(x_pred, t_next), t_next)
-        x_pred = ctx.settle(x_pred, t_next)
-        d_next = scaled_denoised(ctx.score, x_pred, t_next, sc.sigma[i + 1])
+        settled = ctx.settle(x_pred, t_next)
+        d_next = scaled_denoised(ctx.score, settled, t_next, sc.sigma[i + 1])
         wc = exp_weights(h, [h] + past)
-        x = lincomb([(a, x), (wc[0], d_next)] + [(m_next * wc[j + 1] / sc.alpha[i - j], hist[j]) for j in range(k)])
+        # corrector = predictor + m'(w^c_0 D_{i+1} + Σ_j (w^c_{j+1} − w_j) D_{i−j}), accumulated into x̃ (its
+        # evaluation has returned): the a·x term and a buffer fewer than forming it afresh
+        corr = [(wc[0], d_next)] + [(m_next * (wc[j + 1] - w[j]) / sc.alpha[i - j], hist[j]) for j in range(k)]
+        x = lincomb(corr, into=x_pred)
         hist[:] = [d_next] + hist[: self.solver_order]
         return state.advance(ctx.settle(x, t_next), t_next)
