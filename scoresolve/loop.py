@@ -30,8 +30,8 @@ def _progress(sampler, ts: list[float], progress: bool):
     if sampler.nfe_per_step is not None:
         return tqdm(total=len(ts) - 1, desc=name, disable=not progress, leave=False)
     # adaptive: the bar shows the time reached, from T down to eps
-    return tqdm(total=round(ts[0] - ts[-1], 6), desc=f"{name} (time reached)", disable=not progress,
-                leave=False, bar_format="{l_bar}{bar}| t={postfix}")
+    return tqdm(total=round(ts[0] - ts[-1], 6), desc=f"{name} (time reached t={ts[0]:.4g})",
+                disable=not progress, leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}]")
 
 
 def _t_min(t) -> float:
@@ -98,7 +98,7 @@ def run(
                     if progress:
                         reached = _t_min(state.t)
                         bar.n = round(ts[0] - reached, 6) if math.isfinite(reached) else bar.n
-                        bar.set_postfix_str(f"{reached:.4g}", refresh=True)
+                        bar.set_description_str(f"{type(sampler).__name__} (time reached t={reached:.4g})", refresh=True)
             if keep:
                 traj.append(state.x)
         score.step = state.i
