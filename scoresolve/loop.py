@@ -98,7 +98,8 @@ def run(
                     if progress:
                         reached = _t_min(state.t)
                         bar.n = round(ts[0] - reached, 6) if math.isfinite(reached) else bar.n
-                        bar.set_description_str(f"{type(sampler).__name__} (time reached t={reached:.4g})", refresh=True)
+                        name = type(sampler).__name__
+                        bar.set_description_str(f"{name} (time reached t={reached:.4g})", refresh=True)
             if keep:
                 traj.append(state.x)
         score.step = state.i
