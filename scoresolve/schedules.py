@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .sde import SDE, Scalar, _softplus
+from .sde import SDE, Scalar, VarianceExploding, _softplus
 
 __all__ = ["DiscreteVPSDE", "KarrasSDE", "diffusers_betas", "BETA_SCHEDULES", "spaced_timesteps",
            "timestep_grid", "grid_from_sigmas", "SPACINGS"]
@@ -221,7 +221,7 @@ class DiscreteVPSDE(SDE):
                 f"interpolation={self.interpolation!r})")
 
 
-class KarrasSDE(SDE):
+class KarrasSDE(VarianceExploding):
     """The EDM / k-diffusion SDE in σ: x = x_0 + σ z with σ(t) = t, so dx = √(2t) dw.
 
     m = 1, σ(t) = t, T = σ_max, default end time σ_min; a time grid *is* a σ grid, so a
@@ -239,23 +239,11 @@ class KarrasSDE(SDE):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.T, self.default_eps = self.sigma_max, self.sigma_min
 
-    def log_mean_scale(self, t: Scalar) -> Scalar:
-        return t * 0.0
-
     def std(self, t: Scalar) -> Scalar:
         return t * 1.0
 
     def diffusion(self, t: Scalar) -> Scalar:
         return torch.sqrt(2.0 * t) if isinstance(t, Tensor) else math.sqrt(2.0 * t)
-
-    def drift_coef(self, t: Scalar) -> Scalar:
-        return t * 0.0
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return torch.zeros_like(x)
-
-    def prior_std(self) -> float:
-        return self.sigma_max
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         return torch.exp(-0.5 * lam) if isinstance(lam, Tensor) else math.exp(-0.5 * lam)

@@ -198,8 +198,27 @@ class SubVPSDE(VPSDE):
         return self._t_from_int_beta(ib)
 
 
+class VarianceExploding(SDE):
+    """The variance-exploding family: no drift (m = 1), prior N(0, σ_max² I); subclasses give
+    σ(t), g(t) and t(λ)."""
+
+    sigma_max: float
+
+    def log_mean_scale(self, t: Scalar) -> Scalar:
+        return t * 0.0
+
+    def drift_coef(self, t: Scalar) -> Scalar:
+        return t * 0.0
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
 @dataclass(frozen=True, repr=False)
-class VESDE(SDE):
+class VESDE(VarianceExploding):
     """Variance-exploding SDE: dx = σ(t) √(2 log(σ_max/σ_min)) dw, σ(t) = σ_min (σ_max/σ_min)^t.
 
     m(t) = 1.  Convention (as in the reference code): the marginal std at t is σ(t), which is
@@ -223,23 +242,11 @@ class VESDE(SDE):
     def _log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
-    def log_mean_scale(self, t: Scalar) -> Scalar:
-        return t * 0.0
-
     def std(self, t: Scalar) -> Scalar:
         return self.sigma_min * _ops(t).exp(t * self._log_ratio)
 
     def diffusion(self, t: Scalar) -> Scalar:
         return self.std(t) * math.sqrt(2.0 * self._log_ratio)
-
-    def drift_coef(self, t: Scalar) -> Scalar:
-        return t * 0.0
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return torch.zeros_like(x)
-
-    def prior_std(self) -> float:
-        return self.sigma_max
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         return (-0.5 * lam - math.log(self.sigma_min)) / self._log_ratio
