@@ -76,18 +76,19 @@ class LMS(SamplerBase):
 
     def prepare(self, ctx: Context, ts: list[float]):
         sig, m = _scaled(ctx, ts)
-        return sig, m, []
+        return sig, m, [ctx.sde.std(t) for t in ts], []
 
     def _lms(self, ctx: Context, state: State, t: float, sig_next: float, m_next: float) -> Tensor:
-        (sig, m, ds), i, x = state.memory, state.i, state.x
-        ds[:] = [ctx.score(x, t) * -ctx.sde.std(t)] + ds[: self.solver_order - 1]  # d = −σ s, newest first
+        (sig, m, std, ds), i, x = state.memory, state.i, state.x
+        ds[:] = [ctx.score(x, t)] + ds[: self.solver_order - 1]  # scores s_j, newest first: d_j = −σ_j s_j
         k = min(i + 1, self.solver_order)
         c = lms_coefficients([sig[i - j] for j in range(k)], sig[i], sig_next)
-        # x_{i+1} = m_{i+1} (x_i/m_i + Σ c_j d_j)
-        return lincomb([(m_next / m[i], x)] + [(m_next * cj, dj) for cj, dj in zip(c, ds)])
+        # x_{i+1} = m_{i+1} (x_i/m_i + Σ c_j d_j), the −σ_j of d_j folded into the weights
+        return lincomb([(m_next / m[i], x)] + [(-m_next * cj * std[i - j], sj)
+                                               for j, (cj, sj) in enumerate(zip(c, ds))])
 
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
-        sig, m, _ = state.memory
+        sig, m = state.memory[:2]
         x = self._lms(ctx, state, t, sig[state.i + 1], m[state.i + 1])
         return state.advance(ctx.settle(x, t_next), t_next)
 

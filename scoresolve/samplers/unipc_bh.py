@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..options import option
 from ..protocol import Context, SamplerBase, State
-from ._common import _solve, denoised, lincomb, schedule
+from ._common import _solve, lincomb, scaled_denoised, schedule
 
 __all__ = ["UniPCBh", "bh_weights"]
 
@@ -78,11 +78,11 @@ class UniPCBh(SamplerBase):
         n = len(ts) if ctx.denoise else len(ts) - 1  # diffusers' step count: the final x̂_0 is a step
         ks = [min(self.solver_order, i + 1, n - i if self.lower_order_final else self.solver_order)
               for i in range(len(ts) - 1)]
-        d0 = denoised(ctx.score, x, ts[0], sc.alpha[0], sc.sigma[0])
+        d0 = scaled_denoised(ctx.score, x, ts[0], sc.sigma[0])  # m_0 D_0: the 1/m_j go into the weights
         return State(x, ts[0], memory=(sc, ks, [d0]))
 
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
-        (sc, ks, hist), i, x = state.memory, state.i, state.x  # hist: x̂_0 at λ_i, λ_{i−1}, ...
+        (sc, ks, hist), i, x = state.memory, state.i, state.x  # hist: m_j D_j at λ_i, λ_{i−1}, ...
         k, h = ks[i], sc.lam[i + 1] - sc.lam[i]
         rks = [(sc.lam[i - j] - sc.lam[i]) / h for j in range(1, k)]
         b_h, rho_p, rho_c = bh_weights(h, rks, self.solver_type)
@@ -90,14 +90,16 @@ class UniPCBh(SamplerBase):
         c0 = -m1 * math.expm1(-h)
         # Σ_j ρ_j ΔD_j = Σ_j ρ_j (D_{i−j} − D_i)/r_j, as weights on D_i and the D_{i−j}
         wp = [-m1 * b_h * rho / r for rho, r in zip(rho_p, rks)]
-        x_pred = lincomb([(a, x), (c0 - sum(wp), hist[0])] + [(w, hist[j + 1]) for j, w in enumerate(wp)])
-        x_pred = ctx.settle(x_pred, t_next)
+        x_pred = lincomb([(a, x), ((c0 - sum(wp)) / sc.alpha[i], hist[0])]
+                         + [(w / sc.alpha[i - j - 1], hist[j + 1]) for j, w in enumerate(wp)])
         if i + 1 == len(ks):  # the last step is not corrected
-            return state.advance(x_pred, t_next)
-        d_next = denoised(ctx.score, x_pred, t_next, sc.alpha[i + 1], sc.sigma[i + 1])
+            return state.advance(ctx.settle(x_pred, t_next), t_next)
+        d_next = scaled_denoised(ctx.score, ctx.settle(x_pred, t_next), t_next, sc.sigma[i + 1])
         wc = [-m1 * b_h * rho / r for rho, r in zip(rho_c[:-1], rks)]
         wl = -m1 * b_h * rho_c[-1]
-        x = lincomb([(a, x), (c0 - sum(wc) - wl, hist[0]), (wl, d_next)]
-                    + [(w, hist[j + 1]) for j, w in enumerate(wc)])
+        # corrector = predictor + its change of weights, accumulated into x̃ (its evaluation has returned)
+        x = lincomb([(wl / m1, d_next), ((sum(wp) - sum(wc) - wl) / sc.alpha[i], hist[0])]
+                    + [((c - p) / sc.alpha[i - j - 1], hist[j + 1]) for j, (c, p) in enumerate(zip(wc, wp))],
+                    into=x_pred)
         hist[:] = [d_next] + hist[: self.solver_order]
         return state.advance(ctx.settle(x, t_next), t_next)
