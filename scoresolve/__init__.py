@@ -41,7 +41,7 @@ from .samplers import (
     grid_steps,
 )
 from .sampling import Start, sample, start, steps_for_nfe
-from .schedules import DiscreteVPSDE, KarrasSDE, grid_from_sigmas, spaced_timesteps, timestep_grid
+from .schedules import DiscreteVPSDE, KarrasSDE, ddim_step_to, grid_from_sigmas, spaced_timesteps, timestep_grid
 from .score import (
     CountingScore,
     NonFiniteScoreError,
@@ -76,6 +76,6 @@ __all__ = [
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
-    "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "grid_from_sigmas",
+    "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "ddim_step_to", "grid_from_sigmas",
     "from_diffusers", "from_karras", "from_v_prediction", "edm_precond", "thresholding",
 ]

@@ -77,12 +77,13 @@ class Start(NamedTuple):
 
 class _X0View(ScoreWrapper):
     """The score seen through x̂_0 = (x + σ² s)/m: with ``hook``, s is replaced by the score of
-    the hooked prediction, (m·hook(x̂_0, t) − x)/σ² (thresholding, clipping); with ``track``
+    the hooked prediction, (m·hook(x̂_0, t) − x)/σ² (thresholding, clipping), and ``raw`` keeps
+    the model's own score of the last call (for DDIM's ``hooked_eps=False``); with ``track``
     the latest x̂_0 is kept for callbacks.  Costs a pass over x per evaluation, only when used."""
 
     def __init__(self, score, sde: SDE, hook=None, track: bool = False):
         super().__init__(score)
-        self.sde, self.hook, self.track, self.x0, self.ctx = sde, hook, track, None, None
+        self.sde, self.hook, self.track, self.x0, self.ctx, self.raw = sde, hook, track, None, None, None
 
     def __call__(self, x: Tensor, t) -> Tensor:
         s = self.score(x, t)
@@ -91,6 +92,7 @@ class _X0View(ScoreWrapper):
             m, sd = append_dims(m, x.ndim).to(x.dtype), append_dims(sd, x.ndim).to(x.dtype)
         x0 = (x + sd * sd * s) / m
         if self.hook is not None:
+            self.raw = s
             x0 = self.hook(x0, t)
             s = (m * x0 - x) / (sd * sd)
         if self.track:

@@ -23,7 +23,7 @@ from torch import Tensor
 from .sde import SDE, Scalar, VarianceExploding, _softplus
 
 __all__ = ["DiscreteVPSDE", "KarrasSDE", "diffusers_betas", "BETA_SCHEDULES", "spaced_timesteps",
-           "timestep_grid", "grid_from_sigmas", "SPACINGS"]
+           "timestep_grid", "ddim_step_to", "grid_from_sigmas", "SPACINGS"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
 SPACINGS = ("leading", "linspace", "trailing")
@@ -305,6 +305,28 @@ def timestep_grid(sde: DiscreteVPSDE, steps: int, spacing: str = "leading", *, s
         raise ValueError(f"steps_offset={steps_offset} puts timestep {int(taus.max())} beyond the table's last "
                          f"({sde.num_train_timesteps - 1})")
     return sde.timestep_to_t(taus)
+
+
+def ddim_step_to(sde: DiscreteVPSDE, steps: int, spacing: str = "leading", *, steps_offset: int = 0,
+                 set_alpha_to_one: bool = True) -> Tensor:
+    """Where diffusers' ``DDIMScheduler`` steps from each of its timesteps, as times for
+    ``DDIM(step_to=...)`` on ``grid=timestep_grid(sde, steps, spacing, steps_offset=...)``.
+
+    From τ_i it steps to τ_i − N//n, then evaluates the model at the next listed τ_{i+1}
+    (which differs for "linspace", and for "trailing" when n does not divide N); below
+    timestep 0 it uses ``final_alpha_cumprod``: time 0 (ᾱ = 1, the final x̂_0) with
+    ``set_alpha_to_one=True``, else t(τ = 0) (ᾱ_0).  ``steps`` times (float64), one per UNet
+    call, the last for the final evaluation at the last timestep (``denoise=True``)::
+
+        ss.sample(score, sde, shape, "ddim", x_init=noise, grid=ss.timestep_grid(sde, n, spacing),
+                  step_to=ss.ddim_step_to(sde, n, spacing))
+
+    Reference: diffusers ``DDIMScheduler.step`` (``prev_timestep``, ``final_alpha_cumprod``).
+    """
+    grid = timestep_grid(sde, steps, spacing, steps_offset=steps_offset)  # checks sde, spacing, steps, offset
+    prev = sde.t_to_timestep(grid).round().long() - sde.num_train_timesteps // int(steps)
+    below = grid.new_tensor(0.0 if set_alpha_to_one else sde.timestep_to_t(0))
+    return torch.where(prev >= 0, sde.timestep_to_t(prev.clamp(min=0)), below)
 
 
 def grid_from_sigmas(sde: SDE, sigmas: Tensor | Sequence[float]) -> Tensor:

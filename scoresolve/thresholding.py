@@ -3,7 +3,7 @@
 The hook replaces every data prediction x̂_0 = (x + σ² s)/m a sampler makes (and so the score,
 by that of the hooked prediction): with the data-prediction samplers (ddim, dpmpp_*, unipc, ...)
 this is diffusers' ``clip_sample`` / ``thresholding`` (for DDIM: with ``use_clipped_model_output=True``,
-i.e. ε̂ recomputed from the clipped x̂_0).
+i.e. ε̂ recomputed from the clipped x̂_0; ``DDIM(hooked_eps=False)`` gives diffusers' default).
 Reference: Saharia et al. 2022 (Imagen), §2.3 "dynamic thresholding"; diffusers ``_threshold_sample``.
 """
 

@@ -43,6 +43,8 @@ def float64_scheduler(sched):
         return None
     new = cls.from_config(sched.config)
     new.alphas_cumprod = new.alphas_cumprod.double()
+    if isinstance(getattr(new, "final_alpha_cumprod", None), torch.Tensor) and not new.config.set_alpha_to_one:
+        new.final_alpha_cumprod = new.alphas_cumprod[0]  # DDIM's ᾱ below timestep 0 (ᾱ_0 when not 1)
     return new
 
 
@@ -58,8 +60,10 @@ def set_timesteps64(sched, n: int) -> None:
         sched.sigmas = torch.cat([sig[lo] + (tau - lo) * (sig[lo + 1] - sig[lo]), last])
 
 
-def run_diffusers(unet, sched, x_T: torch.Tensor, n: int, f64: bool = False, **model_kwargs):
-    """diffusers' sampling loop: (x_0, number of UNet calls)."""
+def run_diffusers(unet, sched, x_T: torch.Tensor, n: int, f64: bool = False, step_kwargs: dict | None = None,
+                  **model_kwargs):
+    """diffusers' sampling loop: (x_0, number of UNet calls); ``step_kwargs`` go to ``sched.step``
+    (e.g. DDIM's ``use_clipped_model_output``)."""
     if f64:
         set_timesteps64(sched, n)
     else:
@@ -70,7 +74,7 @@ def run_diffusers(unet, sched, x_T: torch.Tensor, n: int, f64: bool = False, **m
         for tau in sched.timesteps:
             out = unet(sched.scale_model_input(x, tau), tau, **model_kwargs).sample
             calls += 1
-            x = sched.step(out, tau, x).prev_sample
+            x = sched.step(out, tau, x, **(step_kwargs or {})).prev_sample
     return x, calls
 
 

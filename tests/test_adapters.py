@@ -199,3 +199,25 @@ def test_a_denoiser_passed_as_a_score_is_warned_about():
         warnings.simplefilter("error")
         ss.sample(ss.from_karras(exact_denoiser, sde), sde, (64, 1), "heun", **run)
         ss.sample(gm.score_fn(sde), sde, (64, 1), "heun", **run)
+
+
+def test_ddim_step_to_on_the_grid_is_plain_ddim():
+    """Landing on the next grid time (and 0 for the final x̂_0) is DDIM itself, bit for bit; for
+    "trailing" with n | N diffusers' landing times are exactly that; bad step_to names the fix."""
+    sde = ss.DiscreteVPSDE(schedule="linear")
+    score, x = gaussian_1d(MU, STD).score_fn(sde), torch.randn(64, 1, dtype=torch.float64,
+                                                                generator=torch.Generator().manual_seed(0))
+    grid = ss.timestep_grid(sde, 10, "trailing")
+    assert torch.equal(ss.ddim_step_to(sde, 10, "trailing"), torch.cat([grid[1:], grid.new_zeros(1)]))
+    plain = ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x)
+    landed = ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=ss.ddim_step_to(sde, 10, "trailing"))
+    assert torch.equal(plain.samples, landed.samples) and landed.nfe == plain.nfe == 10
+    off = ss.sample(score, sde, x.shape, "ddim", grid=ss.timestep_grid(sde, 10, "linspace"), x_init=x,
+                    step_to=ss.ddim_step_to(sde, 10, "linspace"))
+    assert off.nfe == 10 and not torch.equal(off.samples, plain.samples)
+    with pytest.raises(ValueError, match="one time per score evaluation: 10"):
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=grid[1:])
+    with pytest.raises(ValueError, match=r"step_to\[0\] .* must lie in \(0, "):
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=torch.cat([grid[:1] + 0.01, grid[2:], grid[:1] * 0]))
+    with pytest.raises(ValueError, match="finite"):
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=[float("nan")] * 10)

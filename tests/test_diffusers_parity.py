@@ -46,26 +46,110 @@ def _check(unet, x_T, cls, config, method, n, spacing, convention, **options):
     assert rel(res.samples, ref64) <= 1e-12, rel(res.samples, ref64)
 
 
+def _ddim(unet, sched, x_T, n, hooked_eps=True):
+    """DDIMScheduler(η = 0) in three lines, whatever its spacing, clip_sample and set_alpha_to_one."""
+    c = sched.config
+    sde = ss.DiscreteVPSDE.from_diffusers(sched)  # line 1: the schedule
+    score = ss.from_diffusers(unet, sde)  # line 2: the model
+    return ss.sample(score, sde, x_T.shape, "ddim", x_init=x_T, hooked_eps=hooked_eps,  # line 3
+                     grid=ss.timestep_grid(sde, n, c.timestep_spacing, steps_offset=c.steps_offset),
+                     step_to=ss.ddim_step_to(sde, n, c.timestep_spacing, steps_offset=c.steps_offset,
+                                             set_alpha_to_one=c.set_alpha_to_one),
+                     x0_hook=ss.thresholding.clip_x0(c.clip_sample_range) if c.clip_sample else None)
+
+
+def _amplification(unet, config, x_T, n, step, ref64, delta=1e-10):
+    """κ: how much diffusers' own DDIM (lifted to float64) amplifies a relative perturbation of
+    x_T, max |Δx_0| / max |x_0| per unit δ."""
+    sched = float64_scheduler(diffusers.DDIMScheduler(**config))
+    out, _ = run_diffusers(unet, sched, x_T * (1 + delta), n, f64=True, step_kwargs=step)
+    return rel(out, ref64) / delta
+
+
+def _check_ddim(unet, x_T, config, n, use_clipped_model_output=False):
+    """``_ddim`` against DDIMScheduler(**config) run by diffusers, stock and lifted to float64.
+
+    With clip_sample the bounds are 1e-6·κ and 1e-12·κ (κ ≥ 1, ``_amplification``): the random
+    UNet's unclipped x̂_0 reach ~600 while the clipped ones stay in [−1, 1], so rounding errors
+    relative to the former are amplified.  With ε-prediction and the model's unclipped ε̂
+    (diffusers' default) each step is x' = √ᾱ' clip(x̂_0) + √(1 − ᾱ') ε̂(x), the random network
+    iterated, and κ reaches ~4e4 at 50 steps: stock diffusers then differs from itself lifted
+    to float64 by up to 7e-3, so no fixed bound near 1e-6 can hold for anyone.  Without
+    clipping κ ≈ 1 and the bounds are 1e-6 and 1e-12."""
+    res = _ddim(unet, diffusers.DDIMScheduler(**config), x_T, n, hooked_eps=use_clipped_model_output)
+    step = dict(use_clipped_model_output=use_clipped_model_output)
+    ref64, calls = run_diffusers(unet, float64_scheduler(diffusers.DDIMScheduler(**config)), x_T, n, f64=True,
+                                 step_kwargs=step)
+    kappa = max(1.0, _amplification(unet, config, x_T, n, step, ref64)) if config.get("clip_sample", True) else 1.0
+    ref, calls32 = run_diffusers(unet, diffusers.DDIMScheduler(**config), x_T, n, step_kwargs=step)
+    assert res.nfe == calls == calls32 == n
+    assert rel(res.samples, ref64) <= 1e-12 * kappa, (kappa, rel(res.samples, ref64))
+    assert rel(res.samples, ref) <= 1e-6 * kappa, (kappa, rel(res.samples, ref))
+
+
+CLIP = {"no_clip": dict(clip_sample=False), "clip": dict(clip_sample=True),  # diffusers' default
+        "clip_clipped_eps": dict(clip_sample=True, use_clipped_model_output=True)}
+
+
+@pytest.mark.parametrize("clip", CLIP)
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])
-@pytest.mark.parametrize("n", STEPS)
-def test_ddim_matches_diffusers(unet, x_T, n, spacing, prediction_type):
-    """DDIMScheduler(η = 0, clip_sample=False) = ``ddim`` on the same timesteps; diffusers' last
-    step to ᾱ = 1 is our final x̂_0 (``denoise=True``)."""
-    config = dict(prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=False,
-                  steps_offset=1 if spacing == "leading" else 0)
-    _check(unet, x_T, diffusers.DDIMScheduler, config, "ddim", n, spacing, "ddim")
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+@pytest.mark.parametrize("n", STEPS + (15,))
+def test_ddim_matches_diffusers(unet, x_T, n, spacing, prediction_type, clip):
+    """DDIMScheduler(η = 0) = ``ddim`` on its timesteps with ``step_to=ddim_step_to(...)``: from
+    τ_i diffusers steps to τ_i − N//n, which is τ_{i+1} for "leading" and for "trailing" when n
+    divides N, and otherwise ("linspace"; "trailing" with n = 15) a relabelled state.  The last
+    step to ᾱ = 1 is our final x̂_0 (``denoise=True``); "trailing" with n = 15 ends at timestep
+    66 and steps to timestep 0.  clip_sample = ``x0_hook=clip_x0()`` with
+    ``hooked_eps=use_clipped_model_output``: diffusers' default (False) pairs the clipped x̂_0
+    with the model's unclipped ε̂; True re-derives ε̂ from the clipped x̂_0 (the hooked score)."""
+    config = dict(prediction_type=prediction_type, timestep_spacing=spacing,
+                  steps_offset=1 if spacing == "leading" else 0, **CLIP[clip])
+    clipped_eps = config.pop("use_clipped_model_output", False)
+    _check_ddim(unet, x_T, config, n, clipped_eps)
 
 
-def test_ddim_linspace_is_not_a_consistent_solver(unet, x_T):
-    """With ``timestep_spacing="linspace"`` diffusers' DDIM steps to τ − N//n but evaluates the
-    model next at the next listed timestep (round(linspace(0, N−1, n))), so its state is
-    mislabelled and no ODE solver on any grid reproduces it; scoresolve's ``ddim`` on those
-    timesteps is the consistent DDIM, and the two differ by far more than rounding."""
+@pytest.mark.parametrize("spacing, n, clip", [("leading", 20, "clip"), ("linspace", 15, "no_clip"),
+                                              ("linspace", 10, "clip"), ("trailing", 10, "clip_clipped_eps"),
+                                              ("trailing", 15, "no_clip")])
+def test_ddim_without_alpha_to_one_matches_diffusers(unet, x_T, spacing, n, clip):
+    """``set_alpha_to_one=False``: diffusers' last step lands on ᾱ_0 (timestep 0), not ᾱ = 1;
+    ``ddim_step_to(..., set_alpha_to_one=False)`` ends there and the final evaluation is a DDIM
+    step to it instead of x̂_0 ("linspace": from timestep 0 to timestep 0, which with clipping
+    is not the identity)."""
+    config = dict(timestep_spacing=spacing, set_alpha_to_one=False, steps_offset=1 if spacing == "leading" else 0,
+                  **CLIP[clip])
+    clipped_eps = config.pop("use_clipped_model_output", False)
+    _check_ddim(unet, x_T, config, n, clipped_eps)
+
+
+def test_ddim_options_matter(unet, x_T):
+    """Where the options matter, leaving them out is far from diffusers: "linspace" without
+    ``step_to`` is the consistent DDIM on those timesteps, and with clip_sample the hooked ε̂
+    (``hooked_eps=True``) is not diffusers' default."""
     sched = diffusers.DDIMScheduler(timestep_spacing="linspace", clip_sample=False)
     ref, _ = run_diffusers(unet, sched, x_T, 10)
-    res = _ours(unet, sched, x_T, "ddim", 10, "linspace", "ddim")
+    sde = ss.DiscreteVPSDE.from_diffusers(sched)
+    res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, "ddim", grid=ss.timestep_grid(sde, 10, "linspace"),
+                    x_init=x_T)
     assert rel(res.samples, ref) > 1e-3
+    sched = diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=True)
+    ref, _ = run_diffusers(unet, sched, x_T, 10)
+    assert rel(_ddim(unet, sched, x_T, 10, hooked_eps=True).samples, ref) > 1e-3
+
+
+def test_ddim_step_to_matches_diffusers():
+    """``ddim_step_to`` is t(τ − N//n) for diffusers' τ, and below timestep 0 time 0 (ᾱ = 1,
+    ``set_alpha_to_one=True``) or t(0) (ᾱ_0)."""
+    sde = ss.DiscreteVPSDE()
+    for spacing in ss.schedules.SPACINGS:
+        for n, offset, one in ((7, 0, True), (10, 1, False), (15, 0, True), (50, 1, True), (999, 0, False)):
+            sched = diffusers.DDIMScheduler(timestep_spacing=spacing, steps_offset=offset, set_alpha_to_one=one)
+            sched.set_timesteps(n)
+            prev = sched.timesteps - 1000 // n
+            abar = torch.where(prev >= 0, sched.alphas_cumprod[prev.clamp(min=0)], sched.final_alpha_cumprod)
+            t = ss.ddim_step_to(sde, n, spacing, steps_offset=offset, set_alpha_to_one=one)
+            assert torch.allclose(sde.mean_scale(t) ** 2, abar.double(), rtol=1e-14, atol=0), (spacing, n)
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
@@ -141,34 +225,9 @@ def test_sigma_schedulers_match_diffusers(unet, x_T, name, method, n, spacing, p
 
 
 @pytest.mark.parametrize("n", (10, 20))
-def test_ddim_clip_sample_and_dpmpp_thresholding(unet, x_T, n):
-    """clip_sample / dynamic thresholding as x̂_0 hooks: DDIM(clip_sample=True,
-    use_clipped_model_output=True) = ``ddim`` with ``clip_x0()``; DPM-Solver++(2M) with
-    thresholding = ``dpmpp_2m`` with ``dynamic_threshold()``.  (diffusers' DDIM default,
-    use_clipped_model_output=False, pairs the clipped x̂_0 with the unclipped ε̂, which is not a
-    function of a hooked x̂_0: not reproduced.)  The float32 bound is 1e-5 here: the random UNet's
-    unclipped x̂_0 reach ~600 while the clipped output stays in [−1, 1], and float32 rounding is
-    relative to the former (the same runs without clipping agree to ~1e-8 of their max |x|).
-    Lifted to float64 diffusers agrees to ~1e-14."""
-    def ddim_loop(sched, x, f64):
-        if f64:
-            sched = float64_scheduler(sched)
-            sched.set_timesteps(n)
-        else:
-            sched.set_timesteps(n)
-        with torch.no_grad():
-            for tau in sched.timesteps:
-                x = sched.step(unet(x, tau).sample, tau, x, use_clipped_model_output=True).prev_sample
-        return x
-
-    clip = ss.thresholding.clip_x0(1.0)
-    for f64, tol in ((False, 1e-5), (True, 1e-12)):
-        sched = diffusers.DDIMScheduler(clip_sample=True, timestep_spacing="trailing")
-        ref = ddim_loop(sched, x_T.clone(), f64)
-        sde = ss.DiscreteVPSDE.from_diffusers(sched)
-        res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, "ddim", x_init=x_T, x0_hook=clip,
-                        grid=ss.timestep_grid(sde, n, "trailing"))
-        assert rel(res.samples, ref) <= tol, rel(res.samples, ref)
+def test_dpmpp_thresholding(unet, x_T, n):
+    """Dynamic thresholding as an x̂_0 hook: DPM-Solver++(2M) with thresholding = ``dpmpp_2m``
+    with ``dynamic_threshold()``.  (DDIM's clip_sample: ``test_ddim_clip_sample_matches_diffusers``.)"""
     config = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5, timestep_spacing="trailing")
     _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, "dpmpp_2m", n, "trailing", "dpmsolver",
            lower_order_final=False, x0_hook=ss.thresholding.dynamic_threshold(0.9, 1.5))

@@ -14,10 +14,13 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+from torch import Tensor
+
 from .._compat import renamed
 from ..options import option
 from ..protocol import Context, SamplerBase, State
-from ._common import exp_weights, lincomb, scaled_denoised, schedule
+from ._common import Schedule, exp_weights, lincomb, scaled_denoised, schedule
 
 __all__ = ["DDIM", "DPMSolver2S", "Multistep", "DPMSolverMultistep", "DPMSolverSDE", "step_orders",
            "multistep_weights"]
@@ -60,14 +63,50 @@ class DDIM(SamplerBase):
     η = 0 is deterministic (order 1 for the probability-flow ODE); η = 1 is ancestral sampling
     (weak order 1).  With ``denoise`` an ODE run ends with a Tweedie step (1 NFE) and a
     stochastic run's last step returns its noise-free mean.
-    Reference: Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12 and 16.
+
+    Two options reproduce diffusers' ``DDIMScheduler`` where it is not this method (both off
+    by default; with neither set the steps are those above):
+
+    ``hooked_eps=False`` (diffusers' ``use_clipped_model_output=False``, its default): with an
+    ``x0_hook`` (``clip_x0`` for ``clip_sample``, ``dynamic_threshold``) the update pairs the
+    hooked x̂_0 with the model's own ε̂ = −σ_i s_model instead of the ε̂ above, re-derived from the
+    hooked x̂_0 (True, = ``use_clipped_model_output=True``).  Without a hook it changes nothing.
+
+    ``step_to``: t'_i, the time step i lands on.  Step i evaluates at t_i, forms the update
+    above with m, σ, λ of t'_i in place of those of t_{i+1}, and calls the result the state at
+    t_{i+1}: a relabelling.  This is diffusers' DDIM, which steps from timestep τ_i to
+    τ_i − N//n but evaluates the model next at τ_{i+1} (they differ for "linspace", and for
+    "trailing" when n does not divide N); ``schedules.ddim_step_to`` computes them.  Where
+    t'_i ≠ t_{i+1} this is DDIM on no grid: each step integrates from t_i to t'_i, then the
+    state moves unchanged to t_{i+1}, a local error of order |t'_i − t_{i+1}| rather than h²
+    (for diffusers up to a timestep or more per step, whatever n).  Use it to reproduce diffusers;
+    without it DDIM is the consistent solver.
+    One time per score evaluation: len(grid) − 1 steps and, with ``denoise`` (η = 0), one more
+    for the final evaluation at grid[-1]: 0 (m = 1, diffusers' ᾱ = 1) gives the final x̂_0, as
+    without step_to; a positive time a last DDIM step to it (diffusers' ``set_alpha_to_one=False``,
+    or a last timestep τ ≥ N//n).  Each t'_i must lie in (0, t_i] (the last one in [0, t_i]).
+    Reference: Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12 and 16;
+    diffusers ``DDIMScheduler.step``.
     """
 
     eta: float = option(0.0, within="[0, 1]")
+    hooked_eps: bool = option(True, choices=(True, False))
+    step_to: tuple[float, ...] | None = None
     default_grid: str = "log_snr"
     default_steps: int = 50
     nfe_per_step: ClassVar[int] = 1
     order: ClassVar[float] = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.step_to is not None:
+            try:
+                times = tuple(float(v) for v in torch.as_tensor(self.step_to, dtype=torch.float64).flatten())
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"step_to must be a sequence or 1-d tensor of times, got {self.step_to!r}") from err
+            if not all(math.isfinite(v) for v in times):
+                raise ValueError(f"step_to must be finite times, got {times}")
+            object.__setattr__(self, "step_to", times)
 
     @property
     def stochastic(self) -> bool:
@@ -78,23 +117,54 @@ class DDIM(SamplerBase):
         return "none" if self.eta > 0 else "tweedie"
 
     def prepare(self, ctx: Context, ts: list[float]):
-        return schedule(ctx.sde, ts)
+        """(schedule on the grid, schedule at the landing time of each step): the next grid
+        time, or ``step_to`` (with one more entry when the final evaluation steps to t' > 0)."""
+        sc = schedule(ctx.sde, ts)
+        if self.step_to is None:
+            return sc, Schedule(sc.t[1:], sc.alpha[1:], sc.sigma[1:], sc.lam[1:])
+        steps, n = len(ts) - 1, len(ts) - 1 + self.extra_nfe(ctx.denoise)
+        if len(self.step_to) != n:
+            final = " and the final x̂_0 evaluation at grid[-1] (denoise=True)" if n > steps else ""
+            raise ValueError(f"step_to must hold one time per score evaluation: {n} (the {steps} grid steps"
+                             f"{final}), got {len(self.step_to)}")
+        for i, (t, t_land) in enumerate(zip(ts, self.step_to)):
+            if not (0 <= t_land <= t and (t_land > 0 or i == steps)):
+                within = "[0, " if i == steps else "(0, "
+                raise ValueError(f"step_to[{i}] = {t_land} must lie in {within}{t}] (step {i} starts at grid[{i}] "
+                                 f"= {t} and lands at or below it)")
+        land = self.step_to if self.step_to[-1] > 0 else self.step_to[:steps]
+        return sc, schedule(ctx.sde, list(land))
 
-    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
-        sc, i, x = state.memory, state.i, state.x
-        h = sc.lam[i + 1] - sc.lam[i]
+    def _update(self, ctx: Context, x, t: float, sc: Schedule, land: Schedule, i: int, noise: bool):
+        """The update from x at t = grid[i] to the landing time land.t[i] (one evaluation)."""
+        h = land.lam[i] - sc.lam[i]
         # keep-fraction of ε̂: q = √(1 − η²(1 − e^{−2h})); x̂_0 weight m'(1 − e^{−h} q), stably
         logq = 0.5 * math.log1p(-(self.eta**2) * -math.expm1(-2 * h))
-        a = sc.sigma[i + 1] / sc.sigma[i] * math.exp(logq)
-        b = -sc.alpha[i + 1] * math.expm1(logq - h)
-        # x' = a x + b x̂_0 with x̂_0 = (x + σ² s)/m, as one combination of x and s
-        terms = [(a + b / sc.alpha[i], x), (b * sc.sigma[i] ** 2 / sc.alpha[i], ctx.score(x, t))]
-        if self.eta > 0 and not (ctx.denoise and i == len(sc.t) - 2):
-            c = self.eta * sc.sigma[i + 1] * math.sqrt(-math.expm1(-2 * h))
-            x = lincomb(terms, into=ctx.noise(x.shape, std=c))
-        else:  # ODE, or a stochastic run's last step returning its noise-free mean
-            x = lincomb(terms)
-        return state.advance(ctx.settle(x, t_next), t_next)
+        a = land.sigma[i] / sc.sigma[i] * math.exp(logq)
+        b = -land.alpha[i] * math.expm1(logq - h)
+        s = ctx.score(x, t)
+        raw = None if self.hooked_eps else getattr(ctx.score, "raw", None)
+        if raw is None:  # x' = a x + b x̂_0 with x̂_0 = (x + σ² s)/m, as one combination of x and s
+            terms = [(a + b / sc.alpha[i], x), (b * sc.sigma[i] ** 2 / sc.alpha[i], s)]
+        else:  # x' = m' x̂_0 + σ' q ε̂ with the hooked x̂_0 = (x + σ² s)/m and the model's ε̂ = −σ s_raw
+            terms = [(land.alpha[i] / sc.alpha[i], x), (land.alpha[i] * sc.sigma[i] ** 2 / sc.alpha[i], s),
+                     (-a * sc.sigma[i] ** 2, raw)]
+        if noise:
+            c = self.eta * land.sigma[i] * math.sqrt(-math.expm1(-2 * h))
+            return lincomb(terms, into=ctx.noise(x.shape, std=c))
+        return lincomb(terms)  # ODE, or a stochastic run's last step returning its noise-free mean
+
+    def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
+        (sc, land), i = state.memory, state.i
+        noise = self.eta > 0 and not (ctx.denoise and i == len(sc.t) - 2)
+        return state.advance(ctx.settle(self._update(ctx, state.x, t, sc, land, i, noise), t_next), t_next)
+
+    def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
+        sc, land = state.memory
+        if not (denoise and len(land.t) == len(sc.t)):  # the final x̂_0 (or no final evaluation)
+            return super().finish(ctx, state, denoise)
+        x = self._update(ctx, state.x, state.t, sc, land, len(sc.t) - 1, False)  # a last step to step_to[-1] > 0
+        return x if ctx.final is None else ctx.final(x)
 
 
 @dataclass(frozen=True)
