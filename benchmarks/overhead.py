@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows.append(measure(m, target.score_fn(sde), sde, shape, a.nfe, a.repeats))
         print(f"{m:20s} NFE {rows[-1]['nfe']:7.1f}  overhead {rows[-1]['median']:.3f} "
-              f"[{rows[-1]['min']:.3f}, {rows[-1]['max']:.3f}]  without RNG {rows[-1]['no_rng']:.3f}  score {rows[-1]['score_ms']:.1f} ms/call  "
+              f"[{rows[-1]['min']:.3f}, {rows[-1]['max']:.3f}]  without RNG {rows[-1]['no_rng']:.3f}  "
+              f"score {rows[-1]['score_ms']:.1f} ms/call  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     if a.out:
         lines = [f"# Solver overhead inside the run ({a.problem}, {a.sde}, batch {a.batch}, {a.nfe} NFE, "

@@ -17,6 +17,7 @@ from .control import (
     interpolate,
     linear_inverse,
 )
+from .diffusers_match import match_scheduler
 from .likelihood import LikelihoodResult, bits_per_dim, likelihood
 from .noise import Noise
 from .ode import StepLimitError
@@ -77,5 +78,5 @@ __all__ = [
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
     "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "ddim_step_to", "grid_from_sigmas",
-    "from_diffusers", "from_karras", "from_v_prediction", "edm_precond", "thresholding",
+    "from_diffusers", "match_scheduler", "from_karras", "from_v_prediction", "edm_precond", "thresholding",
 ]

@@ -218,6 +218,7 @@ def test_ddim_step_to_on_the_grid_is_plain_ddim():
     with pytest.raises(ValueError, match="one time per score evaluation: 10"):
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=grid[1:])
     with pytest.raises(ValueError, match=r"step_to\[0\] .* must lie in \(0, "):
-        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=torch.cat([grid[:1] + 0.01, grid[2:], grid[:1] * 0]))
+        above = torch.cat([grid[:1] + 0.01, grid[2:], grid[:1] * 0])  # step 0 would land above its start
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=above)
     with pytest.raises(ValueError, match="finite"):
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=[float("nan")] * 10)

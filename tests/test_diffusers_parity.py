@@ -28,34 +28,27 @@ def x_T():
     return torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
 
-def _ours(unet, sched, x_T, method, n, spacing, convention, **options):
+def _ours(unet, sched, x_T, n, **match):
+    """The three lines a user writes to reproduce ``sched`` at n steps from diffusers' noise x_T."""
     sde = ss.DiscreteVPSDE.from_diffusers(sched)  # line 1: the schedule
     score = ss.from_diffusers(unet, sde)  # line 2: the model (prediction type from the config)
-    grid = ss.timestep_grid(sde, n, spacing, convention=convention, steps_offset=sched.config.steps_offset)
-    return ss.sample(score, sde, x_T.shape, method, grid=grid, x_init=x_T, **options)  # line 3
+    return ss.sample(score, sde, x_T.shape, **ss.match_scheduler(sched, sde, n, x_T, **match))  # line 3
 
 
-def _check(unet, x_T, cls, config, method, n, spacing, convention, **options):
-    sched = cls(**config)
-    ref, calls = run_diffusers(unet, sched, x_T, n)
-    res = _ours(unet, sched, x_T, method, n, spacing, convention, **options)
-    assert res.nfe == calls == n
-    assert rel(res.samples, ref) <= 1e-6, rel(res.samples, ref)
-    sched64 = float64_scheduler(cls(**config))
-    ref64, _ = run_diffusers(unet, sched64, x_T, n, f64=True)
-    assert rel(res.samples, ref64) <= 1e-12, rel(res.samples, ref64)
+def _check(unet, x_T, cls, config, n, nfe=None):
+    """``_ours`` against ``cls(**config)`` run by diffusers, stock (≤ 1e-6) and lifted to float64 (≤ 1e-12)."""
+    results = []
+    for f64 in (False, True):
+        sched = cls(**config) if not f64 else float64_scheduler(cls(**config))
+        ref, calls = run_diffusers(unet, sched, x_T, n, f64=f64)
+        res = _ours(unet, cls(**config), x_T, n)
+        assert res.nfe == calls == (nfe or n)
+        results.append(rel(res.samples, ref))
+    assert results[0] <= 1e-6 and results[1] <= 1e-12, results
 
 
-def _ddim(unet, sched, x_T, n, hooked_eps=True):
-    """DDIMScheduler(η = 0) in three lines, whatever its spacing, clip_sample and set_alpha_to_one."""
-    c = sched.config
-    sde = ss.DiscreteVPSDE.from_diffusers(sched)  # line 1: the schedule
-    score = ss.from_diffusers(unet, sde)  # line 2: the model
-    return ss.sample(score, sde, x_T.shape, "ddim", x_init=x_T, hooked_eps=hooked_eps,  # line 3
-                     grid=ss.timestep_grid(sde, n, c.timestep_spacing, steps_offset=c.steps_offset),
-                     step_to=ss.ddim_step_to(sde, n, c.timestep_spacing, steps_offset=c.steps_offset,
-                                             set_alpha_to_one=c.set_alpha_to_one),
-                     x0_hook=ss.thresholding.clip_x0(c.clip_sample_range) if c.clip_sample else None)
+def _ddim(unet, sched, x_T, n, hooked_eps=False):
+    return _ours(unet, sched, x_T, n, use_clipped_model_output=hooked_eps)
 
 
 def _amplification(unet, config, x_T, n, step, ref64, delta=1e-10):
@@ -162,8 +155,7 @@ def test_dpmpp_2m_matches_diffusers(unet, x_T, n, spacing, prediction_type):
     scoresolve's default (True) also lowers the last grid step."""
     config = dict(prediction_type=prediction_type, timestep_spacing=spacing, algorithm_type="dpmsolver++",
                   solver_order=2, steps_offset=1 if spacing == "leading" else 0)
-    _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, "dpmpp_2m", n, spacing, "dpmsolver",
-           lower_order_final="diffusers")
+    _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, n)
 
 
 def test_timesteps_match_diffusers():
@@ -190,25 +182,6 @@ def test_tables_match_diffusers(name):
         assert torch.allclose(sde.mean_scale(t) ** 2, sched.alphas_cumprod.double(), rtol=1e-14, atol=0)
 
 
-def _check_sigma_scheduler(unet, x_T, cls, config, method, n, spacing, **options):
-    """diffusers' σ-schedulers (Euler, Heun, LMS) step x̃ = x/m in σ̃ = σ/m from x̃_T = z·init_noise_sigma;
-    scoresolve starts from x_T = m(t_0) x̃_T and ends, like them, at x̂_0."""
-    results = []
-    for f64 in (False, True):
-        sched = cls(**config) if not f64 else float64_scheduler(cls(**config))
-        ref, calls = run_diffusers(unet, sched, x_T, n, f64=f64)
-        sde = ss.DiscreteVPSDE.from_diffusers(sched)  # interpolation="sigma", as these schedulers
-        if spacing == "linspace":  # fractional timesteps (float32), the grid read off the scheduler
-            grid = sde.timestep_to_t(torch.unique_consecutive(sched.timesteps))
-        else:
-            grid = ss.timestep_grid(sde, n, spacing, steps_offset=sched.config.steps_offset)
-        x_init = x_T * float(sched.init_noise_sigma) * sde.mean_scale(float(grid[0]))
-        res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, method, grid=grid, x_init=x_init, **options)
-        assert res.nfe == calls
-        results.append(rel(res.samples, ref))
-    assert results[0] <= 1e-6 and results[1] <= 1e-12, results
-
-
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
 @pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
 @pytest.mark.parametrize("n", STEPS)
@@ -221,7 +194,7 @@ def test_sigma_schedulers_match_diffusers(unet, x_T, name, method, n, spacing, p
     which ``from_diffusers`` picks for these schedulers."""
     config = dict(prediction_type=prediction_type, timestep_spacing=spacing,
                   steps_offset=1 if spacing == "leading" else 0)
-    _check_sigma_scheduler(unet, x_T, getattr(diffusers, name), config, method, n, spacing)
+    _check(unet, x_T, getattr(diffusers, name), config, n, nfe=2 * n - 1 if method == "heun" else n)
 
 
 @pytest.mark.parametrize("n", (10, 20))
@@ -229,8 +202,7 @@ def test_dpmpp_thresholding(unet, x_T, n):
     """Dynamic thresholding as an x̂_0 hook: DPM-Solver++(2M) with thresholding = ``dpmpp_2m``
     with ``dynamic_threshold()``.  (DDIM's clip_sample: ``test_ddim_clip_sample_matches_diffusers``.)"""
     config = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5, timestep_spacing="trailing")
-    _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, "dpmpp_2m", n, "trailing", "dpmsolver",
-           lower_order_final=False, x0_hook=ss.thresholding.dynamic_threshold(0.9, 1.5))
+    _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, config, n)
 
 
 @pytest.mark.parametrize("solver_type, final", [("bh2", "zero"), ("bh2", "sigma_min"), ("bh1", "sigma_min")])
@@ -244,15 +216,44 @@ def test_unipc_matches_diffusers(unet, x_T, n, spacing, prediction_type, solver_
     returns NaN: B(h) = −h is −∞ at σ = 0.)"""
     config = dict(prediction_type=prediction_type, timestep_spacing=spacing, solver_type=solver_type,
                   final_sigmas_type=final, steps_offset=1 if spacing == "leading" else 0)
-    cls = diffusers.UniPCMultistepScheduler
-    for f64, tol in ((False, 1e-6), (True, 1e-12)):
-        sched = cls(**config) if not f64 else float64_scheduler(cls(**config))
-        ref, calls = run_diffusers(unet, sched, x_T, n, f64=f64)
-        sde = ss.DiscreteVPSDE.from_diffusers(sched)
-        grid = ss.timestep_grid(sde, n, spacing, convention="dpmsolver", steps_offset=config["steps_offset"])
-        if final == "sigma_min":
-            grid = torch.cat([grid, grid.new_tensor([sde.timestep_to_t(0)])])
-        res = ss.sample(ss.from_diffusers(unet, sde), sde, x_T.shape, f"unipc_{solver_type}", grid=grid,
-                        x_init=x_T, denoise=final == "zero")
-        assert res.nfe == calls == n
-        assert rel(res.samples, ref) <= tol, (f64, rel(res.samples, ref))
+    _check(unet, x_T, diffusers.UniPCMultistepScheduler, config, n)
+
+
+@pytest.mark.parametrize("n", (10, 20))
+@pytest.mark.parametrize("name, config", [
+    ("UniPCMultistepScheduler", dict(solver_order=3, timestep_spacing="trailing")),
+    ("UniPCMultistepScheduler", dict(solver_order=1, timestep_spacing="leading", steps_offset=1)),
+    # (lower_order_final=False with the default final_sigmas_type="zero": diffusers returns inf)
+    ("UniPCMultistepScheduler", dict(lower_order_final=False, final_sigmas_type="sigma_min",
+                                     timestep_spacing="linspace")),
+    ("DPMSolverMultistepScheduler", dict(lower_order_final=False, timestep_spacing="leading", steps_offset=1)),
+    ("DPMSolverMultistepScheduler", dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")),
+    ("EulerDiscreteScheduler", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
+def test_match_scheduler_other_configs(unet, x_T, n, name, config):
+    """``match_scheduler`` follows the config: solver orders, lower_order_final, other β schedules."""
+    _check(unet, x_T, getattr(diffusers, name), config, n)
+
+
+def test_match_scheduler_ddim_thresholding(unet, x_T):
+    """DDIM with ``thresholding=True`` = ``dynamic_threshold`` as the x̂_0 hook (κ-scaled bounds as for clip_sample)."""
+    _check_ddim(unet, x_T, dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5,
+                                timestep_spacing="trailing"), 10)
+
+
+def test_match_scheduler_refuses_other_methods(unet, x_T):
+    """A configuration that is another method raises, naming the setting; the caller's scheduler is untouched."""
+    sde = ss.DiscreteVPSDE()
+    for sched, match in ((diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), "algorithm_type"),
+                         (diffusers.DPMSolverMultistepScheduler(solver_order=3), "solver_order"),
+                         (diffusers.EulerDiscreteScheduler(use_karras_sigmas=True), "use_karras_sigmas"),
+                         (diffusers.UniPCMultistepScheduler(disable_corrector=[0]), "disable_corrector")):
+        with pytest.raises(ValueError, match=match):
+            ss.match_scheduler(sched, sde, 10)
+    with pytest.raises(TypeError, match="DDIMScheduler, DPMSolverMultistepScheduler"):
+        ss.match_scheduler(diffusers.PNDMScheduler(), sde, 10)
+    with pytest.raises(TypeError, match="DiscreteVPSDE"):
+        ss.match_scheduler(diffusers.DDIMScheduler(), ss.VPSDE(), 10)
+    sched = diffusers.DDIMScheduler()
+    kwargs = ss.match_scheduler(sched, sde, 10, x_T)
+    assert sched.num_inference_steps is None and kwargs["method"] == "ddim" and kwargs["x_init"] is x_T
