@@ -11,6 +11,7 @@ Reference: Song et al. 2021 (DDIM); Lu et al. 2022a (DPM-Solver), 2022b (DPM-Sol
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +55,17 @@ def multistep_weights(sc, i: int, k: int, rate: float = 1.0, variant: str = "exa
     return [sc.alpha[i + 1] * wj / sc.alpha[i - j] for j, wj in enumerate(w)]
 
 
+def _times(values) -> tuple[float, ...]:
+    """A sequence or 1-d tensor of times as float64 numbers (checked finite)."""
+    try:
+        times = tuple(float(v) for v in torch.as_tensor(values, dtype=torch.float64).flatten())
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"step_to must be a sequence or 1-d tensor of times, got {values!r}") from err
+    if not all(math.isfinite(v) for v in times):
+        raise ValueError(f"step_to must be finite times, got {times}")
+    return times
+
+
 @dataclass(frozen=True)
 class DDIM(SamplerBase):
     """DDIM, the first-order exponential integrator, with the stochastic η-family.
@@ -91,22 +103,11 @@ class DDIM(SamplerBase):
 
     eta: float = option(0.0, within="[0, 1]")
     hooked_eps: bool = option(True, choices=(True, False))
-    step_to: tuple[float, ...] | None = None
+    step_to: Sequence[float] | Tensor | None = None
     default_grid: str = "log_snr"
     default_steps: int = 50
     nfe_per_step: ClassVar[int] = 1
     order: ClassVar[float] = 1.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.step_to is not None:
-            try:
-                times = tuple(float(v) for v in torch.as_tensor(self.step_to, dtype=torch.float64).flatten())
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise TypeError(f"step_to must be a sequence or 1-d tensor of times, got {self.step_to!r}") from err
-            if not all(math.isfinite(v) for v in times):
-                raise ValueError(f"step_to must be finite times, got {times}")
-            object.__setattr__(self, "step_to", times)
 
     @property
     def stochastic(self) -> bool:
@@ -122,17 +123,18 @@ class DDIM(SamplerBase):
         sc = schedule(ctx.sde, ts)
         if self.step_to is None:
             return sc, Schedule(sc.t[1:], sc.alpha[1:], sc.sigma[1:], sc.lam[1:])
+        step_to = _times(self.step_to)
         steps, n = len(ts) - 1, len(ts) - 1 + self.extra_nfe(ctx.denoise)
-        if len(self.step_to) != n:
+        if len(step_to) != n:
             final = " and the final x̂_0 evaluation at grid[-1] (denoise=True)" if n > steps else ""
             raise ValueError(f"step_to must hold one time per score evaluation: {n} (the {steps} grid steps"
-                             f"{final}), got {len(self.step_to)}")
-        for i, (t, t_land) in enumerate(zip(ts, self.step_to)):
+                             f"{final}), got {len(step_to)}")
+        for i, (t, t_land) in enumerate(zip(ts, step_to)):
             if not (0 <= t_land <= t and (t_land > 0 or i == steps)):
                 within = "[0, " if i == steps else "(0, "
                 raise ValueError(f"step_to[{i}] = {t_land} must lie in {within}{t}] (step {i} starts at grid[{i}] "
                                  f"= {t} and lands at or below it)")
-        land = self.step_to if self.step_to[-1] > 0 else self.step_to[:steps]
+        land = step_to if step_to[-1] > 0 else step_to[:steps]
         return sc, schedule(ctx.sde, list(land))
 
     def _update(self, ctx: Context, x, t: float, sc: Schedule, land: Schedule, i: int, noise: bool):
