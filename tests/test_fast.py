@@ -25,7 +25,7 @@ from scoresolve.samplers import (
     GottaGoFast,
     TorchSDE,
 )
-from scoresolve.samplers._common import _moments, exp_moments, exp_weights, schedule
+from scoresolve.samplers._common import _moments, exp_moments, exp_weights, exp_weights_t, lincomb, schedule
 from scoresolve.samplers.adaptive import improved_euler_step
 from scoresolve.samplers.exponential import step_orders
 from scoresolve.targets import GaussianMixture
@@ -75,6 +75,35 @@ def test_exp_weights_integrate_polynomials_of_their_degree_exactly():
     for k in range(len(nodes)):
         exact = float((q * 2.0 * torch.exp(-2.0 * (h - u)) * u**k).sum())
         assert math.isclose(sum(wj * v**k for wj, v in zip(w, nodes)), exact, rel_tol=1e-10, abs_tol=1e-14)
+
+
+@pytest.mark.parametrize("rate", [1.0, 2.0])
+def test_batched_exp_weights_equal_the_scalar_ones(rate):
+    """``exp_weights_t`` (per-sample steps, its own moments) = ``exp_weights`` row by row, on both
+    sides of the series/recursion switch; the scalar one refuses h ≤ 0 by name."""
+    gen = torch.Generator().manual_seed(3)
+    h = torch.tensor([0.01, 0.2, 0.26, 0.9, 3.0], dtype=torch.float64)
+    for k in (1, 2, 3, 4):
+        nodes = -torch.rand(len(h), k, generator=gen, dtype=torch.float64).cumsum(1) * h[:, None]
+        nodes[:, 0] = 0.0
+        ref = torch.tensor([exp_weights(float(hi), row.tolist(), rate) for hi, row in zip(h, nodes)],
+                           dtype=torch.float64)
+        got = exp_weights_t(h, nodes) if rate == 1.0 else exp_weights_t(h, nodes, rate)
+        torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-14)
+    with pytest.raises(ValueError, match="h > 0"):
+        exp_weights(0.0, [0.0], rate)
+
+
+def test_lincomb_float_and_tensor_coefficients():
+    """Σ c_i x_i with floats, per-row tensors and zeros; ``into`` accumulates in place."""
+    gen = torch.Generator().manual_seed(0)
+    x, y, z = (torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    c = torch.tensor([[0.5], [-1.0], [2.0], [0.0]], dtype=torch.float64)
+    torch.testing.assert_close(lincomb([(2.0, x), (c, y), (0.0, z), (-3.0, z)]), 2 * x + c * y - 3 * z)
+    buf = x.clone()
+    out = lincomb([(c, y), (1.5, z)], into=buf)
+    assert out is buf
+    torch.testing.assert_close(buf, x + c * y + 1.5 * z)
 
 
 # ---------------------------------------------------------------- orders (ODE)

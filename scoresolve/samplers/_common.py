@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..sde import SDE
 
-__all__ = ["Schedule", "schedule", "scaled_denoised", "denoised", "exp_moments", "exp_moments_t", "exp_weights",
+__all__ = ["Schedule", "schedule", "scaled_denoised", "exp_moments", "exp_moments_t", "exp_weights",
            "exp_weights_t", "lincomb", "Rows"]
 
 
@@ -42,16 +42,6 @@ def scaled_denoised(score, x: Tensor, t: float, sigma: float) -> Tensor:
     """m x̂_0 = x + σ² s(x, t): one evaluation and one pass over x (the fixed-step samplers fold
     the 1/m into their Python-float weights)."""
     return torch.add(x, score(x, t), alpha=sigma * sigma)
-
-
-def denoised(score, x: Tensor, t: float | Tensor, alpha, sigma) -> Tensor:
-    """x̂_0 = (x + σ² s(x, t)) / m (Tweedie): one evaluation of ``score`` on the rows of ``x``.
-
-    ``alpha``/``sigma`` are floats or tensors broadcastable against x (in x's dtype)."""
-    s = score(x, t)
-    if isinstance(sigma, Tensor):
-        return torch.addcmul(x, sigma * sigma, s).div_(alpha)
-    return torch.add(x, s, alpha=sigma * sigma).mul_(1.0 / alpha)
 
 
 _SERIES_H = 0.25  # below: 12-term series (error < 1e-16); above: the recursion (error < 1e-12)
