@@ -80,6 +80,32 @@ def test_deterministic_order_against_the_exact_gaussian_flow_map(name, sde_name)
     assert abs(-loglog_slope(ns, errs) - sampler.order) <= ORDER_TOL, (ns, errs)
 
 
+# options the registry does not exercise (a coefficient that only matters away from the default)
+OPTION_VARIANTS = {
+    "dpmpp_2s_r1/3": ss.samplers.DPMSolver2S(r=1 / 3), "dpmpp_2s_r0.8": ss.samplers.DPMSolver2S(r=0.8),
+    "dpmpp_1m": ss.samplers.DPMSolverMultistep(solver_order=1),
+    "dpmpp_3m_midpoint": ss.samplers.DPMSolverMultistep(solver_order=3, variant="midpoint"),
+    "unipc_p1": ss.samplers.UniPC(solver_order=1), "unipc_p2": ss.samplers.UniPC(solver_order=2),
+    "unipc_bh2_p1": ss.samplers.UniPCBh(solver_order=1), "lms_2": ss.samplers.LMS(solver_order=2),
+}
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("variant", list(OPTION_VARIANTS))
+def test_option_variants_keep_their_order_against_the_exact_gaussian_flow_map(variant, sde_name):
+    """As above, for sampler options off their defaults (DPM-Solver-2S's intermediate point r,
+    other orders): their declared order against the closed-form flow map."""
+    sde, eps, sampler = SDES[sde_name], 1e-3, OPTION_VARIANTS[variant]
+    x_T = DIAG.diffused(sde.T, sde).sample(16, generator=gen(0), dtype=F64)
+    exact = gaussian_flow_map(DIAG, sde, x_T, eps)
+    ns, errs = _ns(sampler), []
+    for n in ns:
+        res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, sampler, steps=n, grid="karras", eps=eps,
+                        x_init=x_T, denoise=False)
+        errs.append(float((res.samples - exact).abs().max()))
+    assert abs(-loglog_slope(ns, errs) - sampler.order) <= ORDER_TOL, (ns, errs)
+
+
 # ---------------------------------------------------------------- deterministic: random mixtures
 @st.composite
 def mixtures(draw):

@@ -78,7 +78,7 @@ def test_exp_weights_integrate_polynomials_of_their_degree_exactly():
 
 
 @pytest.mark.parametrize("rate", [1.0, 2.0])
-def test_batched_exp_weights_equal_the_scalar_ones(rate):
+def test_exp_weights_per_row_equal_the_scalar_ones(rate):
     """``exp_weights_t`` (per-sample steps, its own moments) = ``exp_weights`` row by row, on both
     sides of the series/recursion switch; the scalar one refuses h ≤ 0 by name."""
     gen = torch.Generator().manual_seed(3)
