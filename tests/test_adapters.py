@@ -215,8 +215,16 @@ def test_ddim_step_to_on_the_grid_is_plain_ddim():
     off = ss.sample(score, sde, x.shape, "ddim", grid=ss.timestep_grid(sde, 10, "linspace"), x_init=x,
                     step_to=ss.ddim_step_to(sde, 10, "linspace"))
     assert off.nfe == 10 and not torch.equal(off.samples, plain.samples)
-    with pytest.raises(ValueError, match="one time per score evaluation: 10"):
+    with pytest.raises(ValueError, match=r"one time per score evaluation: 10 \(the 9 grid steps and the final x̂_0"):
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=grid[1:])
+    with pytest.raises(ValueError, match=r"one time per score evaluation: 9 \(the 9 grid steps\), got 10"):
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, denoise=False,
+                  step_to=torch.cat([grid[1:], grid.new_zeros(1)]))
+    zero_early = torch.cat([grid[1:5], grid.new_zeros(1), grid[6:], grid.new_zeros(1)])
+    with pytest.raises(ValueError, match=r"step_to\[4\] = 0.0 must lie in \(0, "):  # only the last may be 0
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=zero_early)
+    same = torch.cat([grid[:1], grid[2:], grid.new_zeros(1)])  # a zero-length first step is allowed
+    assert ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=same).nfe == 10
     with pytest.raises(ValueError, match=r"step_to\[0\] .* must lie in \(0, "):
         above = torch.cat([grid[:1] + 0.01, grid[2:], grid[:1] * 0])  # step 0 would land above its start
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=above)
