@@ -52,3 +52,33 @@ def test_registered_defaults():
     assert ss.SAMPLERS["em"].t_eval == 1.0 and ss.SAMPLERS["em"].default_grid == "classical"
     assert ss.SAMPLERS["reverse_diffusion"].t_eval == 1.0
     assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
+
+
+def test_unknown_predictor_or_corrector_names_the_argument_and_the_choices():
+    with pytest.raises(ValueError, match=r"unknown predictor 'heun'; valid choices: euler_maruyama, reverse_diffusion"):
+        ss.PC(predictor="heun")
+    with pytest.raises(ValueError, match=r"unknown corrector 'mala'; valid choices: langevin"):
+        ss.PC(corrector="mala")
+    with pytest.raises(TypeError, match=r"predictor must be a name \(euler_maruyama"):
+        ss.PC(predictor=3)
+
+
+def test_grid_steps_pairs_the_grid_for_hand_written_loops():
+    ts = [1.0, 0.5, 0.25, 1e-3]
+    steps = ss.grid_steps(ts)
+    assert list(steps) == [(1.0, 0.5), (0.5, 0.25), (0.25, 1e-3)] and steps.disable
+    assert not ss.grid_steps(ts, progress=True, desc="pc").disable
+
+
+def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_caps():
+    sde, gm = SDES["vp"], gaussian_1d(0.5, 0.3)
+    res = ss.sample(gm.score_fn(sde), sde, (64, 1), "ode", generator=torch.Generator().manual_seed(0))
+    assert (res.stats["solver"], res.stats["rtol"], res.stats["atol"]) == ("dopri5", 1e-5, 1e-5)
+    st = res.stats
+    assert st["steps_rejected"] > 0 and st["steps_attempted"] == st["steps_accepted"] + st["steps_rejected"]
+    # dopri5: 6 new stages per attempt (FSAL), + f(T), + the initial step-size probe, + the Tweedie step
+    assert res.nfe == 6 * st["steps_attempted"] + 3
+    with pytest.raises(ValueError, match=r"cap the attempted steps with max_steps=N .*not options=\{'max_num_steps'"):
+        ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_num_steps": 5}))
+    with pytest.raises(ValueError, match="max_steps=N"):
+        ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_steps": 5}))
