@@ -82,3 +82,21 @@ def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_ca
         ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_num_steps": 5}))
     with pytest.raises(ValueError, match="max_steps=N"):
         ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_steps": 5}))
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion"])
+def test_t_eval_evaluates_the_score_at_the_shifted_time(predictor, theta):
+    """``t_eval`` θ: the predictor from t to t' takes its score at t + θ (t' − t) (towards t')."""
+    sde, gm = SDES["vp"], gaussian_1d(0.5, 0.3)
+    seen = []
+
+    def score(x, t):
+        seen.append(float(t.flatten()[0]) if torch.is_tensor(t) else float(t))
+        return gm.score_fn(sde)(x, t)
+
+    res = ss.sample(score, sde, (8, 1), ss.PC(predictor=predictor, corrector="none", t_eval=theta), steps=6,
+                    denoise=False, generator=torch.Generator().manual_seed(0))
+    ts = res.ts.tolist()
+    want = [t + theta * (tn - t) for t, tn in zip(ts[:-1], ts[1:])]
+    assert seen == pytest.approx(want, rel=1e-6, abs=0)

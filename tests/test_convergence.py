@@ -451,3 +451,23 @@ def test_solve_adaptive_defaults_to_dopri5_and_float32_states_stay_float32():
     x = torch.randn(4, 1, generator=gen(0))
     ys, stats = solve_adaptive(sde, gm.score_fn(sde), x, torch.tensor([1.0, 1e-2], dtype=F64), rtol=1e-3, atol=1e-3)
     assert stats["solver"] == "dopri5" and ys.dtype == torch.float32
+
+
+@pytest.mark.parametrize("opts", [dict(s_churn=3.0, s_tmin=0.2, s_tmax=20.0, s_noise=1.1),
+                                  dict(s_churn=6.0)], ids=["window", "capped"])
+def test_edm_churn_adds_exactly_the_noise_of_algorithm_2(opts):
+    """With a zero score the Heun steps do not move x (d = (x − x̂_0)/σ = 0), so the output's
+    variance is the churn alone: Σ_i s_noise² (σ̂_i² − σ_i²) over the steps with σ_i in
+    [s_tmin, s_tmax], σ̂_i = min(σ_i (1 + γ), σ_0), γ = min(s_churn/N, √2 − 1) (EDM, Algorithm 2).
+    Sample variance of 40,000 draws: relative standard error √(2/n) = 0.7%; bound 5 of them."""
+    sde, n_samples, steps = ss.KarrasSDE(), 40_000, 12
+    sampler = ss.samplers.EDMHeun(**opts)
+    res = ss.sample(lambda x, t: torch.zeros_like(x), sde, (n_samples, 1), sampler, steps=steps,
+                    x_init=torch.zeros(n_samples, 1, dtype=F64), generator=gen(0))
+    sig = res.ts.tolist()  # σ(t) = t on the Karras SDE
+    gamma = min(opts["s_churn"] / steps, math.sqrt(2.0) - 1.0)
+    lo, hi, s_noise = opts.get("s_tmin", 0.0), opts.get("s_tmax", math.inf), opts.get("s_noise", 1.0)
+    var = sum(s_noise**2 * (min(s * (1 + gamma), sig[0]) ** 2 - s * s) for s in sig[:-1] if lo <= s <= hi)
+    assert var > 0
+    se = math.sqrt(2.0 / n_samples)
+    assert abs(float(res.samples.var()) / var - 1.0) <= 5 * se, (float(res.samples.var()), var)
