@@ -471,3 +471,9 @@ def test_edm_churn_adds_exactly_the_noise_of_algorithm_2(opts):
     assert var > 0
     se = math.sqrt(2.0 / n_samples)
     assert abs(float(res.samples.var()) / var - 1.0) <= 5 * se, (float(res.samples.var()), var)
+
+
+def test_edm_churn_window_must_be_ordered():
+    with pytest.raises(ValueError, match=r"need 0 <= s_tmin <= s_tmax, got 2.0, 1.0"):
+        ss.samplers.EDMHeun(s_churn=1.0, s_tmin=2.0, s_tmax=1.0)
+    assert ss.samplers.EDMHeun(s_churn=1.0, s_tmin=1.0, s_tmax=1.0).s_tmax == 1.0  # a one-point window is allowed
