@@ -477,3 +477,44 @@ def test_edm_churn_window_must_be_ordered():
     with pytest.raises(ValueError, match=r"need 0 <= s_tmin <= s_tmax, got 2.0, 1.0"):
         ss.samplers.EDMHeun(s_churn=1.0, s_tmin=2.0, s_tmax=1.0)
     assert ss.samplers.EDMHeun(s_churn=1.0, s_tmin=1.0, s_tmax=1.0).s_tmax == 1.0  # a one-point window is allowed
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("opts", [dict(), dict(eta=0.7, s_noise=1.2), dict(eta=0.0)], ids=["default", "eta_snoise", "eta0"])
+def test_euler_ancestral_adds_exactly_k_diffusions_noise(opts, sde_name):
+    """With a zero score x̂_0 = x̃ and the Euler part does not move x̃ = x/m, so the output's
+    variance is the noise alone: m(t_N)² Σ_i s_noise² σ_up,i², σ_up = min(σ̃', η √(σ̃'²(σ̃² − σ̃'²)/σ̃²))
+    (k-diffusion's get_ancestral_step); η = 0 adds none.  40,000 draws: 5 standard errors."""
+    sde, n_samples, steps = SDES[sde_name], 40_000, 10
+    sampler = ss.samplers.EulerAncestral(**opts)
+    x0 = torch.zeros(n_samples, 1, dtype=F64)
+    res = ss.sample(lambda x, t: torch.zeros_like(x), sde, x0.shape, sampler, steps=steps, x_init=x0,
+                    denoise=False, generator=gen(1))
+    ts = res.ts.tolist()
+    sig = [sde.std(t) / sde.mean_scale(t) for t in ts]
+    eta, s_noise = opts.get("eta", 1.0), opts.get("s_noise", 1.0)
+    ups = [min(s1, eta * math.sqrt(s1 * s1 * (s0 * s0 - s1 * s1) / (s0 * s0))) for s0, s1 in zip(sig[:-1], sig[1:])]
+    var = sde.mean_scale(ts[-1]) ** 2 * sum((s_noise * u) ** 2 for u in ups)
+    if eta == 0:
+        assert torch.equal(res.samples, x0)
+        return
+    assert abs(float(res.samples.var()) / var - 1.0) <= 5 * math.sqrt(2.0 / n_samples), (float(res.samples.var()), var)
+
+
+@pytest.mark.parametrize("name", ["lms", "euler_ancestral", "euler", "dpm_2"])
+def test_denoise_false_returns_the_state_at_the_last_grid_time(name):
+    """A zero score makes x̂_0 = x/m: ``denoise=True`` returns x/m(eps), ``denoise=False`` x itself
+    (eps = 0.05 on VP, so m(eps) ≈ 0.985 tells them apart exactly)."""
+    sde, eps = SDES["vp"], 0.05
+    x = torch.randn(4, 2, dtype=F64, generator=gen(2))
+    kw = dict(steps=5, eps=eps, x_init=x, generator=gen(3))
+    if name == "euler_ancestral":
+        kw["method"] = ss.samplers.EulerAncestral(eta=0.0)
+    else:
+        kw["method"] = name
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    kept = ss.sample(zero, sde, x.shape, denoise=False, **kw).samples
+    den = ss.sample(zero, sde, x.shape, denoise=True, **kw).samples
+    m_eps = sde.mean_scale(eps)
+    torch.testing.assert_close(kept, x * (m_eps / sde.mean_scale(sde.T)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(den, kept / m_eps, rtol=1e-12, atol=0)
