@@ -480,7 +480,8 @@ def test_edm_churn_window_must_be_ordered():
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("opts", [dict(), dict(eta=0.7, s_noise=1.2), dict(eta=0.0)], ids=["default", "eta_snoise", "eta0"])
+@pytest.mark.parametrize("opts", [dict(), dict(eta=0.7, s_noise=1.2), dict(eta=0.0)],
+                         ids=["default", "eta_snoise", "eta0"])
 def test_euler_ancestral_adds_exactly_k_diffusions_noise(opts, sde_name):
     """With a zero score x̂_0 = x̃ and the Euler part does not move x̃ = x/m, so the output's
     variance is the noise alone: m(t_N)² Σ_i s_noise² σ_up,i², σ_up = min(σ̃', η √(σ̃'²(σ̃² − σ̃'²)/σ̃²))
