@@ -215,7 +215,8 @@ def test_ddim_step_to_on_the_grid_is_plain_ddim():
     off = ss.sample(score, sde, x.shape, "ddim", grid=ss.timestep_grid(sde, 10, "linspace"), x_init=x,
                     step_to=ss.ddim_step_to(sde, 10, "linspace"))
     assert off.nfe == 10 and not torch.equal(off.samples, plain.samples)
-    with pytest.raises(ValueError, match=r"one time per score evaluation: 10 \(the 9 grid steps and the final x̂_0"):
+    with pytest.raises(ValueError, match=r"one time per score evaluation: 10 \(the 9 grid steps and the final x̂_0 "
+                                         r"evaluation at grid\[-1\] \(denoise=True\)\), got 9"):
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=grid[1:])
     with pytest.raises(ValueError, match=r"one time per score evaluation: 9 \(the 9 grid steps\), got 10"):
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, denoise=False,
@@ -223,6 +224,15 @@ def test_ddim_step_to_on_the_grid_is_plain_ddim():
     zero_early = torch.cat([grid[1:5], grid.new_zeros(1), grid[6:], grid.new_zeros(1)])
     with pytest.raises(ValueError, match=r"step_to\[4\] = 0.0 must lie in \(0, "):  # only the last may be 0
         ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=zero_early)
+    below = torch.cat([grid[1:], grid.new_tensor([-0.1])])
+    with pytest.raises(ValueError, match=r"step_to\[9\] = -0.1 must lie in \[0, "):  # the last may be 0, not below
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=below)
+    with pytest.raises(TypeError, match="step_to must be a sequence or 1-d tensor of times, got 'late'"):
+        ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to="late")
+    as_list = ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x,  # float64 numbers, not float32
+                        step_to=ss.ddim_step_to(sde, 10, "linspace").tolist())
+    assert torch.equal(as_list.samples, ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x,
+                                                  step_to=ss.ddim_step_to(sde, 10, "linspace")).samples)
     same = torch.cat([grid[:1], grid[2:], grid.new_zeros(1)])  # a zero-length first step is allowed
     assert ss.sample(score, sde, x.shape, "ddim", grid=grid, x_init=x, step_to=same).nfe == 10
     with pytest.raises(ValueError, match=r"step_to\[0\] .* must lie in \(0, "):

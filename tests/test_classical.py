@@ -59,15 +59,18 @@ def test_unknown_predictor_or_corrector_names_the_argument_and_the_choices():
         ss.PC(predictor="heun")
     with pytest.raises(ValueError, match=r"unknown corrector 'mala'; valid choices: langevin"):
         ss.PC(corrector="mala")
-    with pytest.raises(TypeError, match=r"predictor must be a name \(euler_maruyama"):
+    with pytest.raises(TypeError, match=r"predictor must be a name \(euler_maruyama, reverse_diffusion, .*got int"):
         ss.PC(predictor=3)
+    own = lambda sde, score, x, t, t_next, noise: ss.predictors.reverse_diffusion(sde, score, x, t, t_next, noise)  # noqa: E731
+    assert ss.PC(predictor=own).predictor is own  # a callable is taken as it is
 
 
-def test_grid_steps_pairs_the_grid_for_hand_written_loops():
+def test_grid_steps_pairs_the_grid_for_hand_written_loops(capsys):
     ts = [1.0, 0.5, 0.25, 1e-3]
-    steps = ss.grid_steps(ts)
-    assert list(steps) == [(1.0, 0.5), (0.5, 0.25), (0.25, 1e-3)] and steps.disable
-    assert not ss.grid_steps(ts, progress=True, desc="pc").disable
+    assert list(ss.grid_steps(ts)) == [(1.0, 0.5), (0.5, 0.25), (0.25, 1e-3)]
+    assert capsys.readouterr().err == ""  # no bar unless asked
+    assert len(list(ss.grid_steps(ts, progress=True, desc="my loop"))) == 3
+    assert "my loop" in capsys.readouterr().err
 
 
 def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_caps():
@@ -78,7 +81,8 @@ def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_ca
     assert st["steps_rejected"] > 0 and st["steps_attempted"] == st["steps_accepted"] + st["steps_rejected"]
     # dopri5: 6 new stages per attempt (FSAL), + f(T), + the initial step-size probe, + the Tweedie step
     assert res.nfe == 6 * st["steps_attempted"] + 3
-    with pytest.raises(ValueError, match=r"cap the attempted steps with max_steps=N .*not options=\{'max_num_steps'"):
+    with pytest.raises(ValueError, match=r"cap the attempted steps with max_steps=N \(ProbabilityFlowODE\(max_steps=N\) or "
+                                         r"sample\(\.\.\., max_steps=N\)\), not options=\{'max_num_steps': N\}"):
         ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_num_steps": 5}))
     with pytest.raises(ValueError, match="max_steps=N"):
         ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_steps": 5}))

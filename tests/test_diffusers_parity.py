@@ -257,3 +257,9 @@ def test_match_scheduler_refuses_other_methods(unet, x_T):
     sched = diffusers.DDIMScheduler()
     kwargs = ss.match_scheduler(sched, sde, 10, x_T)
     assert sched.num_inference_steps is None and kwargs["method"] == "ddim" and kwargs["x_init"] is x_T
+
+
+@pytest.mark.parametrize("n", (14, 15))
+def test_dpmpp_2m_at_diffusers_lower_order_boundary(unet, x_T, n):
+    """diffusers lowers the order of its last steps below 15 timesteps: both sides of the switch."""
+    _check(unet, x_T, diffusers.DPMSolverMultistepScheduler, dict(timestep_spacing="trailing"), n)

@@ -508,3 +508,28 @@ def test_option_errors_name_the_argument(kwargs, match):
 def test_torchsde_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="srk, reversible_heun"):
         TorchSDE("milstein")
+
+
+def test_step_orders_lower_the_last_steps_as_documented():
+    """Warm-up min(order, i + 1); below 15 steps the last ones drop to min(order, n − i), with
+    "diffusers" counting the final x̂_0 as step n + 1 (so order 2 lowers no grid step) unless
+    there is no final x̂_0 (denoise=False)."""
+    from scoresolve.samplers.exponential import step_orders
+
+    assert step_orders(10, 2, True) == [1] + [2] * 8 + [1]
+    assert step_orders(10, 2, "diffusers") == [1] + [2] * 9
+    assert step_orders(10, 2, "diffusers", denoise=False) == [1] + [2] * 8 + [1]
+    assert step_orders(13, 3, "diffusers") == [1, 2] + [3] * 10 + [2]  # n = 14 < 15
+    assert step_orders(14, 3, "diffusers") == [1, 2] + [3] * 12  # n = 15: not lowered
+    assert step_orders(14, 3, True) == [1, 2] + [3] * 10 + [2, 1]
+    assert step_orders(15, 2, True) == [1] + [2] * 14 and step_orders(6, 2, False) == [1] + [2] * 5
+
+
+def test_diffusers_lower_order_final_without_a_final_denoise_lowers_the_last_grid_step():
+    """lower_order_final="diffusers" counts the final x̂_0 as a step only when there is one."""
+    sde = ss.VPSDE()
+    gm = ss.targets.GaussianMixture.random(2, 3, seed=4)
+    x = gm.sample(16, sde.T, sde, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    run = lambda lof: ss.sample(gm.score_fn(sde), sde, x.shape, ss.samplers.DPMSolverMultistep(lower_order_final=lof),  # noqa: E731
+                                steps=8, x_init=x, denoise=False).samples
+    assert torch.equal(run("diffusers"), run(True)) and not torch.equal(run("diffusers"), run(False))

@@ -1,9 +1,13 @@
 """Summarise mutmut 3's results (mutants/**/*.meta) per module: generated, killed, survived, no tests,
 timeouts, not yet run; survivors listed with their one-line fate from benchmarks/mutation/fates.txt
-("<mutant name or fnmatch pattern> | <fate>", e.g. "equivalent: only changes an error message")."""
+("<mutant name or fnmatch pattern> | <fate>", e.g. "equivalent: only changes an error message").
+
+    python benchmarks/mutation/report.py [path prefix, e.g. samplers/]   # only the modules under it
+"""
 
 import fnmatch
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +23,10 @@ if fates_file.exists():
             fates.append((pat, fate))
 
 rows, survivors = [], []
+prefix = sys.argv[1] if len(sys.argv) > 1 else ""
 for meta in sorted((root / "mutants/scoresolve").rglob("*.py.meta")):
+    if not str(meta.relative_to(root / "mutants/scoresolve")).startswith(prefix):
+        continue
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     c = Counter(STATUS.get(v, "suspicious") for v in codes.values())
     mod = str(meta.relative_to(root / "mutants")).removesuffix(".meta")
