@@ -81,8 +81,9 @@ def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_ca
     assert st["steps_rejected"] > 0 and st["steps_attempted"] == st["steps_accepted"] + st["steps_rejected"]
     # dopri5: 6 new stages per attempt (FSAL), + f(T), + the initial step-size probe, + the Tweedie step
     assert res.nfe == 6 * st["steps_attempted"] + 3
-    with pytest.raises(ValueError, match=r"cap the attempted steps with max_steps=N \(ProbabilityFlowODE\(max_steps=N\) or "
-                                         r"sample\(\.\.\., max_steps=N\)\), not options=\{'max_num_steps': N\}"):
+    msg = (r"cap the attempted steps with max_steps=N \(ProbabilityFlowODE\(max_steps=N\) or "
+           r"sample\(\.\.\., max_steps=N\)\), not options=\{'max_num_steps': N\}")
+    with pytest.raises(ValueError, match=msg):
         ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_num_steps": 5}))
     with pytest.raises(ValueError, match="max_steps=N"):
         ss.sample(gm.score_fn(sde), sde, (4, 1), ss.ProbabilityFlowODE(options={"max_steps": 5}))
