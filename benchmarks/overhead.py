@@ -13,7 +13,6 @@ same run's two clocks, so load on the machine moves it far less than it moves ei
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -21,6 +20,7 @@ import torch
 
 import scoresolve as ss
 from scoresolve.bench.problems import PROBLEMS
+from scoresolve.bench.store import atomic_write_bytes
 from scoresolve.noise import Noise
 
 
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                  "", "| method | NFE | overhead | range | without RNG | score ms/call |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['nfe']:.1f} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
                   f"{r['no_rng']:.3f} | {r['score_ms']:.1f} |" for r in rows]
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, a.out)
+        atomic_write_bytes(a.out, ("\n".join(lines) + "\n").encode())
     return 0
 
 

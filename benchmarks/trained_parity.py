@@ -13,7 +13,6 @@ its default configuration and others, stock and lifted to float64, relative to m
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import diffusers_digits as digits  # noqa: E402
 from diffusers_helpers import float64_scheduler, rel, run_diffusers  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
+from scoresolve.bench.store import atomic_write_bytes  # noqa: E402
 
 CONFIGS = {"default (leading, clip_sample)": {}, "trailing, clip_sample": dict(timestep_spacing="trailing"),
            "linspace, clip_sample": dict(timestep_spacing="linspace"), "no clip_sample": dict(clip_sample=False)}
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                  "| config | steps | use_clipped_model_output | vs stock diffusers | vs diffusers in float64 | "
                  "stock vs float64 diffusers |", "|---|---|---|---|---|---|"]
         lines += [f"| {c} | {n} | {u} | {s:.1e} | {f:.1e} | {d:.1e} |" for c, n, u, s, f, d in rows]
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, a.out)
+        atomic_write_bytes(a.out, ("\n".join(lines) + "\n").encode())
     return 0
 
 
