@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=mutation
 unset PYTHONPATH  # mutmut puts its mutated copy (mutants/) first on sys.path
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(sde timegrid predictors correctors ode targets.mixture metrics likelihood)
+[ ${#modules[@]} -gt 0 ] || modules=(sde timegrid predictors correctors ode targets.mixture metrics likelihood
+    samplers._common samplers.exponential samplers.classical samplers.edm samplers.unipc samplers.unipc_bh samplers.kdiffusion)
 for m in "${modules[@]}"; do
     mutmut run --max-children "${JOBS:-2}" "scoresolve.${m}.*" || true
 done
