@@ -109,26 +109,26 @@ def match_scheduler(scheduler, sde: DiscreteVPSDE, steps: int, noise: Tensor | N
     out: dict = {"grid": grid}
     if name == "DDIMScheduler":
         spacing, offset = cfg.get("timestep_spacing", "leading"), cfg.get("steps_offset", 0)
-        out.update(method="ddim", hooked_eps=use_clipped_model_output, x0_hook=_hook(cfg),
+        out.update(method="ddim", hooked_eps=use_clipped_model_output,
                    step_to=ddim_step_to(sde, steps, spacing, steps_offset=offset,
                                         set_alpha_to_one=cfg.get("set_alpha_to_one", True)))
     elif name == "DPMSolverMultistepScheduler":
-        out.update(method="dpmpp_2m", x0_hook=_hook(cfg),
-                   lower_order_final="diffusers" if cfg.get("lower_order_final", True) else False)
+        out.update(method="dpmpp_2m", lower_order_final="diffusers" if cfg.get("lower_order_final", True) else False)
     elif name == "UniPCMultistepScheduler":
         solver_type = cfg.get("solver_type", "bh2")
         if solver_type not in ("bh1", "bh2"):
             raise ValueError(f"UniPCMultistepScheduler(solver_type={solver_type!r}) is not reproduced; "
                              "valid choices: bh1, bh2")
-        out.update(method=f"unipc_{solver_type}", solver_order=cfg.get("solver_order", 2), x0_hook=_hook(cfg),
+        out.update(method=f"unipc_{solver_type}", solver_order=cfg.get("solver_order", 2),
                    lower_order_final=bool(cfg.get("lower_order_final", True)))
         if cfg.get("final_sigmas_type", "zero") == "sigma_min":
             out.update(grid=torch.cat([grid, grid.new_tensor([float(sde.timestep_to_t(0))])]), denoise=False)
     else:
         out["method"] = {"EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
                          "LMSDiscreteScheduler": "lms"}[name]
-    if out.get("x0_hook", 1) is None:
-        del out["x0_hook"]
+    hook = _hook(cfg)  # clip_sample / thresholding (the σ-schedulers' configs have neither)
+    if hook is not None:
+        out["x0_hook"] = hook
     if noise is not None:
         out["x_init"] = noise
         if out["method"] in ("euler", "heun", "lms"):  # x̃_T = noise · init_noise_sigma, and x = m x̃
