@@ -5,11 +5,18 @@ backed either by a ``torch.Generator`` (fast; a sample depends on its position i
 by per-sample integer seeds, where draw number j for sample i is a pure function of
 (seed_i, j, element): a counter-based generator (SplitMix64 finaliser + Box-Muller) written in
 torch integer ops, so a sample is the same whatever batch it is drawn in, on any device.
+
+On CPU, torch's generator (mt19937, serial) fills a (10000, 64) tensor in ~2 ms, 5-10% of a
+cheap score's call.  ``Noise`` therefore draws the *next* large tensor on a worker thread while
+the sampler evaluates the score (``_Prefetch``), from a shadow copy of the generator's state, and
+hands the caller's generator the state it would have had: the draws, and the generator after the
+run, are bit-identical to drawing them in line.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +62,47 @@ def counter_normal(
     return z.to(dtype)
 
 
+class _Prefetch:
+    """The next N(0, I) draw of a CPU generator, made on a worker thread.
+
+    ``take`` returns it only if it is what the caller asks for now (same shape and dtype) and the
+    caller's generator is still in the state it was copied from (nothing else drew from it, e.g.
+    the score); otherwise None, and the caller draws in line.  normal_(0, 1) scaled by std equals
+    normal_(0, std) bit for bit (torch computes r cos(θ)·std + mean), so scaling afterwards is exact.
+    """
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator if generator is not None else torch.default_generator
+        self.shadow = torch.Generator()
+        self.thread: threading.Thread | None = None
+        self.key: tuple | None = None
+        self.before: Tensor | None = None
+        self.result: tuple[Tensor, Tensor] | None = None
+
+    def _fill(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        z = torch.empty(shape, dtype=dtype).normal_(generator=self.shadow)
+        self.result = (z, self.shadow.get_state())
+
+    def start(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.before = self.generator.get_state()
+        self.shadow.set_state(self.before)
+        self.key, self.result = (shape, dtype), None
+        self.thread = threading.Thread(target=self._fill, args=self.key, daemon=True)
+        self.thread.start()
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
+        if self.thread is None:
+            return None
+        self.thread.join()
+        self.thread = None
+        untouched = torch.equal(self.generator.get_state(), self.before)
+        if self.result is None or self.key != (shape, dtype) or not untouched:
+            return None
+        z, after = self.result
+        self.generator.set_state(after)
+        return z
+
+
 class Noise:
     """A source of N(0, I) draws shaped like the sampler state.
 
@@ -62,7 +110,11 @@ class Noise:
         generator: a ``torch.Generator`` on the sampling device (or None for torch's global RNG).
         seeds: one integer seed per sample (batch-invariant mode); excludes ``generator``.
         device, dtype: of the draws.
+        prefetch: draw the next tensor on a worker thread while the score runs (CPU generators,
+            draws of at least ``prefetch_min_numel`` elements); the numbers are the same either way.
     """
+
+    prefetch_min_numel = 1 << 16  # below this a thread costs more than the draw
 
     def __init__(
         self,
@@ -70,6 +122,7 @@ class Noise:
         seeds: Sequence[int] | Tensor | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        prefetch: bool = True,
     ):
         if generator is not None and seeds is not None:
             raise ValueError("pass either generator= or seeds=, not both")
@@ -83,6 +136,7 @@ class Noise:
                 raise ValueError("seeds must be a 1-D sequence of integers, one per sample")
             self.seeds = s.to(device=self.device, dtype=torch.int64)
         self.draws = 0
+        self._prefetch = _Prefetch(generator) if prefetch and seeds is None and self.device.type == "cpu" else None
 
     def __call__(self, shape: Sequence[int], std: float = 1.0) -> Tensor:
         """The next draw of N(0, std² I) of the given shape (shape[0] is the batch).
@@ -92,13 +146,24 @@ class Noise:
         shape = tuple(shape)
         self.draws += 1
         if self.seeds is None:
-            out = torch.empty(shape, device=self.device, dtype=self.dtype)
-            return out.normal_(0.0, std, generator=self.generator)
+            return self._draw(shape, std)
         if shape[0] != self.seeds.shape[0]:
             raise ValueError(f"seeds has {self.seeds.shape[0]} entries but the batch is {shape[0]}")
         numel = math.prod(shape[1:])
         z = counter_normal(self.seeds, self.draws, numel, torch.float64)
         return (z if std == 1.0 else z * std).to(self.dtype).reshape(shape)
+
+    def _draw(self, shape: tuple[int, ...], std: float) -> Tensor:
+        pf = self._prefetch
+        if pf is None or math.prod(shape) < self.prefetch_min_numel:
+            return torch.empty(shape, device=self.device, dtype=self.dtype).normal_(0.0, std, generator=self.generator)
+        z = pf.take(shape, self.dtype)
+        if z is None:
+            z = torch.empty(shape, dtype=self.dtype).normal_(0.0, std, generator=self.generator)
+        elif std != 1.0:
+            z.mul_(std)
+        pf.start(shape, self.dtype)
+        return z
 
     def like(self, x: Tensor) -> Tensor:
         return self(x.shape)

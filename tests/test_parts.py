@@ -80,6 +80,48 @@ def test_noise_std_scales_the_draw_it_would_have_made():
         torch.testing.assert_close(scaled, 0.37 * unit, rtol=1e-15, atol=0)
 
 
+def _draw_sequence(noise, gen):
+    """Draws of changing shape, std and interleaved use of the caller's generator."""
+    out = [noise((64, 3)), noise((64, 3), std=0.37), noise((64, 3), std=2.5e-3), noise((32, 6))]
+    out.append(torch.randn(5, generator=gen))  # someone else draws from the generator in between
+    out += [noise((32, 6), std=1.7), noise((64, 3)), noise((64, 3), std=0.5)]
+    return out + [gen.get_state()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_prefetched_draws_equal_draws_made_in_line(monkeypatch, dtype):
+    """The worker-thread prefetch changes nothing: the same numbers and the same generator state after."""
+    monkeypatch.setattr(ss.Noise, "prefetch_min_numel", 1)
+    runs = []
+    for prefetch in (False, True):
+        gen = torch.Generator().manual_seed(11)
+        runs.append(_draw_sequence(ss.Noise(generator=gen, dtype=dtype, prefetch=prefetch), gen))
+    assert ss.Noise(generator=torch.Generator(), prefetch=True)._prefetch is not None
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["pc", "em", "ancestral", "ald", "euler_ancestral", "dpmpp_2m_sde", "edm_churn"])
+def test_stochastic_samples_are_the_same_with_and_without_prefetch(monkeypatch, method):
+    sde = ss.VPSDE()
+    gm = GaussianMixture.random(3, 2, seed=4)
+    gen_in_score = torch.Generator().manual_seed(0)
+
+    def run(min_numel, shared):
+        monkeypatch.setattr(ss.Noise, "prefetch_min_numel", min_numel)
+        gen = torch.Generator().manual_seed(7)
+        if shared:  # a score that draws from the sampler's own generator: the prefetch must step aside
+            score = lambda x, t: gm.score(x, t, sde) + 0 * torch.randn(1, generator=gen)  # noqa: E731
+        else:
+            score = lambda x, t: gm.score(x, t, sde) + 0 * torch.randn(1, generator=gen_in_score)  # noqa: E731
+        x = ss.sample(score, sde, (50, 3), method, steps=8, generator=gen, progress=False).samples
+        return x, gen.get_state()
+
+    for shared in (False, True):
+        (a, sa), (b, sb) = run(1 << 62, shared), run(1, shared)
+        assert torch.equal(a, b) and torch.equal(sa, sb)
+
+
 # ---------------------------------------------------------------- adapters
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_adapters_reproduce_the_exact_score(sde_name):
