@@ -181,6 +181,23 @@ def test_likelihood_old_argument_names_warn_and_work():
 
 
 @pytest.mark.parametrize("method", list(ss.SAMPLERS))
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16])
+def test_the_score_sees_times_in_the_state_dtype_one_per_row(method, dtype):
+    """A network's time embedding needs t as a (rows,) tensor in the state's dtype (float32 for a
+    half-precision state): a float64 t next to float32 weights raises in torch.nn.Linear."""
+    sde = ss.VPSDE()
+    seen = []
+
+    def score(x, t):
+        seen.append((x.dtype, t.dtype, t.shape, x.shape[0]))
+        return RING.score(x.double(), t.double(), sde).to(x.dtype)
+
+    ss.sample(score, sde, (32, 2), method, dtype=dtype, generator=gen(), **budget(method))
+    want_t = torch.promote_types(dtype, torch.float32)
+    assert seen and all(xd == dtype and td == want_t and ts == (n,) for xd, td, ts, n in seen), set(seen)
+
+
+@pytest.mark.parametrize("method", list(ss.SAMPLERS))
 @pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VESDE()], ids=["vp", "ve"])
 def test_half_precision_gives_finite_half_samples_with_every_method(method, sde):
     res = ss.sample(RING.score_fn(sde), sde, (32, 2), method, dtype=torch.float16, generator=gen(8), **budget(method))

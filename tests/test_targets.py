@@ -108,6 +108,17 @@ def test_sample_labels_and_weights():
     assert abs(frac - 0.8) < 5 * math.sqrt(0.16 / 20_000)
 
 
+@pytest.mark.parametrize("n,spacing,std", [(3, 2.0, 0.1), (2, 1.5, 0.3)])
+def test_grid_mixture_is_the_documented_square_grid(n, spacing, std):
+    gm = GaussianMixture.grid(n, spacing, std)
+    axis = [(i - (n - 1) / 2) * spacing for i in range(n)]
+    want = sorted((a, b) for a in axis for b in axis)
+    assert sorted(map(tuple, gm.means.tolist())) == want  # exact: k·spacing in binary
+    torch.testing.assert_close(gm.weights, torch.full((n * n,), 1 / n**2, dtype=torch.float64))
+    torch.testing.assert_close(gm.covs, torch.full((n * n, 2), std**2, dtype=torch.float64))
+    assert gm.means.mean(0).abs().max() < 1e-12  # centred
+
+
 def test_bad_mixture_parameters():
     with pytest.raises(ValueError, match="weights"):
         GaussianMixture(torch.tensor([1.0, -1.0]), torch.zeros(2, 2), torch.ones(2))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from ..protocol import Context, Sampler, State
+from ..protocol import Context, Sampler, SamplerBase, State
 from ..score import ScoreWrapper
 from ..sde import append_dims
 
@@ -168,11 +168,7 @@ class WrapsBase:
     def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
         return self.base.finish(ctx, state, denoise)
 
-    def run(self, sde, score, x: Tensor, ts: list[float], noise, *, denoise: bool = True, keep: bool = False,
-            progress: bool = False):
-        from ..loop import run
-
-        return run(self, Context(sde, score, noise, denoise), x, ts, keep=keep, progress=progress)
+    run = SamplerBase.run  # the whole solve through the shared loop (tests)
 
 
 @dataclass(frozen=True, eq=False)
