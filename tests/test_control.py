@@ -323,6 +323,72 @@ def test_interpolation_ends_at_the_inputs_and_slerp_keeps_norms():
     torch.testing.assert_close(slerp(a, a, torch.tensor([0.5]))[0], a)  # θ = 0: linear
 
 
+@pytest.mark.parametrize("spherical", [True, False])
+def test_interpolation_decodes_the_mixed_latents_in_the_data_dtype(spherical):
+    sde = SDES["vp"]
+    gm = GaussianMixture.random(3, 3, seed=1, spread=1.5, std_range=(0.2, 0.6))
+    xa, xb = gm.sample(4, sde.default_eps, sde, generator=gen(23), dtype=torch.float32).split(2)
+    path = interpolate(gm.score_fn(sde), sde, xa, xb, n=4, spherical=spherical)
+    z = encode(gm.score_fn(sde), sde, torch.cat([xa, xb])).latent.double()
+    za, zb = z[:2], z[2:]
+    al = torch.linspace(0, 1, 4, dtype=F64)
+    assert torch.equal(path.alphas, al)
+    if spherical:  # per pair: the angle between its two latents, written out here
+        th = torch.acos((za * zb).sum(1) / (za.norm(dim=1) * zb.norm(dim=1)))
+        want = ((((1 - al)[:, None] * th).sin() / th.sin())[..., None] * za
+                + ((al[:, None] * th).sin() / th.sin())[..., None] * zb)
+    else:
+        want = (1 - al)[:, None, None] * za + al[:, None, None] * zb
+    assert path.latents.dtype == torch.float32 and path.samples.dtype == torch.float32
+    torch.testing.assert_close(path.latents.double(), want, rtol=1e-5, atol=1e-5)
+    dec = decode(gm.score_fn(sde), sde, path.latents.reshape(8, 3))
+    torch.testing.assert_close(path.samples.reshape(8, 3), dec.samples, rtol=0, atol=0)
+    assert path.stats == {"nfe_encode": path.stats["nfe_encode"], "nfe_decode": dec.nfe,
+                          "method": "slerp" if spherical else "linear"}
+    assert path.nfe == path.stats["nfe_encode"] + dec.nfe and path.stats["nfe_encode"] > 0
+
+
+def test_slerp_works_per_pair_and_keeps_the_dtype():
+    a = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 3.0], [1.0, 0.0]])
+    zs = slerp(a, b, torch.linspace(0, 1, 5, dtype=F64))
+    assert zs.dtype == torch.float32 and zs.shape == (5, 2, 2)
+    torch.testing.assert_close(zs.norm(dim=-1), torch.tensor([3.0, 1.0]).expand(5, 2))
+
+
+def test_encode_reports_its_calls():
+    sde = SDES["vp"]
+    enc = encode(MIX4.score_fn(sde), sde, MIX4.sample(8, sde.default_eps, sde, generator=gen(24)))
+    assert enc.stats["calls"] == enc.nfe > 0 and enc.stats["wall_time"] > 0
+
+
+def test_linear_inverse_takes_a_float64_matrix_for_float32_data():
+    sde = SDES["vp"]
+    A = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=F64)
+    res = linear_inverse(MIX4.score_fn(sde), sde, torch.full((3, 1), 0.5), A, method="em", steps=5,
+                         generator=gen(25))
+    assert res.samples.dtype == torch.float32
+    torch.testing.assert_close(res.samples[:, 0], torch.full((3,), 0.5))
+
+
+def test_error_messages_name_what_was_wrong():
+    sde = SDES["vp"]
+    s = MIX4.score_fn(sde)
+    with pytest.raises(ValueError, match=r"^rtol and atol must be > 0, got rtol=0.0, atol=1e-05$"):
+        encode(s, sde, torch.zeros(3, 4), rtol=0.0)
+    with pytest.raises(ValueError, match=r"^A must have 1 <= k <= n rows for n=2 columns, got k=3$"):
+        linear_inverse(s, sde, torch.zeros(3, 3), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"^dim must index a data axis of y \(1..1\), got 2$"):
+        linear_inverse(s, sde, torch.zeros(3, 1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]), dim=2)
+    with pytest.raises(ValueError, match=r"^shape \(3, 5\) does not match y and A: expected \(3, 4\)$"):
+        linear_inverse(s, sde, torch.zeros(3, 1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]), shape=(3, 5))
+    with pytest.raises(ValueError, match=r"classifier must return logits of shape \(B, n_classes\), got \(2,\)"):
+        guided(s, classifier=lambda x, t: x[:, 0], y=0)(
+            torch.zeros(2, 4), torch.full((2,), 0.5))
+    with pytest.raises(TypeError, match=r"^uncond_score must be callable \(x, t\) -> score, got int$"):
+        classifier_free(s, 3)
+
+
 # ---------------------------------------------------------------- errors
 def test_clear_errors():
     sde = SDES["vp"]

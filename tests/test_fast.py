@@ -533,3 +533,20 @@ def test_diffusers_lower_order_final_without_a_final_denoise_lowers_the_last_gri
     run = lambda lof: ss.sample(gm.score_fn(sde), sde, x.shape, ss.samplers.DPMSolverMultistep(lower_order_final=lof),  # noqa: E731
                                 steps=8, x_init=x, denoise=False).samples
     assert torch.equal(run("diffusers"), run(True)) and not torch.equal(run("diffusers"), run(False))
+
+
+@pytest.mark.parametrize("method,per_accepted,per_rejected,final_free", [
+    ("ode_adaptive_ps", 1, 1, 1),  # 1 NFE per proposal; the step that reaches eps is the predictor alone
+    ("ode_adaptive_rk23", 3, 2, 0),  # D_0 is kept across a rejection
+    ("gotta_go_fast", 2, 2, 0),
+])
+@pytest.mark.parametrize("denoise", [True, False])
+def test_adaptive_nfe_is_the_declared_cost_of_the_proposals(method, per_accepted, per_rejected, final_free, denoise):
+    """Counted NFE = extra_nfe(denoise) + the docstring's cost per accepted / rejected proposal
+    (what the benchmark planner budgets with)."""
+    sde = ss.VPSDE()
+    r = ss.sample(RING.score_fn(sde), sde, (200, 2), method, denoise=denoise,
+                  generator=torch.Generator().manual_seed(0))
+    want = (ss.SAMPLERS[method].extra_nfe(denoise) + per_accepted * r.stats["accepted"]
+            + per_rejected * r.stats["rejected"] - final_free)
+    assert r.nfe == pytest.approx(want, rel=1e-12)

@@ -405,6 +405,22 @@ def test_bits_per_dim_offsets_follow_bit_depth_and_range():
     assert torch.isnan(a.logp_stderr).all()
 
 
+def test_bits_per_dim_is_reproducible_and_sums_its_solves():
+    """One generator drives the dequantization noise and the Hutchinson probes; the totals are the solves'."""
+    sde = SDES["vp"]
+    gm = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.tensor([0.1]))
+    imgs = torch.tensor([[0, 255], [128, 64]], dtype=torch.uint8)
+    kw = dict(repeats=2, rtol=1e-3, atol=1e-3, trace="hutchinson", probes=1)
+    a, b = (bits_per_dim(gm.score_fn(sde), sde, imgs, generator=gen(3), **kw) for _ in range(2))
+    assert torch.equal(a.logp, b.logp)
+    torch.manual_seed(0)  # the global RNG must play no part
+    c = bits_per_dim(gm.score_fn(sde), sde, imgs, generator=gen(3), **kw)
+    assert torch.equal(a.logp, c.logp)
+    assert a.stats["bin_width"] == pytest.approx(2 / 256)
+    for key in ("forwards", "vjps", "wall_time"):
+        assert a.stats[key] == pytest.approx(sum(r[key] for r in a.stats["solves"])) and a.stats[key] > 0
+
+
 def test_bits_per_dim_errors():
     sde = SDES["vp"]
     score = RING.score_fn(sde)
@@ -418,6 +434,13 @@ def test_bits_per_dim_errors():
         bits_per_dim(score, sde, torch.tensor([[0, 1]]), dequantize="variational")
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         bits_per_dim(score, sde, torch.tensor([[0, 1]]), repeats=0)
+    for bad in (True, 8.0, 0):
+        with pytest.raises(ValueError, match=rf"bits must be an integer >= 1, got {bad!r}"):
+            bits_per_dim(score, sde, torch.tensor([[0, 1]]), bits=bad)
+    with pytest.raises(TypeError, match=r"images must be a tensor of shape \(B, ...\), got list"):
+        bits_per_dim(score, sde, [[0, 1]])
+    with pytest.raises(ValueError, match=r"images must have shape \(B, \*data_dims\) with B >= 1, got \(2, 0\)"):
+        bits_per_dim(score, sde, torch.zeros(2, 0, dtype=torch.uint8))
     with pytest.raises(ValueError, match="bits must be an integer >= 1"):
         bits_per_dim(score, sde, torch.tensor([[0, 1]]), bits=0)
     with pytest.raises(ValueError, match=r"\[0, 16\] for levels=17; got values in \[0, 17\]"):
