@@ -179,6 +179,34 @@ def test_inpainting_particles_match_exact_conditional(name):
     assert z.abs().max() <= t_crit(len(z), groups - 1), z
 
 
+def test_particle_sampler_options_and_statistics():
+    """particles=2 is allowed, one observation serves every group, ESS statistics are fractions."""
+    from scoresolve.control.smc import ParticleSampler
+
+    sde = SDES["vp"]
+    obs = Observation(anchor=torch.zeros(1, 4, dtype=F64), mask=MASK4[None].double())
+    base = ss.SAMPLERS["reverse_diffusion"]
+    res = ss.sample(MIX4.score_fn(sde), sde, (6, 4), ParticleSampler(base, obs, 2), steps=20, dtype=F64,
+                    generator=gen(12))
+    assert res.samples.shape == (6, 4) and torch.equal(res.samples[:, :2], torch.zeros(6, 2, dtype=F64))
+    assert res.stats["particles"] == 2 and isinstance(res.stats["resamples"], int)
+    assert isinstance(res.stats["ess_min"], float) and 0 < res.stats["ess_min"] <= 1
+    # observed half-way between two modes the weights degenerate: a group is resampled before the
+    # last step (every group is, at the last) exactly when its ESS fell below 0.5·K
+    y = 0.5 * (MIX4.means[0, :2] + MIX4.means[1, :2])
+    mid = Observation(anchor=torch.cat([y, torch.zeros(2, dtype=F64)])[None], mask=MASK4[None].double())
+    res = ss.sample(MIX4.score_fn(sde), sde, (24, 4), ParticleSampler(base, mid, 8), steps=20, dtype=F64,
+                    generator=gen(12))
+    assert res.stats["resamples"] > 3 and 0 < res.stats["ess_min"] < 0.5
+    with pytest.raises(ValueError, match=r"^ess_threshold must lie in \(0, 1\], got 1.5$"):
+        ParticleSampler(base, obs, 2, 1.5)
+    two = Observation(anchor=torch.zeros(2, 4, dtype=F64), mask=MASK4[None].double())
+    with pytest.raises(ValueError, match=r"^the observation has batch 2; expected 1 or 3 groups of 2 particles$"):
+        ss.sample(MIX4.score_fn(sde), sde, (6, 4), ParticleSampler(base, two, 2), steps=5, dtype=F64)
+    with pytest.raises(ValueError, match=r"^particles= supports the predictors euler_maruyama, reverse_diffusion"):
+        ParticleSampler(ss.SAMPLERS["pc"].__class__(predictor="none", corrector="none"), obs, 2)
+
+
 def test_linear_inverse_particles_match_exact_conditional():
     """y = A x with one rotated row (a colorization-like observation) in d=3."""
     sde, groups, k = SDES["vp"], 16, 256

@@ -405,6 +405,24 @@ def test_bits_per_dim_offsets_follow_bit_depth_and_range():
     assert torch.isnan(a.logp_stderr).all()
 
 
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("source", ["generator", "seeds"])
+def test_trace_probes_have_identity_second_moment(kind, source):
+    """E[v vᵀ] = I (what makes Hutchinson's vᵀ J v unbiased), ±1 entries for Rademacher, in x's dtype."""
+    from scoresolve.likelihood import _draw_probes
+
+    x = torch.zeros(500, 3, dtype=torch.float32)
+    kw = dict(generator=gen(4), seeds=None) if source == "generator" else dict(generator=None, seeds=list(range(500)))
+    v = _draw_probes(kind, 40, x, **kw)
+    assert v.shape == (40, 500, 3) and v.dtype == torch.float32
+    if kind == "rademacher":
+        assert bool((v.abs() == 1).all())
+    flat = v.double().reshape(-1, 3)
+    second = flat.T @ flat / flat.shape[0]  # 20k draws: entries have sd ≤ sqrt(2/20000) = 0.01
+    assert float((second - torch.eye(3, dtype=torch.float64)).abs().max()) < 5 * math.sqrt(2 / flat.shape[0])
+    assert float(flat.mean(0).abs().max()) < 5 / math.sqrt(flat.shape[0])
+
+
 def test_bits_per_dim_is_reproducible_and_sums_its_solves():
     """One generator drives the dequantization noise and the Hutchinson probes; the totals are the solves'."""
     sde = SDES["vp"]

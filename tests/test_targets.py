@@ -119,6 +119,33 @@ def test_grid_mixture_is_the_documented_square_grid(n, spacing, std):
     assert gm.means.mean(0).abs().max() < 1e-12  # centred
 
 
+def test_unequal_mixture_is_the_documented_line_of_components():
+    gm = GaussianMixture.unequal((0.5, 0.3, 0.2), separation=0.3, std=0.7, dim=3)
+    want = torch.zeros(3, 3, dtype=torch.float64)
+    want[:, 0] = torch.tensor([-0.3, 0.0, 0.3], dtype=torch.float64)
+    assert torch.equal(gm.means, want)  # in float64, as given
+    torch.testing.assert_close(gm.covs, torch.full((3, 3), 0.49, dtype=torch.float64))
+    torch.testing.assert_close(gm.weights, torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+
+
+def test_random_mixture_is_a_function_of_its_seed_and_options():
+    torch.manual_seed(0)
+    a = GaussianMixture.random(4, 3, seed=5)
+    torch.manual_seed(1)  # the global RNG plays no part
+    b = GaussianMixture.random(4, 3, seed=5)
+    for u, v in ((a.weights, b.weights), (a.means, b.means), (a.covs, b.covs)):
+        assert torch.equal(u, v)
+    assert float(a.weights.max() - a.weights.min()) > 1e-3  # unequal by default (uniform in [0.5, 1.5])
+    assert a.weights.max() / a.weights.min() <= 3.0
+    eq = GaussianMixture.random(4, 3, seed=5, unequal_weights=False, anisotropic=False)
+    torch.testing.assert_close(eq.weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+    stds = eq.covs.sqrt()
+    assert eq.covs.shape == (3, 4) and bool(((stds >= 0.1) & (stds <= 0.5)).all())
+    lam = torch.linalg.eigvalsh(a.covs)  # anisotropic: the same stds, along rotated axes
+    assert bool(((lam.sqrt() >= 0.1 - 1e-12) & (lam.sqrt() <= 0.5 + 1e-12)).all())
+    assert float(a.covs[:, 0, 1:].abs().max()) > 1e-3
+
+
 def test_bad_mixture_parameters():
     with pytest.raises(ValueError, match="weights"):
         GaussianMixture(torch.tensor([1.0, -1.0]), torch.zeros(2, 2), torch.ones(2))
