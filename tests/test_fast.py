@@ -258,6 +258,37 @@ def test_brownian_memory_keeps_the_path_brownian_under_noise_dependent_rejection
     assert abs(float(w.var()) - 1.0) < 4 * se and abs(float(w.mean())) < 4 / math.sqrt(n)
 
 
+def test_brownian_memory_draws_from_the_brownian_bridge():
+    """Reveal W(2), W(1), W(1.5) by rejections, accept h = 1, then ask for W(1.75) − W(1):
+    (W(1), W(1.5), W(1.75), W(2)) must have Brownian motion's covariance min(s, t)."""
+    from scoresolve.samplers.brownian import BrownianMemory
+
+    n, g = 40000, torch.Generator().manual_seed(1)
+    f64 = dict(dtype=torch.float64)
+    mem = BrownianMemory(torch.zeros(n, 1, **f64))
+    idx, no, yes = torch.arange(n), torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)
+
+    def ask(h, ok=None):
+        hh = torch.full((n,), h, **f64)
+        w = mem.propose(idx, hh, torch.randn(n, 1, generator=g, **f64))
+        if ok is not None:
+            mem.resolve(idx, hh, w, ok)
+        return w
+
+    w2 = ask(2.0, no)
+    w1 = ask(1.0, no)  # bridge from (0, 0) to (2, W(2))
+    w15 = ask(1.5, no)  # bridge from (1, W(1)) to (2, W(2))
+    assert torch.equal(ask(1.0, yes), w1)  # a revealed point comes back as it is; accepted: origin at 1
+    assert torch.equal(ask(0.5), w15 - w1)
+    w175 = w1 + ask(0.75)  # bridge from (0.5, W(1.5) − W(1)) to (1, W(2) − W(1))
+    path = torch.cat([w1, w15, w175, w2], 1)
+    times = torch.tensor([1.0, 1.5, 1.75, 2.0], **f64)
+    want = torch.minimum(times[:, None], times[None, :])
+    got = path.T @ path / n
+    se = ((want.diagonal()[:, None] * want.diagonal()[None, :] + want**2) / n).sqrt()
+    assert bool(((got - want).abs() < 5 * se).all()), got
+
+
 def test_per_sample_gotta_go_fast_matches_the_exact_variance():
     sde, gm, n = ss.VPSDE(), gaussian_1d(1.0, 0.5), 8000
     res = ss.sample(gm.score_fn(sde), sde, (n, 1), GottaGoFast(rtol=0.01, atol=0.01), denoise=False,
@@ -550,3 +581,48 @@ def test_adaptive_nfe_is_the_declared_cost_of_the_proposals(method, per_accepted
     want = (ss.SAMPLERS[method].extra_nfe(denoise) + per_accepted * r.stats["accepted"]
             + per_rejected * r.stats["rejected"] - final_free)
     assert r.nfe == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("cls", [GottaGoFast, AdaptiveODE, AdaptiveMultistep])
+def test_shared_step_mode_gives_every_sample_the_same_steps(cls):
+    """per_sample=False: one step size for the batch (its largest error), so every sample makes the
+    same number of evaluations, and no more proposals are accepted than with per-sample steps."""
+    sde = ss.VPSDE()
+    kw = dict(generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shared = ss.sample(RING.score_fn(sde), sde, (64, 2), cls(per_sample=False), **kw)
+    nfe = shared.stats["nfe_per_sample"]
+    assert bool((nfe == nfe[0]).all()) and torch.isfinite(shared.samples).all()
+    own = ss.sample(RING.score_fn(sde), sde, (64, 2), cls(), **kw)
+    assert own.stats["nfe_per_sample"].std() > 0 and shared.nfe >= own.stats["nfe_per_sample"].min()
+
+
+def test_adaptive_multistep_step_factor_is_clipped_and_never_grows_after_a_rejection():
+    """h ← h·clip(θ E^{−1/q} min(1, E_prev/E)^{β/q}, min_factor, max_factor); after a rejection at most 1."""
+    s = AdaptiveMultistep()
+    f64 = dict(dtype=torch.float64)
+    err = torch.tensor([1e-9, 0.5, 1.5, 1e6], **f64)
+    prev = torch.ones(4, **f64)
+    q = torch.full((4,), 3.0, **f64)
+    for ok in (torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)):
+        fac = s._factor(err, prev, q, ok)
+        raw = s.safety * err.pow(-1 / q) * (prev / err.clamp_min(1e-4)).clamp(max=1.0).pow(s.predictive / q)
+        top = s.max_factor if bool(ok[0]) else 1.0
+        torch.testing.assert_close(fac, raw.clamp(s.min_factor, top), rtol=1e-14, atol=0)
+    assert float(s._factor(err, prev, q, torch.zeros(4, dtype=torch.bool)).max()) == 1.0
+    assert float(s._factor(err, prev, q, torch.zeros(4, dtype=torch.bool)).min()) == s.min_factor
+
+
+def test_gotta_go_fast_single_step_is_the_improved_euler_step_over_the_whole_interval():
+    """A tolerance that accepts anything and h_init > T − eps: one step, clipped to [eps, T].  With
+    a zero score on VE (f = 0) the step is x_T + ½(g(T) + g(eps)) √(T − eps) z, z the second draw."""
+    sde = ss.VESDE(sigma_max=5.0)
+    g = torch.Generator().manual_seed(3)
+    res = ss.sample(lambda x, t: torch.zeros_like(x), sde, (6, 2), GottaGoFast(rtol=1e9, atol=1e9, h_init=10.0),
+                    denoise=False, check=False, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.empty(6, 2, dtype=torch.float64).normal_(0.0, sde.prior_std(), generator=g)
+    z = torch.empty(6, 2, dtype=torch.float64).normal_(generator=g)
+    eps, T = sde.default_eps, sde.T
+    c = 0.5 * (sde.diffusion(T) + sde.diffusion(eps)) * math.sqrt(T - eps)
+    assert res.stats["accepted"] == 1.0 and res.stats["rejected"] == 0.0
+    torch.testing.assert_close(res.samples, x_T + c * z, rtol=1e-12, atol=1e-12)

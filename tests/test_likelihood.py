@@ -423,6 +423,25 @@ def test_trace_probes_have_identity_second_moment(kind, source):
     assert float(flat.mean(0).abs().max()) < 5 / math.sqrt(flat.shape[0])
 
 
+def test_a_single_point_and_two_probes_and_what_the_stats_record():
+    """Batch 1 (exact and Hutchinson with K = 2 > B), a score that ignores x, and the run's record."""
+    sde = SDES["vp"]
+    x = data(GMM16, 1, sde, seed=7)
+    res = likelihood(GMM16.score_fn(sde), sde, x, prior_logp=exact_prior(GMM16, sde))
+    assert abs(float(error(GMM16, sde, x, res)[0])) <= 2e-2
+    assert torch.equal(res.logp_stderr, torch.zeros(1, dtype=torch.float64))  # exact: no Monte-Carlo error
+    assert res.stats["probes"] == 0 and res.stats["probe_dist"] is None
+    assert res.stats["atol"] == 1e-5 and res.stats["eps"] == sde.default_eps and res.stats["dim"] == 16
+    two = likelihood(GMM16.score_fn(sde), sde, x, trace="hutchinson", probes=2, generator=gen(1))
+    assert two.stats["probes"] == 2 and two.stats["probe_dist"] == "rademacher"
+    assert bool(torch.isfinite(two.logp_stderr).all()) and float(two.logp_stderr[0]) > 0
+    one = likelihood(GMM16.score_fn(sde), sde, x, trace="hutchinson", probes=1, generator=gen(1))
+    assert torch.isnan(one.logp_stderr).all()  # one probe: its spread is unknown
+    w = torch.zeros(16, dtype=torch.float64, requires_grad=True)  # a score through parameters only: ∇·s = 0
+    flat = likelihood(lambda y, t: w.expand_as(y) * 1.0, sde, x)
+    assert torch.isfinite(flat.logp).all()
+
+
 def test_bits_per_dim_is_reproducible_and_sums_its_solves():
     """One generator drives the dequantization noise and the Hutchinson probes; the totals are the solves'."""
     sde = SDES["vp"]
