@@ -230,6 +230,25 @@ def test_nested_projections_compose(method):
     assert bool(torch.isfinite(free).all()) and float(free.std(0).min()) > 0.05  # still sampled
 
 
+@pytest.mark.parametrize("method", ["ode_heun", "dpmpp_2s", "ode_adaptive_rk23", "ode"])
+def test_deterministic_samplers_evaluate_the_score_at_the_pinned_state(method):
+    """_PinnedScore: in every evaluation, intermediate stages included, the user's score sees the
+    observed coordinates at the forward mean m(t)·y exactly (the constrained flow)."""
+    sde = SDES["vp"]
+    y = torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64)
+    bad = []
+
+    def score(x, t):
+        want = sde.mean_scale(t)[:, None] * y[:2] if isinstance(t, torch.Tensor) else sde.mean_scale(t) * y[:2]
+        if not torch.allclose(x[:, :2], want.expand_as(x[:, :2]), rtol=0, atol=1e-12):
+            bad.append(float(t.reshape(-1)[0]))
+        return MIX4.score(x, t, sde)
+
+    inpaint(score, sde, y.expand(8, 4).clone(), MASK4, method=method, dtype=F64, generator=gen(28),
+            **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+    assert not bad, bad[:5]
+
+
 def test_inpaint_argument_errors_name_the_argument():
     sde = SDES["vp"]
     s = MIX4.score_fn(sde)

@@ -581,6 +581,7 @@ def test_adaptive_nfe_is_the_declared_cost_of_the_proposals(method, per_accepted
     want = (ss.SAMPLERS[method].extra_nfe(denoise) + per_accepted * r.stats["accepted"]
             + per_rejected * r.stats["rejected"] - final_free)
     assert r.nfe == pytest.approx(want, rel=1e-12)
+    assert r.stats["iterations"] >= r.stats["accepted"] + r.stats["rejected"]  # batch proposals ≥ any sample's
 
 
 @pytest.mark.parametrize("cls", [GottaGoFast, AdaptiveODE, AdaptiveMultistep])

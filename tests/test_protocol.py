@@ -176,7 +176,11 @@ def test_likelihood_old_argument_names_warn_and_work():
         old = ss.likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe="gaussian", method="bosh3",
                             seeds=range(4), rtol=1e-3, atol=1e-3)
     assert torch.equal(new.logp, old.logp) and new.stats["solver"] == "bosh3"
-    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+    with pytest.warns(DeprecationWarning, match=r"^likelihood: argument\(s\) method renamed to solver"):
+        mixed = ss.likelihood(RING.score_fn(sde), sde, x, trace="hutchinson", probe_dist="gaussian", method="bosh3",
+                              seeds=range(4), rtol=1e-3, atol=1e-3)
+    assert torch.equal(new.logp, mixed.logp) and mixed.stats["probe_dist"] == "gaussian"
+    with pytest.raises(TypeError, match=r"^likelihood\(\) got an unexpected keyword argument 'nope'$"):
         ss.likelihood(RING.score_fn(sde), sde, x, nope=1)
 
 

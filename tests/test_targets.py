@@ -117,6 +117,7 @@ def test_grid_mixture_is_the_documented_square_grid(n, spacing, std):
     torch.testing.assert_close(gm.weights, torch.full((n * n,), 1 / n**2, dtype=torch.float64))
     torch.testing.assert_close(gm.covs, torch.full((n * n, 2), std**2, dtype=torch.float64))
     assert gm.means.mean(0).abs().max() < 1e-12  # centred
+    assert GaussianMixture.grid().means.shape == (9, 2)  # 3×3 by default
 
 
 def test_unequal_mixture_is_the_documented_line_of_components():
@@ -144,6 +145,31 @@ def test_random_mixture_is_a_function_of_its_seed_and_options():
     lam = torch.linalg.eigvalsh(a.covs)  # anisotropic: the same stds, along rotated axes
     assert bool(((lam.sqrt() >= 0.1 - 1e-12) & (lam.sqrt() <= 0.5 + 1e-12)).all())
     assert float(a.covs[:, 0, 1:].abs().max()) > 1e-3
+
+
+def test_responsibilities_at_time_t_are_the_diffused_posteriors():
+    """p_t(k | x) ∝ w_k N(x; m μ_k, m² Σ_k + σ² I), written out with scipy."""
+    from scipy.stats import multivariate_normal
+
+    sde = ss.VPSDE()
+    gm = GaussianMixture.random(3, 4, seed=2)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = 0.4
+    m, s = sde.marginal(t)
+    dens = torch.tensor([[float(gm.weights[k]) * multivariate_normal(
+        (m * gm.means[k]).numpy(), (m * m * gm.component_covs()[k] + s * s * torch.eye(3, dtype=torch.float64)).numpy()
+    ).pdf(xi.numpy()) for k in range(4)] for xi in x], dtype=torch.float64)
+    torch.testing.assert_close(gm.responsibilities(x, t, sde), dens / dens.sum(1, keepdim=True), rtol=1e-9, atol=1e-12)
+
+
+def test_mixture_samples_follow_the_generator_and_dtype():
+    gm = GaussianMixture.ring(4, 2.0, 0.1)
+    torch.manual_seed(0)
+    a = gm.sample(50, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(1)  # the global RNG plays no part
+    b = gm.sample(50, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, b) and a.dtype == torch.float32
+    assert gm.sample(5, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).dtype == torch.float64
 
 
 def test_bad_mixture_parameters():
