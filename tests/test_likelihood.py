@@ -328,8 +328,8 @@ def test_non_finite_values_are_reported_with_the_time():
     def nan_divergence(x, t):  # finite value, NaN gradient once t > 0.3
         return -x + torch.sqrt(0 * x) if float(t[0]) > 0.3 else -x
 
-    with pytest.raises(ss.NonFiniteScoreError,
-                       match=r"divergence of score_fn is NaN/Inf at t=.* \(step \d+, 4 of 4 points affected\)$") as info:
+    msg = r"divergence of score_fn is NaN/Inf at t=.* \(step \d+, 4 of 4 points affected\)$"
+    with pytest.raises(ss.NonFiniteScoreError, match=msg) as info:
         likelihood(nan_divergence, sde, x)
     assert 0.3 < float(re.search(r"t=([0-9.e-]+)", str(info.value)).group(1)) <= 1.0
 
