@@ -230,6 +230,22 @@ def test_nested_projections_compose(method):
     assert bool(torch.isfinite(free).all()) and float(free.std(0).min()) > 0.05  # still sampled
 
 
+@pytest.mark.parametrize("method", ["em", "pc", "ald", "dpmpp_2m_sde"])
+def test_stochastic_replacement_is_a_draw_of_the_forward_marginal(method):
+    """After every step the observed coordinates are m(t)·y + σ(t)·z, z ~ N(0, I) fresh per row:
+    across the batch their mean is m(t)·y and their sd σ(t) (5 standard errors, every step)."""
+    sde, n = SDES["vp"], 4000
+    y = torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64)
+    seen = []
+    inpaint(MIX4.score_fn(sde), sde, y.expand(n, 4).clone(), MASK4, method=method, steps=10, dtype=F64,
+            generator=gen(29), callback=lambda i, t, x, x0: seen.append((t, x[:, :2].clone())))
+    assert len(seen) >= 9
+    for t, obs in seen[:-1]:  # the last step ends on the exact observation
+        m, sd = sde.marginal(t)
+        assert float((obs.mean(0) - m * y[:2]).abs().max()) < 5 * sd / math.sqrt(n), t
+        assert float((obs.std(0) - sd).abs().max()) < 5 * sd / math.sqrt(2 * n), t
+
+
 @pytest.mark.parametrize("method", ["ode_heun", "dpmpp_2s", "ode_adaptive_rk23", "ode"])
 def test_deterministic_samplers_evaluate_the_score_at_the_pinned_state(method):
     """_PinnedScore: in every evaluation, intermediate stages included, the user's score sees the
