@@ -5,6 +5,7 @@ family-wise α = 0.01) or are the issue's bars (mode-weight TV ≤ 0.02, round t
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -198,8 +199,16 @@ def test_particle_sampler_options_and_statistics():
     res = ss.sample(MIX4.score_fn(sde), sde, (24, 4), ParticleSampler(base, mid, 8), steps=20, dtype=F64,
                     generator=gen(12))
     assert res.stats["resamples"] > 3 and 0 < res.stats["ess_min"] < 0.5
+    never = ss.sample(MIX4.score_fn(sde), sde, (24, 4), ParticleSampler(base, mid, 8, 1e-9), steps=20, dtype=F64,
+                      generator=gen(12))
+    assert never.stats["resamples"] == 3  # only the final resampling of each group
     with pytest.raises(ValueError, match=r"^ess_threshold must lie in \(0, 1\], got 1.5$"):
         ParticleSampler(base, obs, 2, 1.5)
+    for bad in (2.5, True):
+        with pytest.raises(ValueError, match=rf"^particles must be an integer >= 2, got {bad!r}$"):
+            ParticleSampler(base, obs, bad)
+    with pytest.raises(ValueError, match=r"^batch 5 is not a multiple of particles=2$"):
+        ss.sample(MIX4.score_fn(sde), sde, (5, 4), ParticleSampler(base, obs, 2), steps=5, dtype=F64)
     two = Observation(anchor=torch.zeros(2, 4, dtype=F64), mask=MASK4[None].double())
     with pytest.raises(ValueError, match=r"^the observation has batch 2; expected 1 or 3 groups of 2 particles$"):
         ss.sample(MIX4.score_fn(sde), sde, (6, 4), ParticleSampler(base, two, 2), steps=5, dtype=F64)
@@ -280,6 +289,77 @@ def test_inpaint_argument_errors_name_the_argument():
     low = inpaint(s, sde, known, MASK4, particles=4, steps=10, generator=gen(27))
     every = inpaint(s, sde, known, MASK4, particles=4, steps=10, generator=gen(27), ess_threshold=1.0)
     assert every.stats["resamples"] > low.stats["resamples"]  # ess_threshold reaches the sampler
+
+
+def test_pinned_score_is_the_score_at_the_pinned_state_with_the_observed_part_removed():
+    """s̃(u, t) = (I − P) s(Π(u, t), t), Π(u, t) = (I − P) u + m(t) b, written out."""
+    from scoresolve.control.projected import _PinnedScore
+    from scoresolve.protocol import Context
+
+    sde = SDES["vp"]
+    b = torch.tensor([[0.3, -0.2, 0.0, 0.0]], dtype=F64)
+    obs = Observation(anchor=b, mask=MASK4[None].double())
+    ctx = Context(sde, None, None, True)
+    pinned = _PinnedScore(lambda x, t: MIX4.score(x, t, sde), obs, ctx)
+    u = torch.randn(5, 4, generator=gen(30), dtype=F64)
+    t = torch.full((5,), 0.4, dtype=F64)
+    m = sde.mean_scale(0.4)
+    want = MIX4.score(torch.cat([m * b[:, :2].expand(5, 2), u[:, 2:]], 1), t, sde)
+    want[:, :2] = 0.0
+    torch.testing.assert_close(pinned(u, t), want, rtol=1e-12, atol=1e-12)
+
+
+def test_per_sample_masks_follow_their_rows():
+    """Row i keeps its own mask: through the particle sampler's repeat and the per-sample
+    adaptive solvers' row subsets."""
+    sde = SDES["vp"]
+    known = torch.tensor([[0.5, 0.0, 0.0, 0.0], [0.0, 0.0, -0.5, 0.0], [0.0, 0.4, 0.0, 0.0]], dtype=F64)
+    masks = (known != 0).double()
+    res = inpaint(MIX4.score_fn(sde), sde, known, masks, particles=2, steps=20, generator=gen(31))
+    for i in range(3):
+        rows, on = res.samples[2 * i:2 * i + 2], masks[i].bool()
+        assert torch.equal(rows[:, on], known[i, on].expand(2, 1)), i
+        assert bool((rows[:, ~on] != 0).all())
+    seen_subset = []
+    score = MIX4.score_fn(sde)
+    res = inpaint(lambda x, t: seen_subset.append(x.shape[0]) or score(x, t), sde, known, masks,
+                  method="ode_adaptive_ps", generator=gen(31))
+    assert min(seen_subset) < 3  # some evaluations ran on a subset of the rows
+    torch.testing.assert_close(res.samples * masks, known, rtol=0, atol=0)
+
+
+def test_linear_inverse_on_the_flattened_sample():
+    sde = SDES["vp"]
+    A = torch.tensor([[0.6, 0.8, 0.0, 0.0]], dtype=F64)
+    y = torch.tensor([[0.5], [-0.25]], dtype=F64)
+    res = linear_inverse(MIX4.score_fn(sde), sde, y, A, dim=None, shape=(2, 4), method="ode_heun", nfe=12,
+                         generator=gen(32))
+    torch.testing.assert_close(res.samples @ A.T, y, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^with dim=None, y must have shape \(B, 1\), got \(2, 1, 1\)$"):
+        linear_inverse(MIX4.score_fn(sde), sde, y[:, :, None], A, dim=None)
+    with pytest.raises(ValueError, match=r"^shape \(2, 5\) must be \(B=2, ...\) with 4 elements per sample$"):
+        linear_inverse(MIX4.score_fn(sde), sde, y, A, dim=None, shape=(2, 5))
+
+
+def test_colorize_passes_its_method_and_particles_on():
+    sde = SDES["vp"]
+    gm = GaussianMixture.random(3, 2, seed=5)
+    gray = torch.full((2, 1), 0.2, dtype=F64)
+    a = colorize(gm.score_fn(sde), sde, gray, method="ode_heun", nfe=12, generator=gen(33))
+    w = torch.full((1, 3), 1 / math.sqrt(3), dtype=F64)
+    b = linear_inverse(gm.score_fn(sde), sde, gray * math.sqrt(3), w, method="ode_heun", nfe=12, generator=gen(33))
+    torch.testing.assert_close(a.samples, b.samples, rtol=1e-12, atol=1e-12)  # y = gray/‖w‖ rounds differently
+    torch.testing.assert_close(a.samples.mean(1, keepdim=True), gray, rtol=1e-12, atol=1e-12)
+    k = colorize(gm.score_fn(sde), sde, gray, particles=2, steps=10, generator=gen(33))
+    assert k.samples.shape == (4, 3) and k.stats["particles"] == 2
+    with pytest.raises(ValueError, match=r"^channels must be an integer >= 2, got 1$"):
+        colorize(gm.score_fn(sde), sde, gray, channels=1)
+    with pytest.raises(TypeError, match=r"^gray must be a tensor, got list$"):
+        colorize(gm.score_fn(sde), sde, [[0.2]])
+    with pytest.raises(ValueError, match=r"^A must be a \(k, n\) matrix with orthonormal rows, got list$"):
+        linear_inverse(gm.score_fn(sde), sde, gray, [[1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"^A must be a \(k, n\) matrix with orthonormal rows, got \(3,\)$"):
+        linear_inverse(gm.score_fn(sde), sde, gray, torch.ones(3))
 
 
 def test_linear_inverse_particles_match_exact_conditional():
@@ -459,6 +539,31 @@ def test_slerp_works_per_pair_and_keeps_the_dtype():
     torch.testing.assert_close(zs.norm(dim=-1), torch.tensor([3.0, 1.0]).expand(5, 2))
 
 
+def test_encode_and_interpolate_pass_their_arguments_on():
+    sde = SDES["vp"]
+    gm = GaussianMixture.random(3, 3, seed=1, spread=1.5, std_range=(0.2, 0.6))
+    x = gm.sample(4, sde.default_eps, sde, generator=gen(34), dtype=F64)
+    with pytest.raises(ss.StepLimitError, match="budget of 2 attempted steps"):  # options reach the solver
+        encode(gm.score_fn(sde), sde, x, options={"max_num_steps": 2})
+
+    def nan_score(y, t):
+        return torch.full_like(y, float("nan"))
+
+    with pytest.raises(ss.NonFiniteScoreError):
+        encode(nan_score, sde, x)
+    with pytest.raises(ss.NonFiniteScoreError):
+        interpolate(nan_score, sde, x[:2], x[2:], n=3)
+    path = interpolate(gm.score_fn(sde), sde, x[:2], x[2:], n=2, rtol=1e-3, atol=1e-3)  # n = 2: the two ends
+    assert path.samples.shape == (2, 2, 3)
+    dec = decode(gm.score_fn(sde), sde, path.latents.reshape(4, 3), rtol=1e-3, atol=1e-3)
+    assert path.stats["nfe_decode"] == dec.nfe  # the tolerances reach decode
+    assert dec.nfe < decode(gm.score_fn(sde), sde, path.latents.reshape(4, 3)).nfe
+    with pytest.raises(ValueError, match=r"^z must be a tensor of shape \(batch, \*data_shape\)$"):
+        decode(gm.score_fn(sde), sde, [[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"^x_a and x_b must be tensors of the same shape \(batch, \*data_shape\)$"):
+        interpolate(gm.score_fn(sde), sde, x[:2], x[:1])
+
+
 def test_encode_reports_its_calls():
     sde = SDES["vp"]
     enc = encode(MIX4.score_fn(sde), sde, MIX4.sample(8, sde.default_eps, sde, generator=gen(24)))
@@ -490,6 +595,21 @@ def test_error_messages_name_what_was_wrong():
             torch.zeros(2, 4), torch.full((2,), 0.5))
     with pytest.raises(TypeError, match=r"^uncond_score must be callable \(x, t\) -> score, got int$"):
         classifier_free(s, 3)
+    for bad in ("2", True, float("inf")):
+        with pytest.raises(TypeError, match=rf"^scale must be a finite number >= 0, got {re.escape(repr(bad))}$"):
+            guided(s, lambda x, t: x, scale=bad)
+    with pytest.raises(ValueError, match=r"\(got none\)$"):
+        guided(s)
+    with pytest.raises(TypeError, match=r"^log_likelihood_grad must be callable \(x, t\) -> Tensor, got int$"):
+        guided(s, 3)
+    x2, t2 = torch.zeros(2, 4), torch.full((2,), 0.5)
+    with pytest.raises(ValueError, match=r"^log_likelihood must return shape \(B,\) = \(2,\), got float$"):
+        guided(s, log_likelihood=lambda x, t: 1.0)(x2, t2)
+    with pytest.raises(ValueError, match=r"got list$"):
+        guided(s, classifier=lambda x, t: [1.0], y=0)(x2, t2)
+    msg = r"^log_likelihood_grad must return a tensor shaped like x \(2, 4\), got float$"
+    with pytest.raises(ValueError, match=msg):
+        guided(s, lambda x, t: 1.0)(x2, t2)
 
 
 # ---------------------------------------------------------------- errors

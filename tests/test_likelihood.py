@@ -454,6 +454,45 @@ def test_a_single_point_and_two_probes_and_what_the_stats_record():
     assert torch.isfinite(flat.logp).all()
 
 
+def test_float64_exact_trace_reaches_float64_accuracy():
+    """A Gaussian's flow at rtol = atol = 1e-8: the log-density to ~1e-8, so every piece of the
+    augmented state (the divergence included) is accumulated in float64."""
+    sde = SDES["vp"]
+    gm = GaussianMixture(torch.ones(1), torch.zeros(1, 3), torch.tensor([0.3]))
+    x = data(gm, 5, sde)
+    res = likelihood(gm.score_fn(sde), sde, x, rtol=1e-8, atol=1e-8, prior_logp=exact_prior(gm, sde))
+    assert float(error(gm, sde, x, res).abs().max()) < 5e-8
+
+
+def test_tolerances_reach_the_solver():
+    sde = SDES["vp"]
+    x = data(RING, 8, sde)
+    loose = likelihood(RING.score_fn(sde), sde, x, rtol=1e-2, atol=1e-12)
+    tight = likelihood(RING.score_fn(sde), sde, x, rtol=1e-6, atol=1e-12)
+    assert loose.stats["rhs_evals"] < tight.stats["rhs_evals"]
+    assert (loose.stats["rtol"], tight.stats["rtol"]) == (1e-2, 1e-6)
+
+
+def test_bits_per_dim_records_per_image_pieces():
+    sde = SDES["vp"]
+    gm = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.tensor([0.1]))
+    imgs = torch.tensor([[0, 255], [128, 64], [3, 9]], dtype=torch.uint8)
+    res = bits_per_dim(gm.score_fn(sde), sde, imgs, repeats=3, rtol=1e-3, atol=1e-3, generator=gen(5))
+    per = res.stats["per_repeat_logp"]
+    assert per.shape == (3, 3)
+    torch.testing.assert_close(res.logp_stderr, per.std(0) / math.sqrt(3), rtol=1e-12, atol=0)
+    assert res.prior_logp.shape == res.delta_logp.shape == (3,)
+    torch.testing.assert_close(res.prior_logp + res.delta_logp + res.stats["offset_nats"], res.logp,
+                               rtol=1e-6, atol=1e-5)  # float32 solves
+    assert (res.stats["levels"], res.stats["data_range"]) == (256, (-1.0, 1.0))
+    assert res.stats["offset_nats"] == pytest.approx(2 * math.log(2 / 256))
+    mid = bits_per_dim(gm.score_fn(sde), sde, imgs, dequantize="none", rtol=1e-3, atol=1e-3)
+    assert torch.equal(mid.logp_stderr, torch.zeros(3, dtype=mid.logp.dtype))  # exact trace, bin centres
+    g1 = GaussianMixture(torch.ones(1), torch.zeros(1, 1), torch.tensor([0.1]))
+    one = bits_per_dim(g1.score_fn(sde), sde, imgs[:, :1], repeats=1, rtol=1e-3, atol=1e-3, generator=gen(5))
+    assert one.logp.shape == (3,)  # one value per image is data too
+
+
 def test_bits_per_dim_is_reproducible_and_sums_its_solves():
     """One generator drives the dequantization noise and the Hutchinson probes; the totals are the solves'."""
     sde = SDES["vp"]
@@ -483,6 +522,15 @@ def test_bits_per_dim_errors():
         bits_per_dim(score, sde, torch.tensor([[0, 1]]), dequantize="variational")
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         bits_per_dim(score, sde, torch.tensor([[0, 1]]), repeats=0)
+    for name, bad in (("levels", 2.5), ("levels", True), ("repeats", 2.0), ("repeats", True)):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer >= [12], got {bad!r}$"):
+            bits_per_dim(score, sde, torch.tensor([[0, 1]]), **{name: bad})
+    with pytest.raises(ValueError, match=r"^dtype must be a floating type, got torch.int32$"):
+        bits_per_dim(score, sde, torch.tensor([[0, 1]]), dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"^images must hold integer pixel levels \(e.g. uint8\); got non-integer"):
+        bits_per_dim(score, sde, torch.tensor([[0.5, 1.0]]))
+    with pytest.raises(TypeError, match=r"^x must be a tensor of shape \(B, ...\), got list$"):
+        likelihood(score, sde, [[0.0, 1.0]])
     for bad in (True, 8.0, 0):
         with pytest.raises(ValueError, match=rf"bits must be an integer >= 1, got {bad!r}"):
             bits_per_dim(score, sde, torch.tensor([[0, 1]]), bits=bad)
