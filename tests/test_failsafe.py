@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -295,7 +296,9 @@ def test_likelihood_progress_shows_the_time_reached(capsys):
     sde = ss.VPSDE()
     x = RING.sample(4, generator=torch.Generator().manual_seed(0))
     ss.likelihood(RING.score_fn(sde), sde, x, rtol=1e-2, atol=1e-2, progress=True)
-    assert "t - eps = 0.999/0.999" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "t - eps = 0.999/0.999" in err
+    assert re.search(r"(^|\r)likelihood: t: 100%\|", err), err[-200:]
 
 
 # ---------------------------------------------------------------- torn JSONL line

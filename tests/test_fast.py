@@ -572,12 +572,15 @@ def test_diffusers_lower_order_final_without_a_final_denoise_lowers_the_last_gri
     ("gotta_go_fast", 2, 2, 0),
 ])
 @pytest.mark.parametrize("denoise", [True, False])
-def test_adaptive_nfe_is_the_declared_cost_of_the_proposals(method, per_accepted, per_rejected, final_free, denoise):
+@pytest.mark.parametrize("grid", [None, "checkpoints"])
+def test_adaptive_nfe_is_the_declared_cost_of_the_proposals(method, per_accepted, per_rejected, final_free, denoise,
+                                                            grid):
     """Counted NFE = extra_nfe(denoise) + the docstring's cost per accepted / rejected proposal
     (what the benchmark planner budgets with)."""
     sde = ss.VPSDE()
+    kw = {} if grid is None else {"grid": torch.tensor([1.0, 0.5, 0.1, 1e-3])}  # interior times are landed on
     r = ss.sample(RING.score_fn(sde), sde, (200, 2), method, denoise=denoise,
-                  generator=torch.Generator().manual_seed(0))
+                  generator=torch.Generator().manual_seed(0), **kw)
     want = (ss.SAMPLERS[method].extra_nfe(denoise) + per_accepted * r.stats["accepted"]
             + per_rejected * r.stats["rejected"] - final_free)
     assert r.nfe == pytest.approx(want, rel=1e-12)
@@ -627,3 +630,12 @@ def test_gotta_go_fast_single_step_is_the_improved_euler_step_over_the_whole_int
     c = 0.5 * (sde.diffusion(T) + sde.diffusion(eps)) * math.sqrt(T - eps)
     assert res.stats["accepted"] == 1.0 and res.stats["rejected"] == 0.0
     torch.testing.assert_close(res.samples, x_T + c * z, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [GottaGoFast, AdaptiveODE, AdaptiveMultistep])
+def test_the_last_callback_of_an_adaptive_solve_sees_the_final_state(cls):
+    sde = ss.VPSDE()
+    seen = []
+    r = ss.sample(RING.score_fn(sde), sde, (64, 2), cls(), denoise=False, generator=torch.Generator().manual_seed(0),
+                  callback=lambda i, t, x, x0: seen.append(x.clone()))
+    assert len(seen) == r.stats["accepted_steps"] and torch.equal(seen[-1], r.samples)

@@ -473,6 +473,17 @@ def test_tolerances_reach_the_solver():
     assert (loose.stats["rtol"], tight.stats["rtol"]) == (1e-2, 1e-6)
 
 
+def test_step_budget_counts_rejected_steps_too():
+    sde = SDES["vp"]
+    x = data(RING, 8, sde)
+    free = likelihood(RING.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
+    acc, rej = free.stats["steps_accepted"], free.stats["steps_rejected"]
+    assert rej > 0
+    likelihood(RING.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7, max_steps=acc + rej)  # exactly enough
+    with pytest.raises(ss.StepLimitError, match=rf"budget of {acc + rej - 1} attempted steps"):
+        likelihood(RING.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7, max_steps=acc + rej - 1)
+
+
 def test_bits_per_dim_records_per_image_pieces():
     sde = SDES["vp"]
     gm = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.tensor([0.1]))
