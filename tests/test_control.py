@@ -274,11 +274,30 @@ def test_deterministic_samplers_evaluate_the_score_at_the_pinned_state(method):
     assert not bad, bad[:5]
 
 
+@pytest.mark.parametrize("method", ["pc", "gotta_go_fast", "ode_adaptive_ps"])
+def test_inpainting_keeps_the_requested_dtype(method):
+    """known/mask/A in float64, samples asked for in float32: the observation follows the state."""
+    sde = SDES["vp"]
+    known = torch.tensor([[0.5, 0.0, 0.0, 0.0]], dtype=F64).expand(4, 4).clone()
+    res = inpaint(MIX4.score_fn(sde), sde, known, MASK4.double(), method=method, dtype=torch.float32,
+                  generator=gen(35), **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+    assert res.samples.dtype == torch.float32
+    A = torch.tensor([[0.6, 0.8, 0.0, 0.0]], dtype=F64)
+    lin = linear_inverse(MIX4.score_fn(sde), sde, torch.full((4, 1), 0.5, dtype=F64), A, dtype=torch.float32,
+                         method=method, generator=gen(35), **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+    assert lin.samples.dtype == torch.float32
+
+
 def test_inpaint_argument_errors_name_the_argument():
     sde = SDES["vp"]
     s = MIX4.score_fn(sde)
     with pytest.raises(TypeError, match=r"^known must be a tensor, got list$"):
         inpaint(s, sde, [[0.0] * 4], MASK4)
+    with pytest.raises(ValueError, match=r"^mask must be binary \(0/1 or bool\), found values such as \[0.5, 2.0\]$"):
+        inpaint(s, sde, torch.zeros(3, 4), torch.tensor([1.0, 0.5, 0.0, 2.0]))
+    with pytest.raises(TypeError, match=r"^base must be a sampler implementing scoresolve.protocol.Sampler \(a name's "
+                                        r"object from scoresolve.SAMPLERS\), got str$"):
+        Projected("em", Observation(anchor=torch.zeros(1, 4), mask=MASK4[None]))
     with pytest.raises(TypeError, match=r"^mask must be a tensor, got list$"):
         inpaint(s, sde, torch.zeros(3, 4), [1, 1, 0, 0])
     with pytest.raises(ValueError, match=r"^unknown method 'nope'; valid choices: "):

@@ -289,6 +289,35 @@ def test_brownian_memory_draws_from_the_brownian_bridge():
     assert bool(((got - want).abs() < 5 * se).all()), got
 
 
+def test_brownian_memory_bookkeeping_when_few_or_none_are_rejected():
+    """What the rejection memory must keep: one rejected row's point (n_rejected = 1), and the shift
+    of rows holding a point when they are accepted, with and without rejections elsewhere."""
+    from scoresolve.samplers.brownian import BrownianMemory
+
+    f64 = dict(dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    n = 4
+    idx = torch.arange(n)
+
+    def ask(mem, h):
+        hh = torch.full((n,), h, **f64)
+        return hh, mem.propose(idx, hh, torch.randn(n, 1, generator=g, **f64))
+
+    for n_rejected_elsewhere in (0, 1):
+        mem = BrownianMemory(torch.zeros(n, 1, **f64))
+        h, w2 = ask(mem, 2.0)
+        ok = torch.tensor([False, True, True, True])  # one rejection: row 0 remembers (2, W(2))
+        mem.resolve(idx, h, w2, ok, n_rejected=1)
+        h, again = ask(mem, 2.0)
+        assert float(again[0, 0]) == float(w2[0, 0])  # the remembered point, not a fresh draw
+        h, w1 = ask(mem, 1.0)  # row 0: a bridge; the others: fresh
+        ok = torch.ones(n, dtype=torch.bool)
+        ok[1] = not n_rejected_elsewhere
+        mem.resolve(idx, h, w1, ok, n_rejected=n_rejected_elsewhere)  # row 0 accepted: its point moves to τ = 1
+        _, rest = ask(mem, 1.0)
+        assert float(rest[0, 0]) == float(w2[0, 0] - w1[0, 0])
+
+
 def test_per_sample_gotta_go_fast_matches_the_exact_variance():
     sde, gm, n = ss.VPSDE(), gaussian_1d(1.0, 0.5), 8000
     res = ss.sample(gm.score_fn(sde), sde, (n, 1), GottaGoFast(rtol=0.01, atol=0.01), denoise=False,

@@ -473,6 +473,21 @@ def test_tolerances_reach_the_solver():
     assert (loose.stats["rtol"], tight.stats["rtol"]) == (1e-2, 1e-6)
 
 
+def test_point_error_norm_is_the_worst_points_rms():
+    """error_norm="point": max over points of max(RMS of its x error, largest |Δ error|)."""
+    from scoresolve.likelihood import _point_norm
+
+    ex = torch.tensor([[3.0, 4.0], [1.0, -1.0]], dtype=torch.float64)  # RMS 3.536, 1
+    ed = torch.tensor([[0.5], [-2.0]], dtype=torch.float64)
+    assert float(_point_norm((ex, ed))) == pytest.approx(math.sqrt(12.5))
+    assert float(_point_norm((ex, 5 * ed))) == pytest.approx(10.0)
+    assert float(_point_norm((-ex, ed))) == pytest.approx(math.sqrt(12.5))  # signs do not matter
+    x = data(RING, 3, SDES["vp"])
+    kw = dict(rtol=1e-3, atol=1e-3)
+    assert likelihood(RING.score_fn(SDES["vp"]), SDES["vp"], x, **kw).latent is not None
+    assert likelihood(RING.score_fn(SDES["vp"]), SDES["vp"], x, return_latent=False, **kw).latent is None
+
+
 def test_step_budget_counts_rejected_steps_too():
     sde = SDES["vp"]
     x = data(RING, 8, sde)
