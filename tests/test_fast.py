@@ -668,3 +668,15 @@ def test_the_last_callback_of_an_adaptive_solve_sees_the_final_state(cls):
     r = ss.sample(RING.score_fn(sde), sde, (64, 2), cls(), denoise=False, generator=torch.Generator().manual_seed(0),
                   callback=lambda i, t, x, x0: seen.append(x.clone()))
     assert len(seen) == r.stats["accepted_steps"] and torch.equal(seen[-1], r.samples)
+
+
+@pytest.mark.parametrize("cls", [GottaGoFast, AdaptiveODE, AdaptiveMultistep])
+def test_adaptive_trajectory_keeps_each_checkpoint(cls):
+    """The state kept at an interior checkpoint is a copy: later steps do not overwrite it."""
+    sde = ss.VPSDE()
+    r = ss.sample(RING.score_fn(sde), sde, (64, 2), cls(), grid=torch.tensor([1.0, 0.5, 0.1, 1e-3]),
+                  denoise=False, return_trajectory=True, generator=torch.Generator().manual_seed(0))
+    traj = r.trajectory
+    assert traj.shape[0] == 4 and torch.equal(traj[-1], r.samples)
+    for i in range(3):
+        assert not torch.equal(traj[i], traj[i + 1]), i

@@ -2,7 +2,7 @@
 timeouts, not yet run; survivors listed with their one-line fate from benchmarks/mutation/fates.txt
 ("<mutant name or fnmatch pattern> | <fate>", e.g. "equivalent: only changes an error message").
 
-    python benchmarks/mutation/report.py [path prefix, e.g. samplers/]   # only the modules under it
+    python benchmarks/mutation/report.py [path prefix ...]   # only the modules under them, e.g. samplers/ control/
 """
 
 import fnmatch
@@ -23,9 +23,9 @@ if fates_file.exists():
             fates.append((pat, fate))
 
 rows, survivors = [], []
-prefix = sys.argv[1] if len(sys.argv) > 1 else ""
+prefixes = tuple(sys.argv[1:]) or ("",)
 for meta in sorted((root / "mutants/scoresolve").rglob("*.py.meta")):
-    if not str(meta.relative_to(root / "mutants/scoresolve")).startswith(prefix):
+    if not str(meta.relative_to(root / "mutants/scoresolve")).startswith(prefixes):
         continue
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     c = Counter(STATUS.get(v, "suspicious") for v in codes.values())
