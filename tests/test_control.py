@@ -88,6 +88,11 @@ MIX4 = GaussianMixture.random(4, 2, seed=0, spread=1.5, std_range=(0.3, 0.8))
 MASK4 = torch.tensor([1.0, 1.0, 0.0, 0.0])
 
 
+def _budget(method: str) -> dict:
+    """12 evaluations for a fixed-step method; the adaptive ones choose their own."""
+    return {"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}
+
+
 # ---------------------------------------------------------------- guidance
 GUIDE_MIX = GaussianMixture.unequal((0.6, 0.3, 0.1), separation=2.0, std=0.6, dim=2)
 TARGET = 2  # the 10 % component, overlapping its neighbour
@@ -228,7 +233,7 @@ def test_nested_projections_compose(method):
     seen = []
     res = ss.sample(MIX4.score_fn(sde), sde, (16, 4), outer, dtype=F64, generator=gen(26),
                     callback=lambda i, t, x, x0: seen.append((t, x[:, [0, 2]].clone())),
-                    **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+                    **_budget(method))
     assert bool((res.samples[:, 0] == 0.3).all()) and bool((res.samples[:, 2] == -0.4).all())
     if method == "ddim":  # deterministic: after every step both observed coordinates sit at m(t)·y
         for t, obs in seen:
@@ -270,7 +275,7 @@ def test_deterministic_samplers_evaluate_the_score_at_the_pinned_state(method):
         return MIX4.score(x, t, sde)
 
     inpaint(score, sde, y.expand(8, 4).clone(), MASK4, method=method, dtype=F64, generator=gen(28),
-            **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+            **_budget(method))
     assert not bad, bad[:5]
 
 
@@ -280,11 +285,11 @@ def test_inpainting_keeps_the_requested_dtype(method):
     sde = SDES["vp"]
     known = torch.tensor([[0.5, 0.0, 0.0, 0.0]], dtype=F64).expand(4, 4).clone()
     res = inpaint(MIX4.score_fn(sde), sde, known, MASK4.double(), method=method, dtype=torch.float32,
-                  generator=gen(35), **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+                  generator=gen(35), **_budget(method))
     assert res.samples.dtype == torch.float32
     A = torch.tensor([[0.6, 0.8, 0.0, 0.0]], dtype=F64)
     lin = linear_inverse(MIX4.score_fn(sde), sde, torch.full((4, 1), 0.5, dtype=F64), A, dtype=torch.float32,
-                         method=method, generator=gen(35), **({"nfe": 12} if ss.SAMPLERS[method].nfe_per_step else {}))
+                         method=method, generator=gen(35), **_budget(method))
     assert lin.samples.dtype == torch.float32
 
 
