@@ -18,6 +18,7 @@ Each observation gets its own group of K particles; groups never interact.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -31,15 +32,11 @@ from ..registry import resolve
 from ..samplers import PC
 from .projected import Observation, WrapsBase
 
-__all__ = ["ParticleSampler", "PREDICTOR_STD"]
+__all__ = ["ParticleSampler", "GAUSSIAN_PREDICTORS"]
 
 
-# noise scale s of each predictor's Gaussian kernel x' ~ N(x̄, s² I) for a step t -> t'
-PREDICTOR_STD = {
-    predictors.euler_maruyama: lambda sde, t, tn: sde.diffusion(t) * math.sqrt(t - tn),
-    predictors.reverse_diffusion: lambda sde, t, tn: math.sqrt(sde.transition(tn, t)[1]),
-    predictors.ancestral: lambda sde, t, tn: sde.std(tn) * math.sqrt(sde.transition(tn, t)[1]) / sde.std(t),
-}
+# predictors whose move is one Gaussian kernel x' = x̄ + s z (a single noise draw of scale s)
+GAUSSIAN_PREDICTORS = (predictors.euler_maruyama, predictors.reverse_diffusion, predictors.ancestral)
 
 
 def _group_shared(z: Tensor, k: int) -> Tensor:
@@ -62,7 +59,8 @@ class ParticleSampler(WrapsBase):
 
     Args:
         base: a predictor-only PC sampler (methods em, reverse_diffusion, ancestral): its
-            predictor proposes, and its Gaussian kernel gives the weights.  Correctors are
+            predictor, with its options (``t_eval``, ``variance``), proposes, and its Gaussian
+            kernel (the scale is the std the predictor draws its noise with) gives the weights.  Correctors are
             refused: an MCMC move would have to leave the (unknown) filtering law invariant.
         observation: the known part (anchor batch = number of groups, or 1).
         particles: K >= 2 particles per observation.
@@ -87,8 +85,8 @@ class ParticleSampler(WrapsBase):
         if resolve("corrector", self.base.corrector).__name__ != "none" and self.base.n_corrector_steps:
             raise ValueError("particles= needs a predictor-only sampler (method em, reverse_diffusion "
                              "or ancestral, or corrector='none'): a corrector would bias the weights")
-        if resolve("predictor", self.base.predictor) not in PREDICTOR_STD:
-            names = ", ".join(f.__name__ for f in PREDICTOR_STD)
+        if resolve("predictor", self.base.predictor) not in GAUSSIAN_PREDICTORS:
+            names = ", ".join(f.__name__ for f in GAUSSIAN_PREDICTORS)
             raise ValueError(f"particles= supports the predictors {names}")
         if isinstance(self.particles, bool) or not isinstance(self.particles, int) or self.particles < 2:
             raise ValueError(f"particles must be an integer >= 2, got {self.particles!r}")
@@ -122,15 +120,20 @@ class ParticleSampler(WrapsBase):
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
         sde, mem, k, x = ctx.sde, state.memory, self.particles, state.x
         obs, b, g = mem.obs, mem.obs.anchor, mem.logw.shape[0]
-        predictor = resolve("predictor", self.base.predictor)
-        x_new, x_mean = predictor(sde, ctx.score, x, t, t_next, ctx.noise)
+        scale = []  # the kernel's s: the std the predictor asks its noise for
+
+        def noise(shape, std=1.0):
+            scale.append(std)
+            return ctx.noise(shape, std)
+
+        x_new, x_mean = self.base.propose(dataclasses.replace(ctx, noise=noise), x, t, t_next)
         # the observed path one step back: bridge k_{t'} | k_t, k_0 = b
         a, v = sde.transition(t_next, t)
         (m_n, s_n), s_t = sde.marginal(t_next), sde.std(t)
         mem.path = (v * m_n * b + a * s_n**2 * mem.path) / s_t**2 + (s_n * math.sqrt(v) / s_t) * \
             self._shared_noise(ctx, obs, x)
         r = obs.project(mem.path - x_mean).flatten(1)
-        mem.logw = mem.logw - (r * r).sum(1).reshape(g, k) / (2.0 * PREDICTOR_STD[predictor](sde, t, t_next) ** 2)
+        mem.logw = mem.logw - (r * r).sum(1).reshape(g, k) / (2.0 * scale[0] ** 2)
         x, x_mean = x_new - obs.project(x_new) + mem.path, x_mean - obs.project(x_mean) + mem.path
         # resample the groups whose ESS is low (all of them after the last step); no host sync
         ess = 1.0 / mem.logw.softmax(1).pow(2).sum(1)  # (G,)

@@ -114,6 +114,11 @@ class PC(SamplerBase):
         for _ in range(self._corrector_steps):  # corrector first, at the current time
             x, _ = corrector(ctx.sde, ctx.score, x, t, ctx.noise, snr=self.snr, n_steps=1, norm=self.snr_norm)
             x = ctx.settle(x, t)
+        x, x_mean = self.propose(ctx, x, t, t_next)
+        return state.advance(ctx.settle(x, t_next), t_next, x_mean)
+
+    def propose(self, ctx: Context, x: Tensor, t: float, t_next: float) -> predictors.Step:
+        """The predictor's move t -> t_next with this sampler's options (``variance``, ``t_eval``)."""
         predictor, t0, t1 = self._predictor, t, t_next
         if self.variance and predictor is predictors.ancestral:
             predictor = functools.partial(predictor, variance=self.variance)
@@ -122,8 +127,7 @@ class PC(SamplerBase):
             t1 = t0 + (t_next - t)
             if predictor is not predictors.euler_maruyama:
                 t1 = max(t1, 0.0)  # transition-based steps: the interval is cut at t = 0
-        x, x_mean = predictor(ctx.sde, ctx.score, x, t0, t1, ctx.noise)
-        return state.advance(ctx.settle(x, t_next), t_next, x_mean)
+        return predictor(ctx.sde, ctx.score, x, t0, t1, ctx.noise)
 
 
 @dataclass(frozen=True)
