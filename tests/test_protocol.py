@@ -1,8 +1,10 @@
 """The sampler protocol and the one loop: callbacks, stepping by hand, hooks, budgets, names."""
 
+import copy
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -216,3 +218,32 @@ def test_seeds_warn_exactly_for_the_samplers_that_couple_a_batch(method):
         ss.sample(RING.score_fn(sde), sde, (4, 2), method, seeds=range(4), **budget(method))
     warned = [x for x in w if "depends on its batch mates" in str(x.message)]
     assert len(warned) == (method in ("pc", "ode", "gotta_go_fast", "sde_srk")), [str(x.message) for x in w]
+
+
+# these end with a noisy state that denoise maps through Tweedie (k-diffusion's step to σ = 0, NCSN's final
+# denoising), or churn before the last Heun step (Karras et al. 2022, Alg. 2): the last noise is meant to count
+NOISY_LAST = ("ald", "edm_churn", "euler_ancestral")
+
+
+@pytest.mark.parametrize("method", [m for m in FIXED if ss.SAMPLERS[m].stochastic and m not in NOISY_LAST])
+def test_denoised_last_step_is_its_noise_free_mean(method):
+    """Under denoise=True a stochastic sampler's last step returns its mean: the last step's noise,
+    however large, must not reach the samples (a noisy last step adds σ(eps)² of variance, far below
+    what a statistical check resolves, so this is checked exactly)."""
+    sde = ss.VPSDE()
+    # pc's corrector draws before the last move (score_sde's order) and its noise does reach the samples
+    only_last_move = {"pc": {"corrector": "none"}}.get(method, {})
+    s = ss.start(RING.score_fn(sde), sde, (16, 2), method, generator=gen(4), dtype=F64, **budget(method),
+                 **only_last_move)
+    state = s.sampler.init(s.ctx, s.x, s.ts)
+    for t, t_next in zip(s.ts[:-2], s.ts[1:-1]):
+        state = s.sampler.step(s.ctx, state, t, t_next)
+    outs = []
+    for scale in (0.0, 1.0, 1e6):
+        g = gen(5)
+        ctx = replace(s.ctx, noise=lambda shape, std=1.0, g=g, c=scale: torch.randn(shape, generator=g,
+                                                                                   dtype=F64) * std * c)
+        last = s.sampler.step(ctx, copy.deepcopy(state), s.ts[-2], s.ts[-1])
+        outs.append(s.sampler.finish(ctx, last, denoise=True))
+    assert torch.isfinite(outs[2]).all()
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), method
