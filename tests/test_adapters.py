@@ -98,10 +98,11 @@ def test_edm_precond_and_v_prediction():
 
 def test_karras_grid_and_sigmas():
     """grid="karras" on KarrasSDE is k-diffusion's get_sigmas_karras (without its final 0)."""
-    sde, n, rho = ss.KarrasSDE(), 12, 7.0
+    sde, n = ss.KarrasSDE(), 12
     ramp = torch.linspace(0, 1, n + 1, dtype=torch.float64)
-    kd = (80 ** (1 / rho) + ramp * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
-    assert torch.allclose(ss.make_grid("karras", sde, n, 0.002), kd, rtol=1e-12)
+    for rho in (7.0, 3.0, 1.0):  # ρ = 1: uniform in σ
+        kd = (80 ** (1 / rho) + ramp * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
+        assert torch.allclose(ss.make_grid("karras", sde, n, 0.002, rho=rho), kd, rtol=1e-12), rho
     assert torch.equal(ss.grid_from_sigmas(sde, torch.cat([kd, kd.new_zeros(1)])), kd)
     vp = ss.DiscreteVPSDE()
     t = ss.grid_from_sigmas(vp, kd / 10)

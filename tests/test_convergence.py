@@ -442,6 +442,25 @@ def test_solve_adaptive_stays_above_eps_reaches_the_exact_map_and_honours_its_to
     by_atol = [solve_adaptive(sde, score, x_T, ts, rtol=1e-12, atol=a, method=method)[1]["rhs_evals"]
                for a in (1e-2, 1e-4)]
     assert by_atol[0] < by_atol[1], by_atol
+    by_rtol = [solve_adaptive(sde, score, x_T, ts, rtol=r, atol=1e-12, method=method)[1]["rhs_evals"]
+               for r in (1e-2, 1e-4)]  # and so is rtol, varied alone
+    assert by_rtol[0] < by_rtol[1], by_rtol
+
+
+def test_solve_adaptive_runs_the_solver_it_names():
+    """The five pairs differ in stages and order, so they spend different numbers of evaluations and
+    land on different states at the same tolerance: a solver name that is not passed on would not."""
+    from scoresolve.ode import solve_adaptive
+
+    sde, gm = ss.VPSDE(), gaussian_1d(1.0, 0.5)
+    x_T = gm.sample(16, sde.T, sde, generator=gen(0), dtype=F64)
+    ts = torch.tensor([1.0, 1e-3], dtype=F64)
+    runs = {m: solve_adaptive(sde, gm.score_fn(sde), x_T, ts, rtol=1e-4, atol=1e-4, method=m)
+            for m in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")}
+    evals = {m: st["rhs_evals"] for m, (_, st) in runs.items()}
+    assert len(set(evals.values())) == 5, evals
+    finals = [ys[-1] for ys, _ in runs.values()]
+    assert all(not torch.equal(a, b) for i, a in enumerate(finals) for b in finals[i + 1:])
 
 
 def test_solve_adaptive_defaults_to_dopri5_and_float32_states_stay_float32():

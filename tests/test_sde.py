@@ -142,6 +142,9 @@ def test_drift_is_the_log_mean_derivative_times_x(sde):
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     want = torch.stack([marginal_np(sde, float(ti))[1] * xi for ti, xi in zip(t, x)])
     torch.testing.assert_close(sde.drift(x, t), want, rtol=1e-12, atol=1e-14)
+    got = sde.drift(x.float(), t)  # a float32 state with float64 times stays float32
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)
