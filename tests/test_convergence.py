@@ -15,6 +15,7 @@ chosen in the asymptotic range, the bound is not widened per method.
 """
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -538,3 +539,43 @@ def test_denoise_false_returns_the_state_at_the_last_grid_time(name):
     m_eps = sde.mean_scale(eps)
     torch.testing.assert_close(kept, x * (m_eps / sde.mean_scale(sde.T)), rtol=1e-12, atol=0)
     torch.testing.assert_close(den, kept / m_eps, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("levels", [1, 4])
+@pytest.mark.parametrize("step_lr", [None, 0.004])
+def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr):
+    """NCSN's ALD (Song & Ermon 2019, Alg. 1) on VE, written here from the paper with σ_i from the SDE's
+    parameters: at each level x <- x + (α_i/2) s(x, σ_i) + √α_i z, α_i = ε σ_i²/σ_L², n_steps_each times.
+    With step_lr=None, ε is NCSNv2's Technique 4 (Song & Ermon 2020, eq. 9 ratio = 1, γ = σ_1/σ_2)."""
+    from helpers import marginal_np
+
+    sde, gm, T = ss.VESDE(sigma_max=10.0), gaussian_1d(1.0, 0.5), 3
+    s = ss.start(gm.score_fn(sde), sde, (6, 1), "ald", steps=levels, n_steps_each=T, step_lr=step_lr,
+                 generator=gen(2), dtype=F64, denoise=False)
+    draws = torch.randn(levels * T, 6, 1, generator=gen(3), dtype=F64)
+    it = iter(draws)
+    ctx = replace(s.ctx, noise=lambda shape, std=1.0: next(it) * std)
+    state = s.sampler.init(ctx, s.x, s.ts)
+    for t, t_next in zip(s.ts[:-1], s.ts[1:]):
+        state = s.sampler.step(ctx, state, t, t_next)
+    sig = [marginal_np(sde, t)[2] for t in s.ts[1:]]
+    eps = state.stats["step_lr"]
+    if step_lr is None:  # Technique 4: ε brings (1 − u)^{2T} (γ² − c) + c, c = 2u/(1 − (1 − u)²), u = ε/σ_L², nearest 1
+        import numpy as np
+
+        gamma = sig[0] / sig[1] if levels > 1 else 1.0
+
+        def miss(u):
+            c = 2 * u / (1 - (1 - u) ** 2)
+            return np.abs((1 - u) ** (2 * T) * (gamma**2 - c) + c - 1)
+
+        assert miss(eps / sig[-1] ** 2) <= miss(np.linspace(1e-6, 1 - 1e-6, 200_001)).min() + 1e-9
+    else:
+        assert eps == step_lr
+    x, k = s.x.clone(), 0
+    for t, si in zip(s.ts[1:], sig):
+        alpha = eps * si**2 / sig[-1] ** 2
+        for _ in range(T):
+            x = x + 0.5 * alpha * gm.score_fn(sde)(x, torch.full((6,), t, dtype=F64)) + math.sqrt(alpha) * draws[k]
+            k += 1
+    torch.testing.assert_close(s.sampler.finish(ctx, state, denoise=False), x, rtol=1e-12, atol=1e-12)
