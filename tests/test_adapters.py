@@ -9,6 +9,7 @@ from diffusers_helpers import diffusers, tiny_unet
 from helpers import gaussian_flow_map
 
 import scoresolve as ss
+from scoresolve.adapters import PREDICTION_TYPES, DiffusersScore
 from scoresolve.targets import GaussianMixture
 
 MU, STD = 0.7, 0.4
@@ -94,6 +95,24 @@ def test_edm_precond_and_v_prediction():
 
         score = gm.score_fn(sde)(x, t)
         assert torch.allclose(ss.from_v_prediction(v_model, sde)(x, t), score, rtol=1e-9), type(sde).__name__
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_every_prediction_type_converts_to_the_exact_score(prediction_type):
+    """A model predicting ε = −σ s, x_0 = (x + σ² s)/m (Tweedie) or v = m ε − σ x_0 (Salimans & Ho 2022),
+    each written from the exact score, gives back that score on every SDE (m ≠ 1 and m² + σ² ≠ 1 included)."""
+    gm = gaussian_1d(MU, STD)
+    x, t = torch.randn(5, 1, dtype=torch.float64), torch.linspace(0.9, 0.01, 5, dtype=torch.float64)
+    for sde in (ss.DiscreteVPSDE(), ss.VPSDE(), ss.SubVPSDE(), ss.VESDE(), ss.KarrasSDE()):
+        exact = gm.score_fn(sde)
+
+        def model(x, tau, sde=sde, exact=exact):  # tau is t itself (timestep= below)
+            m, s = (v.reshape(-1, 1) for v in sde.marginal(tau))
+            eps, x0 = -s * exact(x, tau), (x + s * s * exact(x, tau)) / m
+            return {"epsilon": eps, "sample": x0, "v_prediction": m * eps - s * x0}[prediction_type]
+
+        got = DiffusersScore(model, sde, prediction_type, timestep=lambda t: t)(x, t)
+        assert torch.allclose(got, exact(x, t), rtol=1e-9), type(sde).__name__
 
 
 def test_karras_grid_and_sigmas():
