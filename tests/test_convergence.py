@@ -579,3 +579,73 @@ def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr
             x = x + 0.5 * alpha * gm.score_fn(sde)(x, torch.full((6,), t, dtype=F64)) + math.sqrt(alpha) * draws[k]
             k += 1
     torch.testing.assert_close(s.sampler.finish(ctx, state, denoise=False), x, rtol=1e-12, atol=1e-12)
+
+
+def _one_step(method, sde, **options):
+    """(x, z, x') of a sampler's first step on a 1-D Gaussian, its noise replaced by std·z (z recorded)."""
+    gm = gaussian_1d()
+    s = ss.start(gm.score_fn(sde), sde, (8, 1), method, steps=6, generator=gen(6), dtype=F64, denoise=False,
+                 **options)
+    z = torch.randn(8, 1, generator=gen(7), dtype=F64)
+    ctx = replace(s.ctx, noise=lambda shape, std=1.0: z * std)
+    state = s.sampler.init(ctx, s.x, s.ts)
+    x1 = s.sampler.step(ctx, state, s.ts[0], s.ts[1]).x
+    t0, t1 = s.ts[0], s.ts[1]
+    x = s.x
+    score = gm.score_fn(sde)(x, torch.full((8,), t0, dtype=F64))
+    return x, z, x1, score, t0, t1
+
+
+@pytest.mark.parametrize("variance", [0.0, 0.5, 1.0])
+def test_ancestral_step_is_the_posterior_draw_of_its_paper(variance):
+    """One ancestral step, written from Ho et al. 2020 eq. 11 / Song et al. 2021 eq. 47 with (m, σ) from the SDE's
+    parameters: x' = (x + v s)/a + √((1 − λ) β̃ + λ v) z, a = m(t)/m(t'), v = σ(t)² − a² σ(t')², β̃ = σ(t')² v/σ(t)²."""
+    from helpers import marginal_np
+
+    for sde in (ss.VPSDE(), ss.SubVPSDE(), ss.VESDE()):
+        x, z, got, s, t0, t1 = _one_step("pc", sde, predictor="ancestral", corrector="none", variance=variance)
+        (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
+        a = m0 / m1
+        v = s0**2 - a**2 * s1**2
+        want = (x + v * s) / a + math.sqrt((1 - variance) * s1**2 * v / s0**2 + variance * v) * z
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_ddim_eta_step_is_eq_12_of_the_ddim_paper(eta):
+    """Song, Meng & Ermon 2021, eq. 12 (ᾱ = m², VP): x' = √ᾱ' x̂_0 + √(1 − ᾱ' − c²) ε̂ + c z,
+    c = η √((1 − ᾱ')/(1 − ᾱ)) √(1 − ᾱ/ᾱ'), ε̂ = −σ s, x̂_0 = (x − √(1 − ᾱ) ε̂)/√ᾱ."""
+    from helpers import marginal_np
+
+    sde = ss.VPSDE()
+    x, z, got, s, t0, t1 = _one_step("ddim_eta", sde, eta=eta)
+    ab0, ab1 = marginal_np(sde, t0)[0] ** 2, marginal_np(sde, t1)[0] ** 2
+    eps = -math.sqrt(1 - ab0) * s
+    x0 = (x - math.sqrt(1 - ab0) * eps) / math.sqrt(ab0)
+    c = eta * math.sqrt((1 - ab1) / (1 - ab0)) * math.sqrt(1 - ab0 / ab1)
+    want = math.sqrt(ab1) * x0 + math.sqrt(1 - ab1 - c * c) * eps + c * z
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("method,eta", [("dpmpp_2m_sde", 0.4), ("dpmpp_2m_sde", 1.0), ("euler_ancestral", 0.4),
+                                        ("euler_ancestral", 1.0)])
+def test_k_diffusion_stochastic_first_step_in_sigma_tilde(method, eta):
+    """First steps written from k-diffusion's formulas in σ̃ = σ/m, x̃ = x/m, h = log σ̃ − log σ̃' (VP):
+    dpmpp_2m_sde: x̃' = (σ̃'/σ̃) e^{−ηh} x̃ + (1 − e^{−(1+η)h}) x̂_0 + σ̃' √(1 − e^{−2ηh}) z;
+    euler_ancestral: σ_up = min(σ̃', η √(σ̃'² (σ̃² − σ̃'²)/σ̃²)), x̃' = x̂_0 + σ_down (x̃ − x̂_0)/σ̃ + σ_up z."""
+    from helpers import marginal_np
+
+    sde = ss.VPSDE()
+    x, z, got, s, t0, t1 = _one_step(method, sde, eta=eta)
+    (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
+    st0, st1 = s0 / m0, s1 / m1
+    xt, x0 = x / m0, (x + s0**2 * s) / m0
+    if method == "dpmpp_2m_sde":
+        h = math.log(st0 / st1)
+        want = (st1 / st0) * math.exp(-eta * h) * xt + -math.expm1(-(1 + eta) * h) * x0 \
+            + st1 * math.sqrt(-math.expm1(-2 * eta * h)) * z
+    else:
+        up = min(st1, eta * math.sqrt(st1**2 * (st0**2 - st1**2) / st0**2))
+        down = math.sqrt(st1**2 - up**2)
+        want = x0 + down * (xt - x0) / st0 + up * z
+    torch.testing.assert_close(got, m1 * want, rtol=1e-9, atol=1e-11)
