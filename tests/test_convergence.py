@@ -581,19 +581,19 @@ def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr
     torch.testing.assert_close(s.sampler.finish(ctx, state, denoise=False), x, rtol=1e-12, atol=1e-12)
 
 
-def _one_step(method, sde, **options):
-    """(x, z, x') of a sampler's first step on a 1-D Gaussian, its noise replaced by std·z (z recorded)."""
+def _one_step(method, sde, i=0, **options):
+    """(x, z, x', s(x, t), t, t') of a sampler's step i on a 1-D Gaussian, its noise replaced by std·z."""
     gm = gaussian_1d()
     s = ss.start(gm.score_fn(sde), sde, (8, 1), method, steps=6, generator=gen(6), dtype=F64, denoise=False,
                  **options)
     z = torch.randn(8, 1, generator=gen(7), dtype=F64)
     ctx = replace(s.ctx, noise=lambda shape, std=1.0: z * std)
     state = s.sampler.init(ctx, s.x, s.ts)
-    x1 = s.sampler.step(ctx, state, s.ts[0], s.ts[1]).x
-    t0, t1 = s.ts[0], s.ts[1]
-    x = s.x
-    score = gm.score_fn(sde)(x, torch.full((8,), t0, dtype=F64))
-    return x, z, x1, score, t0, t1
+    for k in range(i + 1):
+        x = state.x
+        state = s.sampler.step(ctx, state, s.ts[k], s.ts[k + 1])
+    t0, t1 = s.ts[i], s.ts[i + 1]
+    return x, z, state.x, gm.score_fn(sde)(x, torch.full((8,), t0, dtype=F64)), t0, t1
 
 
 @pytest.mark.parametrize("variance", [0.0, 0.5, 1.0])
@@ -627,16 +627,16 @@ def test_ddim_eta_step_is_eq_12_of_the_ddim_paper(eta):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("method,eta", [("dpmpp_2m_sde", 0.4), ("dpmpp_2m_sde", 1.0), ("euler_ancestral", 0.4),
-                                        ("euler_ancestral", 1.0)])
-def test_k_diffusion_stochastic_first_step_in_sigma_tilde(method, eta):
+@pytest.mark.parametrize("method,eta,s_noise", [("dpmpp_2m_sde", 0.4, None), ("dpmpp_2m_sde", 1.0, None),
+                                                ("euler_ancestral", 0.4, 1.0), ("euler_ancestral", 1.0, 0.7)])
+def test_k_diffusion_stochastic_first_step_in_sigma_tilde(method, eta, s_noise):
     """First steps written from k-diffusion's formulas in σ̃ = σ/m, x̃ = x/m, h = log σ̃ − log σ̃' (VP):
     dpmpp_2m_sde: x̃' = (σ̃'/σ̃) e^{−ηh} x̃ + (1 − e^{−(1+η)h}) x̂_0 + σ̃' √(1 − e^{−2ηh}) z;
     euler_ancestral: σ_up = min(σ̃', η √(σ̃'² (σ̃² − σ̃'²)/σ̃²)), x̃' = x̂_0 + σ_down (x̃ − x̂_0)/σ̃ + σ_up z."""
     from helpers import marginal_np
 
     sde = ss.VPSDE()
-    x, z, got, s, t0, t1 = _one_step(method, sde, eta=eta)
+    x, z, got, s, t0, t1 = _one_step(method, sde, eta=eta, **({} if s_noise is None else {"s_noise": s_noise}))
     (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
     st0, st1 = s0 / m0, s1 / m1
     xt, x0 = x / m0, (x + s0**2 * s) / m0
@@ -647,5 +647,32 @@ def test_k_diffusion_stochastic_first_step_in_sigma_tilde(method, eta):
     else:
         up = min(st1, eta * math.sqrt(st1**2 * (st0**2 - st1**2) / st0**2))
         down = math.sqrt(st1**2 - up**2)
-        want = x0 + down * (xt - x0) / st0 + up * z
+        want = x0 + down * (xt - x0) / st0 + s_noise * up * z
+    torch.testing.assert_close(got, m1 * want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("sde", [ss.KarrasSDE(), ss.VPSDE()], ids=["edm", "vp"])
+@pytest.mark.parametrize("s_noise", [1.0, 0.8])
+def test_edm_churn_step_is_algorithm_2_of_karras_et_al(sde, s_noise):
+    """Karras et al. 2022, Alg. 2 in σ̃ = σ/m, x̃ = x/m (D = x̂_0 from the exact score), at a step inside
+    [S_tmin, S_tmax]: γ = min(S_churn/N, √2 − 1), σ̂ = σ̃(1 + γ), x̂ = x̃ + √(σ̂² − σ̃²) S_noise z, then Heun from σ̂."""
+    from helpers import marginal_np
+
+    churn, n = 2.0, 6
+    x, z, got, _, t0, t1 = _one_step("edm_churn", sde, i=2, s_churn=churn, s_noise=s_noise)
+    if isinstance(sde, ss.KarrasSDE):  # EDM's own SDE: σ(t) = t, m = 1 (Karras et al. Table 1)
+        (m0, s0), (m1, s1) = (1.0, t0), (1.0, t1)
+    else:
+        (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
+    st0, st1 = s0 / m0, s1 / m1
+    assert 0.05 <= st0 <= 50.0  # the default S_tmin, S_tmax: this step churns
+    sh = st0 * (1 + min(churn / n, math.sqrt(2) - 1))
+    xh = x / m0 + math.sqrt(sh**2 - st0**2) * s_noise * z
+
+    def denoiser(xt, st):  # D(x̃; σ̃) of the target N(1, 0.25): the posterior mean given x̃ = x_0 + σ̃ n
+        return (0.25 * xt + st**2 * 1.0) / (0.25 + st**2)
+
+    d = (xh - denoiser(xh, sh)) / sh
+    xe = xh + (st1 - sh) * d
+    want = xh + (st1 - sh) * 0.5 * (d + (xe - denoiser(xe, st1)) / st1)
     torch.testing.assert_close(got, m1 * want, rtol=1e-9, atol=1e-11)
