@@ -67,8 +67,10 @@ def test_stepping_by_hand_gives_the_samples_of_sample(method, sde):
     ref = ss.sample(RING.score_fn(sde), sde, (16, 2), method, generator=gen(3), **kw).samples
     s = ss.start(RING.score_fn(sde), sde, (16, 2), method, generator=gen(3), **kw)
     state = s.sampler.init(s.ctx, s.x, s.ts)
-    for t, t_next in zip(s.ts[:-1], s.ts[1:]):
+    assert (state.i, state.t) == (0, s.ts[0])  # a state says where it is: a hook or callback reads it
+    for k, (t, t_next) in enumerate(zip(s.ts[:-1], s.ts[1:])):
         state = s.sampler.step(s.ctx, state, t, t_next)
+        assert (state.i, state.t) == (k + 1, t_next), method
     assert torch.equal(s.sampler.finish(s.ctx, state, denoise=True), ref)
 
 
@@ -78,6 +80,7 @@ def test_adaptive_samplers_step_by_hand_too(method):
     ref = ss.sample(RING.score_fn(sde), sde, (16, 2), method, generator=gen(3), dtype=F64).samples
     s = ss.start(RING.score_fn(sde), sde, (16, 2), method, generator=gen(3), dtype=F64)
     state = s.sampler.init(s.ctx, s.x, s.ts)
+    assert bool((torch.as_tensor(state.t) == s.ts[0]).all())  # per-sample solvers: a time per row, all at T
     for t, t_next in zip(s.ts[:-1], s.ts[1:]):
         state = s.sampler.step(s.ctx, state, t, t_next)
     assert torch.equal(s.sampler.finish(s.ctx, state, denoise=True), ref)
