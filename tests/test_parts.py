@@ -202,6 +202,40 @@ def test_gaussian_w2_closed_form():
     assert ss.metrics.gaussian_w2(mu, c1, mu + 1, c2) == pytest.approx(math.sqrt(2 + 2))
 
 
+def test_gaussian_w2_of_non_commuting_covariances_against_scipy_sqrtm():
+    """W2² = |Δμ|² + tr C1 + tr C2 − 2 tr (C2^{½} C1 C2^{½})^{½} with the matrix roots from scipy (rotated,
+    non-commuting covariances: the shortcut tr(C1^{½} C2^{½}) of commuting ones is wrong here)."""
+    from scipy.linalg import sqrtm
+
+    rot = torch.tensor([[math.cos(0.6), -math.sin(0.6)], [math.sin(0.6), math.cos(0.6)]], dtype=F64)
+    c1 = torch.tensor([[2.0, 0.3], [0.3, 0.5]], dtype=F64)
+    c2 = rot @ torch.diag(torch.tensor([3.0, 0.2], dtype=F64)) @ rot.T
+    mu1, mu2 = torch.tensor([0.5, -1.0], dtype=F64), torch.tensor([0.0, 0.7], dtype=F64)
+    r2 = sqrtm(c2.numpy()).real
+    cross = sqrtm(r2 @ c1.numpy() @ r2).real.trace()
+    want = math.sqrt(float((mu1 - mu2) @ (mu1 - mu2)) + float(c1.trace() + c2.trace()) - 2 * cross)
+    assert ss.metrics.gaussian_w2(mu1, c1, mu2, c2) == pytest.approx(want, rel=1e-10)
+
+
+def test_component_fit_is_each_components_sample_mean_and_biased_covariance():
+    """Far-apart components give responsibilities of 1 to the own component, so the soft fit is each
+    group's sample mean and covariance with divisor n (np.cov(bias=True)), here at n = 6 where n and n ± 1
+    differ by 17%; component_w2 is then the Gaussian W2 of that fit against the true component."""
+    import numpy as np
+
+    gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-50.0, 0.0], [50.0, 0.0]], dtype=F64),
+                         torch.tensor([[0.5, 2.0], [1.0, 0.25]], dtype=F64))
+    z = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x = torch.cat([gm.means[j] + gm.covs[j].sqrt() * z[j] for j in range(2)])
+    k = torch.tensor([0] * 6 + [1] * 6)
+    per = ss.metrics.component_w2(x, gm, reduce=False)
+    for j in range(2):
+        xs = x[k == j].numpy()
+        mu, cov = torch.from_numpy(xs.mean(0)), torch.from_numpy(np.cov(xs.T, bias=True))
+        want = ss.metrics.gaussian_w2(mu, cov, gm.means[j], gm.component_covs()[j])
+        assert float(per[j]) == pytest.approx(want, rel=1e-9), j
+
+
 def test_sliced_w2_equals_its_closed_form_for_gaussians():
     """For x ~ N(μ1, s1² I), y ~ N(μ2, s2² I) in R^d every projection θᵀ gives 1-D Gaussians, so
     W2²(θ) = (θᵀΔ)² + (s1 − s2)² and, over uniform unit θ, SW2² = |Δ|²/d + (s1 − s2)²."""
