@@ -652,21 +652,23 @@ def test_k_diffusion_stochastic_first_step_in_sigma_tilde(method, eta, s_noise):
 
 
 @pytest.mark.parametrize("sde", [ss.KarrasSDE(), ss.VPSDE()], ids=["edm", "vp"])
-@pytest.mark.parametrize("s_noise", [1.0, 0.8])
-def test_edm_churn_step_is_algorithm_2_of_karras_et_al(sde, s_noise):
-    """Karras et al. 2022, Alg. 2 in σ̃ = σ/m, x̃ = x/m (D = x̂_0 from the exact score), at a step inside
-    [S_tmin, S_tmax]: γ = min(S_churn/N, √2 − 1), σ̂ = σ̃(1 + γ), x̂ = x̃ + √(σ̂² − σ̃²) S_noise z, then Heun from σ̂."""
+@pytest.mark.parametrize("s_noise,i", [(1.0, 2), (0.8, 2), (1.0, 0)])
+def test_edm_churn_step_is_algorithm_2_of_karras_et_al(sde, s_noise, i):
+    """Karras et al. 2022, Alg. 2 in σ̃ = σ/m, x̃ = x/m (D = x̂_0 from the exact score): γ = min(S_churn/N, √2 − 1)
+    on σ̃ ∈ [S_tmin, S_tmax] (else 0), σ̂ = σ̃(1 + γ), x̂ = x̃ + √(σ̂² − σ̃²) S_noise z, then Heun from σ̂.
+    Step 2 lies inside the default [0.05, 50], step 0 (σ̃ = 80 or ≈ 150) above it."""
     from helpers import marginal_np
 
     churn, n = 2.0, 6
-    x, z, got, _, t0, t1 = _one_step("edm_churn", sde, i=2, s_churn=churn, s_noise=s_noise)
+    x, z, got, _, t0, t1 = _one_step("edm_churn", sde, i=i, s_churn=churn, s_noise=s_noise)
     if isinstance(sde, ss.KarrasSDE):  # EDM's own SDE: σ(t) = t, m = 1 (Karras et al. Table 1)
         (m0, s0), (m1, s1) = (1.0, t0), (1.0, t1)
     else:
         (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
     st0, st1 = s0 / m0, s1 / m1
-    assert 0.05 <= st0 <= 50.0  # the default S_tmin, S_tmax: this step churns
-    sh = st0 * (1 + min(churn / n, math.sqrt(2) - 1))
+    inside = 0.05 <= st0 <= 50.0  # the default S_tmin, S_tmax
+    assert inside == (i == 2)
+    sh = st0 * (1 + min(churn / n, math.sqrt(2) - 1)) if inside else st0
     xh = x / m0 + math.sqrt(sh**2 - st0**2) * s_noise * z
 
     def denoiser(xt, st):  # D(x̃; σ̃) of the target N(1, 0.25): the posterior mean given x̃ = x_0 + σ̃ n
