@@ -462,6 +462,10 @@ def test_solve_adaptive_runs_the_solver_it_names():
     assert len(set(evals.values())) == 5, evals
     finals = [ys[-1] for ys, _ in runs.values()]
     assert all(not torch.equal(a, b) for i, a in enumerate(finals) for b in finals[i + 1:])
+    from scoresolve.ode import StepLimitError
+
+    with pytest.raises(StepLimitError, match="the bosh3 solve from t=1 to t=0.001 stopped"):  # and names it
+        solve_adaptive(sde, gm.score_fn(sde), x_T, ts, rtol=1e-10, atol=1e-10, method="bosh3", max_steps=3)
 
 
 def test_solve_adaptive_defaults_to_dopri5_and_float32_states_stay_float32():
@@ -541,7 +545,7 @@ def test_denoise_false_returns_the_state_at_the_last_grid_time(name):
     torch.testing.assert_close(den, kept / m_eps, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("levels", [1, 4])
+@pytest.mark.parametrize("levels", [1, 2, 4])
 @pytest.mark.parametrize("step_lr", [None, 0.004])
 def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr):
     """NCSN's ALD (Song & Ermon 2019, Alg. 1) on VE, written here from the paper with σ_i from the SDE's
