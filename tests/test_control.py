@@ -196,6 +196,13 @@ def test_particle_sampler_options_and_statistics():
                     generator=gen(12))
     assert res.samples.shape == (6, 4) and torch.equal(res.samples[:, :2], torch.zeros(6, 2, dtype=F64))
     assert res.stats["particles"] == 2 and isinstance(res.stats["resamples"], int)
+    assert res.nfe == 20 and ss.steps_for_nfe(ParticleSampler(base, obs, 2), 20) == 20  # no final evaluation
+    s = ss.start(MIX4.score_fn(sde), sde, (6, 4), ParticleSampler(base, obs, 2), steps=5, dtype=F64, generator=gen(12))
+    state = s.sampler.init(s.ctx, s.x, s.ts)
+    assert (state.i, state.t) == (0, s.ts[0])  # stepped by hand, the state says where it is
+    for k, (t, t_next) in enumerate(zip(s.ts[:-1], s.ts[1:])):
+        state = s.sampler.step(s.ctx, state, t, t_next)
+        assert (state.i, state.t) == (k + 1, t_next)
     assert isinstance(res.stats["ess_min"], float) and 0 < res.stats["ess_min"] <= 1
     # observed half-way between two modes the weights degenerate: a group is resampled before the
     # last step (every group is, at the last) exactly when its ESS fell below 0.5·K
@@ -219,6 +226,14 @@ def test_particle_sampler_options_and_statistics():
         ss.sample(MIX4.score_fn(sde), sde, (6, 4), ParticleSampler(base, two, 2), steps=5, dtype=F64)
     with pytest.raises(ValueError, match=r"^particles= supports the predictors euler_maruyama, reverse_diffusion"):
         ParticleSampler(ss.SAMPLERS["pc"].__class__(predictor="none", corrector="none"), obs, 2)
+    with pytest.raises(ValueError, match=r"^ess_threshold must lie in \(0, 1\], got 0.0$"):
+        ParticleSampler(base, obs, 2, 0.0)
+    with pytest.raises(ValueError, match=r"^particles= needs a predictor-only sampler \(method em, reverse_diffusion "
+                                         r"or ancestral, or corrector='none'\): a corrector would bias the weights$"):
+        ParticleSampler(ss.SAMPLERS["pc"], obs, 2)
+    with pytest.raises(TypeError, match=r"^particles= needs a predictor-only PC sampler \(em, reverse_diffusion, "
+                                        r"ancestral\), got DDIM$"):
+        ParticleSampler(ss.SAMPLERS["ddim_eta"], obs, 2)
 
 
 @pytest.mark.parametrize("base", [ss.SAMPLERS["em"], ss.SAMPLERS["reverse_diffusion"], ss.SAMPLERS["ancestral"],
@@ -285,6 +300,40 @@ def test_stochastic_replacement_is_a_draw_of_the_forward_marginal(method):
         m, sd = sde.marginal(t)
         assert float((obs.mean(0) - m * y[:2]).abs().max()) < 5 * sd / math.sqrt(n), t
         assert float((obs.std(0) - sd).abs().max()) < 5 * sd / math.sqrt(2 * n), t
+
+
+def test_particle_path_of_the_observed_part_is_a_draw_of_the_forward_marginal():
+    """SMCDiff's observed path k_t is a bridge drawn backwards from k_0 = y, one per group: at every step
+    it is a draw of the forward marginal m(t)·y + σ(t)·z (mean and sd over 2000 groups, 5 standard errors)."""
+    sde, groups = SDES["vp"], 2000
+    y = torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64)
+    seen = []
+    inpaint(MIX4.score_fn(sde), sde, y.expand(2 * groups, 4).clone(), MASK4, particles=2, steps=10, dtype=F64,
+            generator=gen(30), callback=lambda i, t, x, x0: seen.append((t, x[::2, :2].clone())))
+    assert len(seen) >= 9
+    for t, obs in seen[:-1]:
+        m, sd = sde.marginal(t)
+        assert float((obs.mean(0) - m * y[:2]).abs().max()) < 5 * sd / math.sqrt(groups), t
+        assert float((obs.std(0) - sd).abs().max()) < 5 * sd / math.sqrt(2 * groups), t
+
+
+def test_systematic_resampling_keeps_each_particle_floor_or_ceil_of_k_w_times():
+    """Systematic resampling (Kitagawa 1996): offspring counts N_j ∈ {⌊K w_j⌋, ⌈K w_j⌉}, summing to K, indices
+    sorted; all the weight on the last particle gives K copies of it; equal weights keep every particle once."""
+    from scoresolve.control.smc import _systematic
+
+    g, k = 64, 7
+    logw = torch.randn(g, k, generator=gen(31), dtype=F64) * 2.0
+    u = torch.rand(g, generator=gen(32), dtype=F64)
+    idx = _systematic(logw, u)
+    w = logw.softmax(1)
+    counts = torch.stack([torch.bincount(row, minlength=k) for row in idx]).to(F64)
+    assert bool(((counts >= (k * w).floor() - 1e-9) & (counts <= (k * w).ceil() + 1e-9)).all())
+    assert bool((counts.sum(1) == k).all()) and bool((idx.diff(dim=1) >= 0).all())
+    last = torch.full((g, k), -math.inf, dtype=F64)
+    last[:, -1] = 0.0
+    assert bool((_systematic(last, u) == k - 1).all())
+    assert bool((_systematic(torch.zeros(g, k, dtype=F64), u) == torch.arange(k)).all())
 
 
 @pytest.mark.parametrize("method", ["ode_heun", "dpmpp_2s", "ode_adaptive_rk23", "ode"])
