@@ -48,6 +48,15 @@ def test_out_of_range_options_name_the_argument(bad):
         ss.PC(**bad)
 
 
+def test_variance_belongs_to_the_ancestral_predictor():
+    # silently ignored before: em and reverse_diffusion have no β̃/β choice
+    for predictor in ("euler_maruyama", "reverse_diffusion"):
+        with pytest.raises(ValueError, match=rf"^variance=0.5 is the ancestral predictor's .* {predictor!r}"):
+            ss.PC(predictor=predictor, variance=0.5)
+    with pytest.raises(ValueError, match="variance=1.0"):
+        ss.sample(lambda x, t: -x, SDES["vp"], (2, 1), "ancestral", predictor="euler_maruyama", variance=1.0)
+
+
 def test_registered_defaults():
     assert ss.SAMPLERS["em"].t_eval == 1.0 and ss.SAMPLERS["em"].default_grid == "classical"
     assert ss.SAMPLERS["reverse_diffusion"].t_eval == 1.0

@@ -84,9 +84,13 @@ class PC(SamplerBase):
     stochastic: ClassVar[bool] = True
 
     def __post_init__(self):
-        _lookup("predictor", PREDICTORS, self.predictor)
+        predictor = _lookup("predictor", PREDICTORS, self.predictor)
         _lookup("corrector", CORRECTORS, self.corrector)
         super().__post_init__()
+        if self.variance and predictor is not predictors.ancestral:
+            raise ValueError(f"variance={self.variance} is the ancestral predictor's noise choice ((1 − λ) β̃ + λ β); "
+                             f"predictor {getattr(predictor, '__name__', predictor)!r} has no such option: "
+                             f"use predictor='ancestral' or variance=0")
 
     @property
     def batch_coupling(self) -> str | None:
