@@ -259,6 +259,20 @@ def test_mmd_is_the_unbiased_statistic_of_gretton_et_al():
         assert ss.metrics.mmd(x, y, **kw) == pytest.approx(want(h), rel=1e-10, abs=1e-13), kw
 
 
+def test_sliced_w2_in_one_dimension_is_the_empirical_w2():
+    """In 1-D every unit direction is ±1, so SW2 is the W2 of the two empirical laws: √mean((x_(i) − y_(i))²) for
+    equal sizes, and against y's quantiles at (i + ½)/n (numpy's linear quantiles) for unequal ones."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(40, 1, generator=g, dtype=F64), 2.0 * torch.rand(40, 1, generator=g, dtype=F64)
+    want = math.sqrt(float(np.mean((np.sort(x.numpy()[:, 0]) - np.sort(y.numpy()[:, 0])) ** 2)))
+    assert ss.metrics.sliced_wasserstein(x, y, n_proj=5) == pytest.approx(want, rel=1e-12)
+    q = (np.arange(40) + 0.5) / 40
+    want = math.sqrt(float(np.mean((np.sort(x.numpy()[:, 0]) - np.quantile(y.numpy()[:25, 0], q)) ** 2)))
+    assert ss.metrics.sliced_wasserstein(x, y[:25], n_proj=5) == pytest.approx(want, rel=1e-12)
+
+
 def test_sliced_w2_equals_its_closed_form_for_gaussians():
     """For x ~ N(μ1, s1² I), y ~ N(μ2, s2² I) in R^d every projection θᵀ gives 1-D Gaussians, so
     W2²(θ) = (θᵀΔ)² + (s1 − s2)² and, over uniform unit θ, SW2² = |Δ|²/d + (s1 − s2)²."""
