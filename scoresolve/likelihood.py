@@ -372,8 +372,8 @@ def likelihood(
     stats: dict[str, Any] = {
         "trace": trace, "probes": k if v is not None else 0, "probe_dist": probe_dist if v is not None else None,
         "solver": solver, "rtol": rtol, "atol": atol, "eps": float(eps), "error_norm": error_norm,
-        "forwards": forwards, "vjps": vjps, "rhs_evals": flow.rhs_evals,
-        "divergence_evals": flow.div_evals,
+        "forwards": forwards, "vjps": vjps, "vjp": "vmap" if flow.vmap else "loop",  # "loop" after a fallback
+        "rhs_evals": flow.rhs_evals, "divergence_evals": flow.div_evals,
         "steps_accepted": len(flow.accepted), "steps_rejected": flow.rejected,
         "ts": torch.tensor(flow.accepted, dtype=torch.float64),
         "wall_time": time.perf_counter() - start, "dim": d,

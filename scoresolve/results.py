@@ -43,7 +43,8 @@ class LikelihoodResult:
         latent: x(T) (None if not requested or for ``bits_per_dim``).
         prior_logp: log π(x(T)).
         delta_logp: ∫_eps^T div F dt (mean over probes).
-        stats: forwards, vjps, rhs_evals, steps_accepted, steps_rejected, ts, wall_time, ...
+        stats: forwards, vjps, vjp ("vmap" or "loop": the path that ran), rhs_evals, steps_accepted,
+            steps_rejected, ts, wall_time, ...
     """
 
     logp: Tensor

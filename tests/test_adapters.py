@@ -190,7 +190,7 @@ def test_likelihood_vmap_falls_back_on_a_unet():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         a = ss.likelihood(score, sde, x, vjp="vmap", **kw)
-    assert any("falling back to vjp='loop'" in str(m.message) for m in w)
+    assert any("falling back to vjp='loop'" in str(m.message) for m in w) and a.stats["vjp"] == "loop"
     b = ss.likelihood(score, sde, x, vjp="loop", **kw)
     assert torch.allclose(a.logp, b.logp, rtol=1e-12)
 

@@ -250,6 +250,7 @@ def test_vmap_vjps_equal_the_loop(kind):
             warnings.simplefilter("error", RuntimeWarning)  # batched for real, no fallback to the loop
             b = likelihood(score, sde, x[:n], rtol=1e-4, atol=1e-4, seeds=range(n), vjp="vmap", **kw)
         assert (a.stats["rhs_evals"], a.stats["vjps"]) == (b.stats["rhs_evals"], b.stats["vjps"]), kw
+        assert (a.stats["vjp"], b.stats["vjp"]) == ("loop", "vmap")  # the path that ran
         torch.testing.assert_close(b.logp, a.logp, rtol=1e-12, atol=1e-12)
 
 
