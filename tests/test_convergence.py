@@ -600,15 +600,24 @@ def _one_step(method, sde, i=0, **options):
     return x, z, state.x, gm.score_fn(sde)(x, torch.full((8,), t0, dtype=F64)), t0, t1
 
 
+def _m_sigma(sde, t):
+    """(m(t), σ(t)) from the SDE's parameters (helpers.marginal_np); EDM's SDE: σ(t) = t, m = 1 (Karras Table 1)."""
+    from helpers import marginal_np
+
+    if isinstance(sde, ss.KarrasSDE):
+        return 1.0, t
+    m, _, sigma, _ = marginal_np(sde, t)
+    return m, sigma
+
+
 @pytest.mark.parametrize("variance", [0.0, 0.5, 1.0])
 def test_ancestral_step_is_the_posterior_draw_of_its_paper(variance):
     """One ancestral step, written from Ho et al. 2020 eq. 11 / Song et al. 2021 eq. 47 with (m, σ) from the SDE's
     parameters: x' = (x + v s)/a + √((1 − λ) β̃ + λ v) z, a = m(t)/m(t'), v = σ(t)² − a² σ(t')², β̃ = σ(t')² v/σ(t)²."""
-    from helpers import marginal_np
 
     for sde in (ss.VPSDE(), ss.SubVPSDE(), ss.VESDE()):
         x, z, got, s, t0, t1 = _one_step("pc", sde, predictor="ancestral", corrector="none", variance=variance)
-        (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
+        (m0, s0), (m1, s1) = _m_sigma(sde, t0), _m_sigma(sde, t1)
         a = m0 / m1
         v = s0**2 - a**2 * s1**2
         want = (x + v * s) / a + math.sqrt((1 - variance) * s1**2 * v / s0**2 + variance * v) * z
@@ -637,11 +646,10 @@ def test_k_diffusion_stochastic_first_step_in_sigma_tilde(method, eta, s_noise):
     """First steps written from k-diffusion's formulas in σ̃ = σ/m, x̃ = x/m, h = log σ̃ − log σ̃' (VP):
     dpmpp_2m_sde: x̃' = (σ̃'/σ̃) e^{−ηh} x̃ + (1 − e^{−(1+η)h}) x̂_0 + σ̃' √(1 − e^{−2ηh}) z;
     euler_ancestral: σ_up = min(σ̃', η √(σ̃'² (σ̃² − σ̃'²)/σ̃²)), x̃' = x̂_0 + σ_down (x̃ − x̂_0)/σ̃ + σ_up z."""
-    from helpers import marginal_np
 
     sde = ss.VPSDE()
     x, z, got, s, t0, t1 = _one_step(method, sde, eta=eta, **({} if s_noise is None else {"s_noise": s_noise}))
-    (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
+    (m0, s0), (m1, s1) = _m_sigma(sde, t0), _m_sigma(sde, t1)
     st0, st1 = s0 / m0, s1 / m1
     xt, x0 = x / m0, (x + s0**2 * s) / m0
     if method == "dpmpp_2m_sde":
@@ -661,14 +669,10 @@ def test_edm_churn_step_is_algorithm_2_of_karras_et_al(sde, s_noise, i):
     """Karras et al. 2022, Alg. 2 in σ̃ = σ/m, x̃ = x/m (D = x̂_0 from the exact score): γ = min(S_churn/N, √2 − 1)
     on σ̃ ∈ [S_tmin, S_tmax] (else 0), σ̂ = σ̃(1 + γ), x̂ = x̃ + √(σ̂² − σ̃²) S_noise z, then Heun from σ̂.
     Step 2 lies inside the default [0.05, 50], step 0 (σ̃ = 80 or ≈ 150) above it."""
-    from helpers import marginal_np
 
     churn, n = 2.0, 6
     x, z, got, _, t0, t1 = _one_step("edm_churn", sde, i=i, s_churn=churn, s_noise=s_noise)
-    if isinstance(sde, ss.KarrasSDE):  # EDM's own SDE: σ(t) = t, m = 1 (Karras et al. Table 1)
-        (m0, s0), (m1, s1) = (1.0, t0), (1.0, t1)
-    else:
-        (m0, _, s0, _), (m1, _, s1, _) = marginal_np(sde, t0), marginal_np(sde, t1)
+    (m0, s0), (m1, s1) = _m_sigma(sde, t0), _m_sigma(sde, t1)
     st0, st1 = s0 / m0, s1 / m1
     inside = 0.05 <= st0 <= 50.0  # the default S_tmin, S_tmax
     assert inside == (i == 2)
