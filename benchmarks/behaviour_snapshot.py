@@ -22,6 +22,15 @@ from scoresolve.targets import GaussianMixture
 RING = GaussianMixture.ring(8, 2.0, 0.2)
 SDES = {"vp": ss.VPSDE(), "ve": ss.VESDE(sigma_max=20.0), "subvp": ss.SubVPSDE()}
 TOL = 1e-6
+# float32 cases: the CPU's kernels (vector width, reduction order) round float32 differently from
+# machine to machine, and adaptive step control amplifies that through its accept/reject decisions
+# (measured up to 5.2e-5 relative on one machine of this kind for ode_adaptive_ps, 1.1e-5 for ode,
+# against 0 on another); a behaviour change moves samples by far more than 1e-3
+TOL_FLOAT32 = 1e-3
+
+
+def tolerance(name: str) -> float:
+    return TOL_FLOAT32 if "/float32/" in name or name.endswith("/float32") else TOL
 
 # Deliberate changes since the release, each with its reason:
 CHANGED = {
@@ -100,11 +109,11 @@ def main(argv: list[str]) -> int:
         rel = float((a - b).abs().max() / b.abs().max()) if a.shape == b.shape else float("inf")
         worst = max(worst, rel)
         print(f"{name}: max rel diff {rel:.3g}")
-        if not rel <= TOL:
+        if not rel <= tolerance(name):
             bad.append(name)
     print(f"{len(CHANGED & set(ref))} deliberately changed cases skipped; "
           f"{same} of {len(todo)} cases bit-identical; worst relative difference {worst:.3g}; "
-          f"{len(bad)} above {TOL:g}")
+          f"{len(bad)} above {TOL:g} (float32: {TOL_FLOAT32:g})")
     return 1 if bad else 0
 
 

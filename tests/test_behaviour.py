@@ -1,7 +1,8 @@
 """Behaviour kept across refactors: every registered method, on fixed seeds, draws the samples
 the 0.1.0 release drew (bit for bit where the arithmetic order is unchanged, else within 1e-6
-relative).  The reference set was written by ``benchmarks/behaviour_snapshot.py write`` on the
-release's code; see that script for the cases."""
+relative; 1e-3 for float32 cases, whose rounding differs between CPUs).  The reference set was
+written by ``benchmarks/behaviour_snapshot.py write`` on the release's code; see that script for
+the cases."""
 
 import importlib.util
 from pathlib import Path
@@ -23,4 +24,4 @@ def test_samples_equal_the_release(name):
     a, b = CASES[name](), REF[name]
     assert a.shape == b.shape
     rel = float((a - b).abs().max() / b.abs().max())
-    assert rel <= snap.TOL, f"{name}: max relative difference {rel:.3g} from the 0.1.0 samples"
+    assert rel <= snap.tolerance(name), f"{name}: max relative difference {rel:.3g} from the 0.1.0 samples"
