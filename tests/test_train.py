@@ -382,3 +382,20 @@ def test_load_run_of_a_fit_checkpoint_gives_the_state_score(tmp_path):
     x, t = torch.randn(7, 2, generator=gen(0)), torch.rand(7, generator=gen(1))
     assert run.sde == SDES["ve"] and run.data_shape == (2,)
     assert torch.equal(run.score_fn(x, t), state.score_fn(ema=True)(x, t))
+
+
+def test_resume_is_not_refused_for_another_thread_count(tmp_path):
+    # torch's float64 sum of squares of 10^5 numbers changes in its last digits with the thread count; the
+    # data fingerprint must not, or a run resumed on another machine (or OMP setting) is refused
+    data = torch.randn(50_000, 2, generator=torch.Generator().manual_seed(0)) + 3.0
+    ck, kw = tmp_path / "ckpt.pt", dict(batch_size=32, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train.fit(_tiny(), train.dsm_loss("vp"), data, steps=2, checkpoint=ck, **kw)
+        torch.set_num_threads(max(2, threads))
+        assert train.fit(_tiny(), train.dsm_loss("vp"), data, steps=3, checkpoint=ck, **kw).resumed_from == 2
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(train.ConfigMismatchError, match=r"data\.sum"):
+        train.fit(_tiny(), train.dsm_loss("vp"), data * 1.0001, steps=4, checkpoint=ck, **kw)

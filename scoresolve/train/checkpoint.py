@@ -11,6 +11,7 @@ back to the previous one, losing at most one checkpoint interval.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -176,8 +177,16 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal, floats within 1e-9 relative (a data fingerprint's sum moves in its last digits with
+    the summation order, e.g. across machines)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
 def config_diff(saved: dict, current: dict) -> list[str]:
     """Lines "key: saved -> current" for every (dotted) key whose value differs."""
     a, b = _flatten(saved), _flatten(current)
     return [f"{k}: {a.get(k, '<missing>')!r} (checkpoint) vs {b.get(k, '<missing>')!r} (now)"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<missing>") != b.get(k, "<missing>")]
+            for k in sorted(set(a) | set(b)) if not _same(a.get(k, "<missing>"), b.get(k, "<missing>"))]

@@ -99,7 +99,8 @@ class _Batches:
         if isinstance(data, Tensor):
             _check_batch(data, model, "data")
             self.gen = torch.Generator(data.device).manual_seed(seed + 1)
-            d64 = data.detach().to(torch.float64)
+            # numpy's pairwise sums: torch's depend on the thread count, and a resumed run may have another
+            d64 = data.detach().to("cpu", torch.float64).numpy()
             self.fingerprint = {"kind": "tensor", "shape": list(data.shape), "dtype": str(data.dtype),
                                 "sum": float(d64.sum()), "sum_sq": float((d64 * d64).sum())}
         elif callable(data):
