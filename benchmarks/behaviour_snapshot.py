@@ -47,6 +47,9 @@ CHANGED = {
     # log-density floor on the 8-ring)
     *(f"gotta_go_fast/{s}/{c}" for s in ("vp", "ve", "subvp")
       for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
+    # issue 18: on VE (σ(0) = σ_min > 0) the PC samplers' final denoising returns x̂_0 of the last
+    # evaluation (PC(end="auto")), no longer the last step's mean, which keeps σ_min of noise
+    "pc/ve/float64/generator", "pc/ve/float32/generator", "inpaint/pc/ve",
 }
 
 

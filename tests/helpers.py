@@ -44,16 +44,17 @@ class BasisNoise:
         return z
 
 
-def exact_output_moments(sampler, gm, sde, steps: int, eps: float = 1e-3, grid: str = "uniform"):
+def exact_output_moments(sampler, gm, sde, steps: int, eps: float = 1e-3, grid: str = "uniform",
+                         denoise: bool = False):
     """Exact (mean, variance) of a linear-in-noise sampler's output for a 1-D Gaussian target
-    started from the exact p_T."""
+    started from the exact p_T (with ``denoise``, of what the final denoising returns)."""
     p_T = gm.diffused(sde.T, sde)
     n_draws = steps * (1 + getattr(sampler, "n_corrector_steps", 0))
     x = torch.full((n_draws + 2, 1), float(p_T.mean()[0]), dtype=torch.float64)
     x[1] += math.sqrt(float(p_T.cov()[0, 0]))
     ts = ss.make_grid(grid, sde, steps, eps).tolist()
     score = ss.CountingScore(gm.score_fn(sde), x.shape[0])
-    out = sampler.run(sde, score, x, ts, BasisNoise(), denoise=False, keep=False, progress=False).x[:, 0]
+    out = sampler.run(sde, score, x, ts, BasisNoise(), denoise=denoise, keep=False, progress=False).x[:, 0]
     return float(out[0]), float((out[1] - out[0]) ** 2 + ((out[2:] - out[0]) ** 2).sum())
 
 

@@ -114,3 +114,52 @@ def test_t_eval_evaluates_the_score_at_the_shifted_time(predictor, theta):
     ts = res.ts.tolist()
     want = [t + theta * (tn - t) for t, tn in zip(ts[:-1], ts[1:])]
     assert seen == pytest.approx(want, rel=1e-6, abs=0)
+
+
+X0_END_SAMPLERS = [{"predictor": "euler_maruyama", "t_eval": 1.0}, {"predictor": "reverse_diffusion", "t_eval": 1.0},
+                   {"predictor": "ancestral", "variance": 0.5}, {"predictor": "reverse_diffusion"}]
+
+
+@pytest.mark.parametrize("opts", X0_END_SAMPLERS)
+def test_x0_end_converges_to_tweedie_of_p_eps_at_weak_order_one(opts):
+    """``end="x0"``: the output is x̂_0 = (x + σ² s)/m of the last evaluation, so for a Gaussian N(μ, s0²)
+    under VE (σ(0) = σ_min > 0) its exact moments tend to those of E[x_0 | x_eps], x_eps ~ p_eps:
+    (μ, s0⁴/(s0² + σ_eps²)), like 1/N; the last step's mean tends to p_eps's (μ, s0² + σ_eps²), 4 % away."""
+    sde, s0, eps = SDES["ve"], 0.05, 1e-3
+    gm = gaussian_1d(1.0, s0)
+    var_eps = float(sde.std(eps)) ** 2
+    target = s0**4 / (s0**2 + var_eps)
+    sampler = ss.PC(corrector="none", end="x0", **opts)
+    ns = [128, 256, 512, 1024]
+    errs = []
+    for n in ns:
+        m, v = exact_output_moments(sampler, gm, sde, n, eps=eps, grid="classical", denoise=True)
+        errs.append(abs(m - 1.0) + abs(v - target))
+    gap = s0**2 + var_eps - target  # where the last step's mean would go
+    # (ancestral's x̂_0 end is within 1e-6 of the limit at every N: no slope to measure there)
+    assert errs[-1] < 0.2 * gap and (loglog_slope(ns, errs) <= -0.85 or max(errs) < 0.01 * gap), errs
+
+
+@pytest.mark.parametrize("method", ["em", "reverse_diffusion", "ancestral", "pc"])
+def test_end_auto_is_x0_where_the_sde_keeps_noise_at_t0_and_costs_no_evaluation(method):
+    """VE keeps σ_min at t = 0, which the last step's mean keeps: "auto" ends on x̂_0 there; VP and
+    sub-VP (σ(0) = 0) keep the mean.  Either way the run makes the same number of evaluations."""
+    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
+    for name, auto_is in (("ve", "x0"), ("vp", "mean"), ("subvp", "mean")):
+        sde = SDES[name]
+        runs = {end: ss.sample(ring.score_fn(sde), sde, (32, 2), method, nfe=20, end=end,
+                               generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+                for end in ("auto", "x0", "mean")}
+        assert torch.equal(runs["auto"].samples, runs[auto_is].samples), name
+        assert len({r.nfe for r in runs.values()}) == 1 and runs["auto"].nfe == 20
+        assert not torch.equal(runs["x0"].samples, runs["mean"].samples)
+        undenoised = ss.sample(ring.score_fn(sde), sde, (32, 2), method, nfe=20, end="x0", denoise=False,
+                               generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        plain = ss.sample(ring.score_fn(sde), sde, (32, 2), method, nfe=20, end="mean", denoise=False,
+                          generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        assert torch.equal(undenoised.samples, plain.samples)  # end only concerns the final denoising
+
+
+def test_end_names_its_choices():
+    with pytest.raises(ValueError, match="end"):
+        ss.PC(end="tweedie")
