@@ -56,10 +56,10 @@ class PC(SamplerBase):
     For each grid step t -> t':  corrector at t (``n_corrector_steps`` MCMC steps), then the
     predictor from t to t'.  With ``denoise`` the run ends on the last step's ``end``: "mean",
     its noise-free mean; "x0", the data prediction x̂_0 = (x + σ² s)/m of its own score evaluation
-    (no extra NFE); "auto" (default): x0 where the SDE keeps noise at t = 0 (σ(0) > 0: VE's σ_min,
-    discrete schedules' first step), which the last step's mean keeps and x̂_0 removes, as
-    score_sde's final VE step to σ = 0 does; "mean" otherwise (VP, sub-VP: with ``t_eval`` = 1
-    the last step already lands at σ = 0).  Measured on the 8-ring and a 2-mode mixture
+    (no extra NFE); "auto" (default): x0 where the SDE keeps noise at t = 0 (σ(0) > 0: VE's σ_min),
+    which the last step's mean keeps and x̂_0 removes, as score_sde's final VE step to σ = 0 does;
+    "mean" otherwise (VP, sub-VP, discrete and Karras schedules: σ(0) = 0; with ``t_eval`` = 1 the
+    last step already lands there).  Measured on the 8-ring and a 2-mode mixture
     (benchmarks/classical_results.md), x0 on VE brings em / reverse_diffusion / ancestral / pc at
     50-1000 NFE level with or ahead of the reference where the mean was behind.
     Names or callables are accepted for ``predictor`` and ``corrector`` (``PREDICTORS``,
