@@ -376,9 +376,12 @@ def likelihood(
             weight.  n >= 1 lets the solver integrate x alone (its steps controlled by x) and takes
             ∫ tr∇s dt by n-point Gauss-Legendre on each accepted step, x at the nodes from the
             step's cubic Hermite interpolant: n divergences per accepted step instead of ~5 per
-            attempted one.  n = 3 (order 6) leaves the error to rtol; at rtol 1e-4 it ran 3.0-3.1×
-            faster than score_sde's RK45 at 1e-5 with a lower per-point error on 16-d and 64-d
-            autograd scores (benchmarks/likelihood_speed.md).  Needs an FSAL solver (dopri5, bosh3).
+            attempted one.  Δ is then not under error control: on the mixture scores n = 3 (order 6)
+            leaves the error to rtol and ran 3.1-3.4× faster than score_sde's RK45 at 1e-5 at a lower
+            per-point error (16-d and 64-d, VP), but a trained MLP's divergence varies faster along
+            the path than x does, and there it needed rtol 1e-6-3e-6 for the reference's accuracy,
+            1.2-1.7× faster (benchmarks/likelihood_speed.md): check it against the default on your
+            network.  Needs an FSAL solver (dopri5, bosh3).
         max_steps: budget of attempted (accepted + rejected) solver steps; when it runs out the
             solve stops with a ``StepLimitError`` naming the time reached.
         progress: a tqdm bar of the time reached, eps → T.
