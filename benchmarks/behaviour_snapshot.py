@@ -50,6 +50,10 @@ CHANGED = {
     # issue 18: on VE (σ(0) = σ_min > 0) the PC samplers' final denoising returns x̂_0 of the last
     # evaluation (PC(end="auto")), no longer the last step's mean, which keeps σ_min of noise
     "pc/ve/float64/generator", "pc/ve/float32/generator", "inpaint/pc/ve",
+    # issue 18: on sub-VP the reverse-diffusion predictor is the Euler-Maruyama step (as score_sde's),
+    # and pc steps on the quadratic grid there ("classical_pc")
+    *(f"pc/subvp/{c}" for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
+    "inpaint/pc/subvp",
 }
 
 

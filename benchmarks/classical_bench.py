@@ -212,9 +212,31 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    1.70 at 100 and 0.81 / 0.58 at 1000, so against it GGF is not cheaper here.  GGF's NFE and overhead
    are tabulated in benchmarks/adaptive_overhead.md.
 
-New options: `PC(t_eval=θ)` (θ ∈ [0, 1]), `PC(variance=λ)` (λ ∈ [0, 1], ancestral only), grid
-kind `"classical"` (quadratic for VP / sub-VP, uniform for VE).  Defaults: `em` and
-`reverse_diffusion` θ = 1, `ancestral` λ = ½, all three on the "classical" grid.
+8. **VE's last step keeps σ_min** (2 seeds, ring8 / two; NFE: W2 / logp).  VE's marginal has σ(0) = σ_min,
+   so the last step's noise-free mean still carries σ_min of noise, which score_sde's final VE step to
+   σ = 0 removes (x + σ_min² s: a Tweedie step).  Ending on x̂_0 = (x + σ² s)/m of the last step's own
+   evaluation (`PC(end="x0")`, no extra NFE; a separate Tweedie step after it costs 1 NFE and measured
+   the same): ring8 reverse_diffusion 100: 1.85 / 8.67 → 1.62 / 6.86 (reference 1.62 / 6.72), 1000:
+   0.97 / 1.81 → 0.91 / 0.13 (0.94 / 0.15); pc 100: 1.42 / 5.81 → 1.23 / 4.06 (1.26 / 4.39), 1000:
+   1.28 / 2.77 → 1.17 / 1.08 (1.16 / 1.11); em 50: 1.13 / 1.20 → 1.09 / 0.65; two pc 100: 4.15 / 10.28 →
+   4.10 / 9.48 (4.33 / 9.85).  On VP the x̂_0 end helps pc at 100-1000 but hurts em and ancestral (whose
+   shifted / posterior last step already lands at σ ≈ 0), so `end="auto"` takes x̂_0 where σ(0) > 0 only.
+9. **Sub-VP** (2 seeds ring8 / two, 1 seed gmm64).  score_sde's SubVPSDE has no discretisation of its
+   own, so its reverse-diffusion predictor is Euler-Maruyama there; our transition-based step was ~3×
+   further from the log-density floor (ring8 50: 3.16 / 16.35 against EM's 1.85 / 4.69 and the
+   reference's 3.40 / 6.27; gmm64 50: 1.22 / 56.9 against 1.17 / 17.9 and 1.36 / 24.8).  The t_eval
+   shift that helps VP costs component W2 on sub-VP (em, θ = 1 → 0, quadratic grid: ring8 50 3.56 / 1.56
+   → 1.85 / 4.69, two 50 5.91 / 2.40 → 3.49 / 4.52 against the reference's 3.87 / 5.38; gmm64 20 3.85 /
+   111 → 1.78 / 59.5 against 2.49 / 104).  pc on sub-VP with the EM predictor on the quadratic grid:
+   ring8 50 2.49 / 6.55, two 50 4.37 / 7.22, gmm64 50 1.40 / 24.5 (reference 6.69 / 19.3, 6.91 / 10.9,
+   1.97 / 52.0); on VP the quadratic grid loses to the uniform one for pc (ring8 50: 3.99 / 24.2 vs
+   2.74 / 2.85).
+
+New options: `PC(t_eval=θ)` (θ ∈ [0, 1]; None: 1, or 0 on sub-VP), `PC(variance=λ)` (λ ∈ [0, 1],
+ancestral only), `PC(end="auto"|"mean"|"x0")`, grid kinds `"classical"` (quadratic for VP / sub-VP,
+uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform otherwise).  Defaults: `em` and
+`reverse_diffusion` t_eval=None, `ancestral` λ = ½, all three on the "classical" grid; `pc` on
+"classical_pc"; all four end="auto"; the reverse-diffusion predictor is EM on sub-VP.
 """
 
 

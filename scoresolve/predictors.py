@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .sde import SDE
+from .sde import SDE, SubVPSDE
 
 __all__ = ["Step", "euler_maruyama", "reverse_diffusion", "ancestral", "none", "PREDICTORS"]
 
@@ -38,7 +38,13 @@ def euler_maruyama(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -
 def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:
     """Reverse-diffusion predictor: reverse the forward discretisation x_t = a x_{t'} + √v z,
     i.e. x' = x − (a − 1) x + v s(x, t) + √v z with (a, v) the exact transition t' -> t.
+
+    On sub-VP it is the Euler-Maruyama step, as in score_sde (whose SubVPSDE has no discretisation
+    of its own, so its reverse-diffusion predictor discretises by EM): the transition step measured
+    about 3× further from the log-density floor there at 20-100 steps (benchmarks/classical_results.md).
     Reference: Song et al. 2021, eq. 46 (Appendix E)."""
+    if isinstance(sde, SubVPSDE):
+        return euler_maruyama(sde, score, x, t, t_next, noise)
     a, v = sde.transition(t_next, t)
     s = score(x, t)
     x_mean = torch.mul(x, 2.0 - a).add_(s, alpha=v)

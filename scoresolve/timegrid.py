@@ -9,6 +9,8 @@ any sampler.  Kinds:
     classical  quadratic for SDEs whose mean decays (VP, sub-VP), uniform for VE (where uniform
                in t is uniform in log σ): the measured best for the classical SDE samplers
                (benchmarks/classical_results.md)
+    classical_pc  quadratic for sub-VP, uniform otherwise: the measured best for predictor-corrector
+               sampling (on VP the quadratic grid loses to the uniform one there)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .sde import SDE
+from .sde import SDE, SubVPSDE
 
 __all__ = ["make_grid", "GRIDS", "check_grid"]
 
@@ -50,12 +52,17 @@ def _classical(sde: SDE, n: int, eps: float, **_) -> Tensor:
     return _quadratic(sde, n, eps)
 
 
+def _classical_pc(sde: SDE, n: int, eps: float, **_) -> Tensor:
+    return (_quadratic if isinstance(sde, SubVPSDE) else _uniform)(sde, n, eps)
+
+
 GRIDS: dict[str, Callable[..., Tensor]] = {
     "uniform": _uniform,
     "quadratic": _quadratic,
     "log_snr": _log_snr,
     "karras": _karras,
     "classical": _classical,
+    "classical_pc": _classical_pc,
 }
 
 

@@ -58,9 +58,28 @@ def test_variance_belongs_to_the_ancestral_predictor():
 
 
 def test_registered_defaults():
-    assert ss.SAMPLERS["em"].t_eval == 1.0 and ss.SAMPLERS["em"].default_grid == "classical"
-    assert ss.SAMPLERS["reverse_diffusion"].t_eval == 1.0
+    for m in ("em", "reverse_diffusion"):  # the shifted step, except on sub-VP
+        assert ss.SAMPLERS[m].default_grid == "classical"
+        assert [ss.SAMPLERS[m].shift(SDES[s]) for s in ("vp", "ve", "subvp")] == [1.0, 1.0, 0.0]
+    assert ss.SAMPLERS["pc"].shift(SDES["subvp"]) == 0.0 and ss.SAMPLERS["pc"].default_grid == "classical_pc"
     assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
+    assert ss.PC(t_eval=0.5).shift(SDES["subvp"]) == 0.5  # a number is taken as it is
+
+
+def test_classical_pc_grid_is_quadratic_for_subvp_only():
+    for name, kind in (("vp", "uniform"), ("subvp", "quadratic"), ("ve", "uniform")):
+        assert torch.equal(ss.make_grid("classical_pc", SDES[name], 7, 1e-3), ss.make_grid(kind, SDES[name], 7, 1e-3))
+
+
+def test_reverse_diffusion_on_subvp_is_the_euler_maruyama_step():
+    """As score_sde's (its sub-VP has no discretisation of its own); elsewhere it is the transition step."""
+    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
+    for name, same in (("subvp", True), ("vp", False), ("ve", False)):
+        sde = SDES[name]
+        out = [ss.sample(ring.score_fn(sde), sde, (16, 2), ss.PC(predictor=p, corrector="none"), steps=8,
+                         generator=torch.Generator().manual_seed(5), dtype=torch.float64).samples
+               for p in ("reverse_diffusion", "euler_maruyama")]
+        assert torch.equal(out[0], out[1]) == same, name
 
 
 def test_unknown_predictor_or_corrector_names_the_argument_and_the_choices():
