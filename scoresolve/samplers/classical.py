@@ -20,7 +20,7 @@ from .._compat import renamed
 from .._torchdiffeq import ADAPTIVE_RK, StepwiseODE
 from ..options import option
 from ..protocol import Context, SamplerBase, State
-from ..sde import SubVPSDE
+from ..sde import SDE, SubVPSDE
 
 __all__ = ["PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps"]
 
@@ -69,8 +69,8 @@ class PC(SamplerBase):
 
     ``t_eval`` θ ∈ [0, 1] (None: 1, but 0 on sub-VP, where the shift measured further from the
     component-W2 floor than the reference at 20-100 steps): the predictor steps on the interval
-    shifted by θ dt, i.e. from
-    t_θ = t + θ (t' − t) to t_θ + (t' − t) (cut at t = 0 for the transition-based predictors), so
+    shifted by θ dt, i.e. from t_θ = t + θ (t' − t) to t_θ + (t' − t) (cut at t = 0 for the
+    transition-based predictors), so
     its score and coefficients are taken at t_θ while the state is at t; for EM:
     x' = x + [f x − g² s](x, t_θ) dt + g(t_θ) √|dt| z (θ = 0: the textbook step).  A shift towards
     t' counters the first-order steps' under-contraction on coarse grids; score_sde's loop does
@@ -124,7 +124,7 @@ class PC(SamplerBase):
         corrector = _lookup("corrector", CORRECTORS, self.corrector)
         return 0 if corrector is correctors.none else self.n_corrector_steps
 
-    def shift(self, sde) -> float:
+    def shift(self, sde: SDE) -> float:
         """θ of ``t_eval`` for this SDE."""
         if self.t_eval is None:
             return 0.0 if isinstance(sde, SubVPSDE) else 1.0
@@ -133,7 +133,7 @@ class PC(SamplerBase):
     def prepare(self, ctx: Context, ts: list[float]) -> float:
         return ts[-1]  # the final time: the step that reaches it may end on x̂_0
 
-    def ends_on_x0(self, sde) -> bool:
+    def ends_on_x0(self, sde: SDE) -> bool:
         """Whether ``denoise`` returns the last evaluation's x̂_0 rather than the last step's mean."""
         return self.end == "x0" or (self.end == "auto" and float(sde.std(0.0)) > 0.0)
 
