@@ -35,9 +35,13 @@ def euler_maruyama(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -
     return Step(noise(x.shape, std=g * math.sqrt(-dt)).add_(x_mean), x_mean)
 
 
-def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise) -> Step:
+def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise, *,
+                      coefficients: str = "transition") -> Step:
     """Reverse-diffusion predictor: reverse the forward discretisation x_t = a x_{t'} + √v z,
-    i.e. x' = x − (a − 1) x + v s(x, t) + √v z with (a, v) the exact transition t' -> t.
+    i.e. x' = x − (a − 1) x + v s(x, t) + √v z with (a, v) the exact transition t' -> t
+    (``coefficients="transition"``), or the exact step of the forward SDE with f and g frozen at t,
+    where the score is taken (``"frozen"``): a = e^{f(t) Δ}, v = g(t)² (e^{2 f(t) Δ} − 1) / (2 f(t)),
+    Δ = t − t' (v = g(t)² Δ where f = 0: on VE this is the Euler-Maruyama step).
 
     On sub-VP it is the Euler-Maruyama step, as in score_sde (whose SubVPSDE has no discretisation
     of its own, so its reverse-diffusion predictor discretises by EM): the transition step measured
@@ -45,7 +49,11 @@ def reverse_diffusion(sde: SDE, score, x: Tensor, t: float, t_next: float, noise
     Reference: Song et al. 2021, eq. 46 (Appendix E)."""
     if isinstance(sde, SubVPSDE):
         return euler_maruyama(sde, score, x, t, t_next, noise)
-    a, v = sde.transition(t_next, t)
+    if coefficients == "frozen":
+        d, f, g2 = t - t_next, float(sde.drift_coef(t)), float(sde.diffusion(t)) ** 2
+        a, v = math.exp(f * d), (g2 * d if f == 0.0 else g2 * math.expm1(2.0 * f * d) / (2.0 * f))
+    else:
+        a, v = sde.transition(t_next, t)
     s = score(x, t)
     x_mean = torch.mul(x, 2.0 - a).add_(s, alpha=v)
     return Step(noise(x.shape, std=math.sqrt(v)).add_(x_mean), x_mean)

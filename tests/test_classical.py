@@ -1,6 +1,8 @@
 """Issue 18: the classical samplers' options (t_eval, variance, the "classical" grid) keep the
 methods' weak order and behave as documented."""
 
+import math
+
 import pytest
 import torch
 from helpers import SDES, exact_output_moments, gaussian_1d, loglog_slope
@@ -12,6 +14,7 @@ import scoresolve as ss
 @pytest.mark.parametrize("opts", [{"predictor": "euler_maruyama", "t_eval": 1.0},
                                   {"predictor": "euler_maruyama", "t_eval": 0.5},
                                   {"predictor": "reverse_diffusion", "t_eval": 1.0},
+                                  {"predictor": "reverse_diffusion", "t_eval": 1.0, "coefficients": "frozen"},
                                   {"predictor": "ancestral", "variance": 0.5},
                                   {"predictor": "ancestral", "variance": 1.0}])
 def test_options_keep_weak_order_one(opts, sde_name):
@@ -64,6 +67,42 @@ def test_registered_defaults():
     assert ss.SAMPLERS["pc"].shift(SDES["subvp"]) == 0.0 and ss.SAMPLERS["pc"].default_grid == "classical_pc"
     assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
     assert ss.PC(t_eval=0.5).shift(SDES["subvp"]) == 0.5  # a number is taken as it is
+    assert ss.SAMPLERS["reverse_diffusion"].coefficients == "frozen" and ss.SAMPLERS["pc"].coefficients == "transition"
+
+
+def test_frozen_reverse_diffusion_is_the_exact_step_with_f_and_g_frozen_at_the_evaluation_time():
+    """On VE (f = 0) it is the Euler-Maruyama step; on VP a = e^{f Δ}, v = 1 − e^{−β Δ} (β frozen),
+    not the transition over the interval."""
+    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
+
+    def run(sde, **opts):
+        return ss.sample(ring.score_fn(sde), sde, (16, 2), ss.PC(corrector="none", t_eval=1.0, **opts), steps=8,
+                         generator=torch.Generator().manual_seed(5), dtype=torch.float64).samples
+
+    ve, vp = SDES["ve"], SDES["vp"]
+    frozen_ve = run(ve, predictor="reverse_diffusion", coefficients="frozen")
+    torch.testing.assert_close(frozen_ve, run(ve, predictor="euler_maruyama"), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(frozen_ve, run(ve, predictor="reverse_diffusion"))
+    # one VP step from a point mass, by hand: mean (2 − a) x + v s, variance v, with β at t
+    x = torch.full((2, 1), 0.3, dtype=torch.float64)
+    t, t_next = 0.6, 0.5
+    gm = ss.targets.GaussianMixture(torch.ones(1), torch.tensor([[1.0]]), torch.tensor([0.25]))
+    score = gm.score_fn(vp)
+    out = ss.predictors.reverse_diffusion(vp, score, x, t, t_next,
+                                          lambda shape, std=1.0: torch.full(shape, std, dtype=torch.float64),
+                                          coefficients="frozen")
+    b = float(vp.beta(t)) * (t - t_next)
+    a, v = math.exp(-0.5 * b), -math.expm1(-b)
+    s = score(x, t)
+    torch.testing.assert_close(out.x_mean, (2 - a) * x + v * s, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(out.x - out.x_mean, torch.full_like(x, math.sqrt(v)), rtol=1e-14, atol=1e-14)
+
+
+def test_coefficients_belong_to_the_reverse_diffusion_predictor():
+    with pytest.raises(ValueError, match=r"^coefficients='frozen' is the reverse_diffusion predictor's"):
+        ss.PC(predictor="euler_maruyama", coefficients="frozen")
+    with pytest.raises(ValueError, match="coefficients must be one of"):
+        ss.PC(coefficients="exact")
 
 
 def test_classical_pc_grid_is_quadratic_for_subvp_only():

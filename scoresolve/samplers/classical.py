@@ -76,7 +76,9 @@ class PC(SamplerBase):
     t' counters the first-order steps' under-contraction on coarse grids; score_sde's loop does
     the same implicitly (dt = −1/N on a grid of spacing (T − eps)/(N − 1) lags its evaluation
     times by up to one step, the last one at eps).  ``variance`` λ ∈ [0, 1] is the ancestral predictor's
-    noise variance, (1 − λ) β̃ + λ β (see ``predictors.ancestral``; ignored by the others).
+    noise variance, (1 − λ) β̃ + λ β (see ``predictors.ancestral``); ``coefficients`` is the
+    reverse-diffusion predictor's: "transition" (the exact transition over the step) or "frozen"
+    (f, g frozen at the evaluation time; see ``predictors.reverse_diffusion``).
     Reference: Li et al. 2024, "Alleviating exposure bias in diffusion models through sampling
     with shifted time steps" (ICLR); Ho et al. 2020, §3.2.
     """
@@ -88,6 +90,7 @@ class PC(SamplerBase):
     snr_norm: str = option("batch", choices=("batch", "sample"))
     t_eval: float | None = option(0.0, within="[0, 1]", allow_none=True)
     variance: float = option(0.0, within="[0, 1]")
+    coefficients: str = option("transition", choices=("transition", "frozen"))
     end: str = option("auto", choices=("auto", "mean", "x0"))
     default_grid: str = "uniform"
     default_steps: int = 1000
@@ -103,6 +106,9 @@ class PC(SamplerBase):
             raise ValueError(f"variance={self.variance} is the ancestral predictor's noise choice ((1 − λ) β̃ + λ β); "
                              f"predictor {getattr(predictor, '__name__', predictor)!r} has no such option: "
                              f"use predictor='ancestral' or variance=0")
+        if self.coefficients != "transition" and predictor is not predictors.reverse_diffusion:
+            raise ValueError(f"coefficients={self.coefficients!r} is the reverse_diffusion predictor's option; "
+                             f"predictor {getattr(predictor, '__name__', predictor)!r} has no such option")
 
     @property
     def batch_coupling(self) -> str | None:
@@ -171,6 +177,8 @@ class PC(SamplerBase):
         predictor, t0, t1 = self._predictor, t, t_next
         if self.variance and predictor is predictors.ancestral:
             predictor = functools.partial(predictor, variance=self.variance)
+        if self.coefficients != "transition":
+            predictor = functools.partial(predictor, coefficients=self.coefficients)
         theta = self.shift(ctx.sde)
         if theta:  # the step taken on the interval shifted by θ dt
             t0 = t + theta * (t_next - t)
