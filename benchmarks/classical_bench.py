@@ -232,11 +232,25 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    1.97 / 52.0); on VP the quadratic grid loses to the uniform one for pc (ring8 50: 3.99 / 24.2 vs
    2.74 / 2.85).
 
+10. **Reverse diffusion's coefficients.**  score_sde's VP step uses the discrete DDPM table
+   (β_i = β(t_i)/N, x' = (2 − √(1 − β_i)) x + β_i s), whose log-density our exact-transition step
+   (1 − a² = 1 − e^{−∫β}) did not reach (2-mode 50: 3.40 / 6.78 vs 3.32 / 1.38; gmm64 50: 1.05 / 22.9 vs
+   1.25 / 10.8).  Not the lag (a ramped shift on the uniform grid: 7.66 / 34.1) nor the final step (DDPM
+   coefficients on the last step only: 3.32 / 7.12), but the body: f and g taken at the evaluation time, as
+   the score is.  `PC(coefficients="frozen")`: the exact step of the forward SDE with f, g frozen at t_θ,
+   a = e^{fΔ}, v = g² (e^{2fΔ} − 1)/(2f) (on VE, f = 0: the Euler-Maruyama step).  Now the default of
+   `reverse_diffusion`: 2-mode VP 50 3.35 / 0.69, gmm64 VP 50 1.20 / 2.44, 100 1.05 / 0.01, ring8 VE 50
+   1.06 / 0.67 (was 2.68 / 14.99; reference 2.72 / 15.13); on VE at 10 NFE it is behind (gmm64 32.4 / 5.4e3
+   vs 6.39 / 715).  pc keeps the transition step: with its θ = 0 on VP the frozen one collapses (ring8 50:
+   14.1 / 60.8).
+
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1]; None: 1, or 0 on sub-VP), `PC(variance=λ)` (λ ∈ [0, 1],
-ancestral only), `PC(end="auto"|"mean"|"x0")`, grid kinds `"classical"` (quadratic for VP / sub-VP,
+ancestral only), `PC(coefficients="transition"|"frozen")` (reverse_diffusion only),
+`PC(end="auto"|"mean"|"x0")`, grid kinds `"classical"` (quadratic for VP / sub-VP,
 uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform otherwise).  Defaults: `em` and
-`reverse_diffusion` t_eval=None, `ancestral` λ = ½, all three on the "classical" grid; `pc` on
-"classical_pc"; all four end="auto"; the reverse-diffusion predictor is EM on sub-VP.
+`reverse_diffusion` t_eval=None (reverse_diffusion with coefficients="frozen"), `ancestral` λ = ½, all three
+on the "classical" grid; `pc` on "classical_pc"; all four end="auto"; the reverse-diffusion predictor is EM on
+sub-VP.
 """
 
 

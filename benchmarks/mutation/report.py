@@ -42,7 +42,8 @@ print("|---|---|---|---|---|---|---|---|---|")
 tot = Counter()
 n_tot = 0
 for mod, n, c in rows:
-    eq = sum(1 for k, _, f in survivors if f.startswith("equivalent") and k.startswith(mod[:-3].replace("/", ".") + "."))
+    prefix = mod[:-3].replace("/", ".") + "."
+    eq = sum(1 for k, _, f in survivors if f.startswith("equivalent") and k.startswith(prefix))
     run = n - c["not run"]
     denom = run - eq
     score = f"{100 * (c['killed'] + c['timeout']) / denom:.1f}%" if denom else "-"
