@@ -37,8 +37,8 @@ SAMPLERS: dict[str, Sampler] = {
     # classical (Song et al. 2021)
     "pc": PC(default_grid="classical_pc"),
     # em / ancestral defaults measured against score_sde's own samplers (benchmarks/classical_results.md)
-    "em": PC(predictor="euler_maruyama", corrector="none", t_eval=None, default_grid="classical"),
-    "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none", t_eval=None, coefficients="frozen",
+    "em": PC(predictor="euler_maruyama", corrector="none", t_eval="ramped", default_grid="classical"),
+    "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none", t_eval="shifted", coefficients="frozen",
                             default_grid="classical"),
     "ancestral": PC(predictor="ancestral", corrector="none", variance=0.5, default_grid="classical"),
     "ald": AnnealedLangevin(),

@@ -12,6 +12,7 @@ import scoresolve as ss
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("opts", [{"predictor": "euler_maruyama", "t_eval": 1.0},
+                                  {"predictor": "euler_maruyama", "t_eval": "ramped"},
                                   {"predictor": "euler_maruyama", "t_eval": 0.5},
                                   {"predictor": "reverse_diffusion", "t_eval": 1.0},
                                   {"predictor": "reverse_diffusion", "t_eval": 1.0, "coefficients": "frozen"},
@@ -45,7 +46,8 @@ def test_classical_grid_is_quadratic_for_vp_and_uniform_for_ve():
         assert torch.equal(ss.make_grid("classical", sde, 7, 1e-3), ss.make_grid(kind, sde, 7, 1e-3))
 
 
-@pytest.mark.parametrize("bad", [{"t_eval": 1.5}, {"t_eval": -0.1}, {"variance": 2.0}])
+@pytest.mark.parametrize("bad", [{"t_eval": 1.5}, {"t_eval": -0.1}, {"t_eval": "ramp"}, {"t_eval": None},
+                                 {"variance": 2.0}])
 def test_out_of_range_options_name_the_argument(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         ss.PC(**bad)
@@ -64,6 +66,9 @@ def test_registered_defaults():
     for m in ("em", "reverse_diffusion"):  # the shifted step, except on sub-VP
         assert ss.SAMPLERS[m].default_grid == "classical"
         assert [ss.SAMPLERS[m].shift(SDES[s]) for s in ("vp", "ve", "subvp")] == [1.0, 1.0, 0.0]
+    # em's shift grows along the run on VP only; reverse_diffusion's does not
+    assert [ss.SAMPLERS["em"].shift(SDES[s], 0.25) for s in ("vp", "ve", "subvp")] == [0.25, 1.0, 0.0]
+    assert ss.SAMPLERS["reverse_diffusion"].shift(SDES["vp"], 0.25) == 1.0
     assert ss.SAMPLERS["pc"].shift(SDES["subvp"]) == 0.0 and ss.SAMPLERS["pc"].default_grid == "classical_pc"
     assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
     assert ss.PC(t_eval=0.5).shift(SDES["subvp"]) == 0.5  # a number is taken as it is
@@ -171,6 +176,25 @@ def test_t_eval_evaluates_the_score_at_the_shifted_time(predictor, theta):
                     denoise=False, generator=torch.Generator().manual_seed(0))
     ts = res.ts.tolist()
     want = [t + theta * (tn - t) for t, tn in zip(ts[:-1], ts[1:])]
+    assert seen == pytest.approx(want, rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("sde_name,ramped", [("vp", True), ("ve", False), ("subvp", None)])
+def test_ramped_t_eval_grows_the_shift_along_the_run_on_vp(sde_name, ramped):
+    """t_eval="ramped": step i of N takes its score at t + θ_i (t' − t), θ_i = (i + 1)/N on VP; θ = 1 on VE,
+    0 on sub-VP (the "shifted" profile there)."""
+    sde, gm = SDES[sde_name], gaussian_1d(0.5, 0.3)
+    seen = []
+
+    def score(x, t):
+        seen.append(float(t.flatten()[0]) if torch.is_tensor(t) else float(t))
+        return gm.score_fn(sde)(x, t)
+
+    res = ss.sample(score, sde, (8, 1), ss.PC(predictor="euler_maruyama", corrector="none", t_eval="ramped"),
+                    steps=6, denoise=False, generator=torch.Generator().manual_seed(0))
+    ts = res.ts.tolist()
+    theta = [(i + 1) / 6 if ramped else 1.0 if ramped is False else 0.0 for i in range(6)]
+    want = [t + th * (tn - t) for th, t, tn in zip(theta, ts[:-1], ts[1:])]
     assert seen == pytest.approx(want, rel=1e-6, abs=0)
 
 

@@ -254,7 +254,7 @@ def test_particle_weights_are_the_kernel_density_of_the_observed_step(name, base
     ctx = Context(sde, MIX4.score_fn(sde), lambda shape, std=1.0: torch.randn(shape, generator=g, dtype=F64) * std)
     state = smc.init(ctx, torch.randn(groups * k, 4, generator=g, dtype=F64), [0.8, 0.7, 0.6])
     ones = Context(sde, ctx.score, lambda shape, std=1.0: torch.full(shape, std, dtype=F64))
-    up, mean = base.propose(ones, state.x, 0.8, 0.7)
+    up, mean = base.propose(ones, state.x, 0.8, 0.7, 0.5)  # step 1 of 2 (em's ramped shift on VP)
     state = smc.step(ctx, state, 0.8, 0.7)
     logp = torch.distributions.Normal(mean[:, :2], up[:, :2] - mean[:, :2]).log_prob(state.memory.path[:, :2])
     logp = logp.sum(1).reshape(groups, k)

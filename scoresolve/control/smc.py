@@ -126,7 +126,8 @@ class ParticleSampler(WrapsBase):
             scale.append(std)
             return ctx.noise(shape, std)
 
-        x_new, x_mean = self.base.propose(dataclasses.replace(ctx, noise=noise), x, t, t_next)
+        x_new, x_mean = self.base.propose(dataclasses.replace(ctx, noise=noise), x, t, t_next,
+                                          (state.i + 1) / mem.n_steps)
         # the observed path one step back: bridge k_{t'} | k_t, k_0 = b
         a, v = sde.transition(t_next, t)
         (m_n, s_n), s_t = sde.marginal(t_next), sde.std(t)
