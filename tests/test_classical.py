@@ -9,6 +9,26 @@ from helpers import SDES, exact_output_moments, gaussian_1d, loglog_slope
 
 import scoresolve as ss
 
+RING = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
+
+
+def _ring_samples(sde, method, shape=(16, 2), seed=5, **kw):
+    """Samples of the 8-ring from a fixed seed, float64 (``method``: a name or a sampler)."""
+    return ss.sample(RING.score_fn(sde), sde, shape, method, generator=torch.Generator().manual_seed(seed),
+                     dtype=torch.float64, **kw)
+
+
+def _score_times(sde, sampler, steps=6):
+    """(the grid, the time of every score evaluation) of a ``steps``-step run on a 1-D Gaussian, no denoising."""
+    gm, seen = gaussian_1d(0.5, 0.3), []
+
+    def score(x, t):
+        seen.append(float(t.flatten()[0]) if torch.is_tensor(t) else float(t))
+        return gm.score_fn(sde)(x, t)
+
+    res = ss.sample(score, sde, (8, 1), sampler, steps=steps, denoise=False, generator=torch.Generator().manual_seed(0))
+    return res.ts.tolist(), seen
+
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("opts", [{"predictor": "euler_maruyama", "t_eval": 1.0},
@@ -78,11 +98,8 @@ def test_registered_defaults():
 def test_frozen_reverse_diffusion_is_the_exact_step_with_f_and_g_frozen_at_the_evaluation_time():
     """On VE (f = 0) it is the Euler-Maruyama step; on VP a = e^{f Δ}, v = 1 − e^{−β Δ} (β frozen),
     not the transition over the interval."""
-    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
-
     def run(sde, **opts):
-        return ss.sample(ring.score_fn(sde), sde, (16, 2), ss.PC(corrector="none", t_eval=1.0, **opts), steps=8,
-                         generator=torch.Generator().manual_seed(5), dtype=torch.float64).samples
+        return _ring_samples(sde, ss.PC(corrector="none", t_eval=1.0, **opts), steps=8).samples
 
     ve, vp = SDES["ve"], SDES["vp"]
     frozen_ve = run(ve, predictor="reverse_diffusion", coefficients="frozen")
@@ -117,11 +134,8 @@ def test_classical_pc_grid_is_quadratic_for_subvp_only():
 
 def test_reverse_diffusion_on_subvp_is_the_euler_maruyama_step():
     """As score_sde's (its sub-VP has no discretisation of its own); elsewhere it is the transition step."""
-    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
     for name, same in (("subvp", True), ("vp", False), ("ve", False)):
-        sde = SDES[name]
-        out = [ss.sample(ring.score_fn(sde), sde, (16, 2), ss.PC(predictor=p, corrector="none"), steps=8,
-                         generator=torch.Generator().manual_seed(5), dtype=torch.float64).samples
+        out = [_ring_samples(SDES[name], ss.PC(predictor=p, corrector="none"), steps=8).samples
                for p in ("reverse_diffusion", "euler_maruyama")]
         assert torch.equal(out[0], out[1]) == same, name
 
@@ -165,16 +179,7 @@ def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_ca
 @pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion"])
 def test_t_eval_evaluates_the_score_at_the_shifted_time(predictor, theta):
     """``t_eval`` θ: the predictor from t to t' takes its score at t + θ (t' − t) (towards t')."""
-    sde, gm = SDES["vp"], gaussian_1d(0.5, 0.3)
-    seen = []
-
-    def score(x, t):
-        seen.append(float(t.flatten()[0]) if torch.is_tensor(t) else float(t))
-        return gm.score_fn(sde)(x, t)
-
-    res = ss.sample(score, sde, (8, 1), ss.PC(predictor=predictor, corrector="none", t_eval=theta), steps=6,
-                    denoise=False, generator=torch.Generator().manual_seed(0))
-    ts = res.ts.tolist()
+    ts, seen = _score_times(SDES["vp"], ss.PC(predictor=predictor, corrector="none", t_eval=theta))
     want = [t + theta * (tn - t) for t, tn in zip(ts[:-1], ts[1:])]
     assert seen == pytest.approx(want, rel=1e-6, abs=0)
 
@@ -183,16 +188,7 @@ def test_t_eval_evaluates_the_score_at_the_shifted_time(predictor, theta):
 def test_ramped_t_eval_grows_the_shift_along_the_run_on_vp(sde_name, ramped):
     """t_eval="ramped": step i of N takes its score at t + θ_i (t' − t), θ_i = (i + 1)/N on VP; θ = 1 on VE,
     0 on sub-VP (the "shifted" profile there)."""
-    sde, gm = SDES[sde_name], gaussian_1d(0.5, 0.3)
-    seen = []
-
-    def score(x, t):
-        seen.append(float(t.flatten()[0]) if torch.is_tensor(t) else float(t))
-        return gm.score_fn(sde)(x, t)
-
-    res = ss.sample(score, sde, (8, 1), ss.PC(predictor="euler_maruyama", corrector="none", t_eval="ramped"),
-                    steps=6, denoise=False, generator=torch.Generator().manual_seed(0))
-    ts = res.ts.tolist()
+    ts, seen = _score_times(SDES[sde_name], ss.PC(predictor="euler_maruyama", corrector="none", t_eval="ramped"))
     theta = [(i + 1) / 6 if ramped else 1.0 if ramped is False else 0.0 for i in range(6)]
     want = [t + th * (tn - t) for th, t, tn in zip(theta, ts[:-1], ts[1:])]
     assert seen == pytest.approx(want, rel=1e-6, abs=0)
@@ -226,19 +222,14 @@ def test_x0_end_converges_to_tweedie_of_p_eps_at_weak_order_one(opts):
 def test_end_auto_is_x0_where_the_sde_keeps_noise_at_t0_and_costs_no_evaluation(method):
     """VE keeps σ_min at t = 0, which the last step's mean keeps: "auto" ends on x̂_0 there; VP and
     sub-VP (σ(0) = 0) keep the mean.  Either way the run makes the same number of evaluations."""
-    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
     for name, auto_is in (("ve", "x0"), ("vp", "mean"), ("subvp", "mean")):
         sde = SDES[name]
-        runs = {end: ss.sample(ring.score_fn(sde), sde, (32, 2), method, nfe=20, end=end,
-                               generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-                for end in ("auto", "x0", "mean")}
+        runs = {end: _ring_samples(sde, method, (32, 2), 3, nfe=20, end=end) for end in ("auto", "x0", "mean")}
         assert torch.equal(runs["auto"].samples, runs[auto_is].samples), name
         assert len({r.nfe for r in runs.values()}) == 1 and runs["auto"].nfe == 20
         assert not torch.equal(runs["x0"].samples, runs["mean"].samples)
-        undenoised = ss.sample(ring.score_fn(sde), sde, (32, 2), method, nfe=20, end="x0", denoise=False,
-                               generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-        plain = ss.sample(ring.score_fn(sde), sde, (32, 2), method, nfe=20, end="mean", denoise=False,
-                          generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        undenoised = _ring_samples(sde, method, (32, 2), 3, nfe=20, end="x0", denoise=False)
+        plain = _ring_samples(sde, method, (32, 2), 3, nfe=20, end="mean", denoise=False)
         assert torch.equal(undenoised.samples, plain.samples)  # end only concerns the final denoising
 
 

@@ -105,13 +105,11 @@ class PC(SamplerBase):
         predictor = _lookup("predictor", PREDICTORS, self.predictor)
         _lookup("corrector", CORRECTORS, self.corrector)
         super().__post_init__()
-        if isinstance(self.t_eval, str):
-            if self.t_eval not in T_EVAL_PROFILES:
-                profiles = ", ".join(map(repr, T_EVAL_PROFILES))
-                raise ValueError(f"t_eval must be a number in [0, 1] or one of {profiles}; got {self.t_eval!r}")
-        elif isinstance(self.t_eval, bool) or not isinstance(self.t_eval, (int, float)) or not 0 <= self.t_eval <= 1:
-            raise ValueError(f"t_eval must lie in [0, 1] (or be one of {', '.join(map(repr, T_EVAL_PROFILES))}); "
-                             f"got {self.t_eval!r}")
+        te = self.t_eval
+        number = isinstance(te, (int, float)) and not isinstance(te, bool)
+        if not (te in T_EVAL_PROFILES if isinstance(te, str) else number and 0 <= te <= 1):
+            profiles = ", ".join(map(repr, T_EVAL_PROFILES))
+            raise ValueError(f"t_eval must be a number in [0, 1] or one of {profiles}; got {te!r}")
         if self.variance and predictor is not predictors.ancestral:
             raise ValueError(f"variance={self.variance} is the ancestral predictor's noise choice ((1 − λ) β̃ + λ β); "
                              f"predictor {getattr(predictor, '__name__', predictor)!r} has no such option: "
