@@ -153,7 +153,14 @@ class VPSDE(SDE):
         return -0.5 * self._int_beta(t)
 
     def std(self, t: Scalar) -> Scalar:
-        return _ops(t).sqrt(-_ops(t).expm1(-self._int_beta(t)))
+        return self._std_from_int_beta(self._int_beta(t))
+
+    def _std_from_int_beta(self, ib: Scalar) -> Scalar:
+        return _ops(ib).sqrt(-_ops(ib).expm1(-ib))
+
+    def marginal(self, t: Scalar) -> tuple[Scalar, Scalar]:
+        ib = self._int_beta(t)  # once for both (the per-sample solvers call this every step)
+        return _ops(t).exp(-0.5 * ib), self._std_from_int_beta(ib)
 
     def diffusion(self, t: Scalar) -> Scalar:
         return _ops(t).sqrt(self.beta(t))
@@ -183,8 +190,8 @@ class SubVPSDE(VPSDE):
 
     name = "subvp"
 
-    def std(self, t: Scalar) -> Scalar:
-        return -_ops(t).expm1(-self._int_beta(t))
+    def _std_from_int_beta(self, ib: Scalar) -> Scalar:
+        return -_ops(ib).expm1(-ib)
 
     def diffusion(self, t: Scalar) -> Scalar:
         return _ops(t).sqrt(-self.beta(t) * _ops(t).expm1(-2.0 * self._int_beta(t)))

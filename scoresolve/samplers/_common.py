@@ -49,28 +49,32 @@ _SERIES_TERMS = 12
 
 
 @functools.cache
-def _series_coefficients(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """C_jk = k!/(j+k+1)!, j < 12, k ≤ n (cached per device and dtype: no copy per call)."""
-    return torch.tensor([[math.factorial(k) / math.factorial(j + k + 1) for k in range(n + 1)]
-                         for j in range(_SERIES_TERMS)], dtype=torch.float64).to(device=device, dtype=dtype)
+def _series_coefficients(n: int, ndim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """C_jk = k!/(j+k+1)!, j < 12, k ≤ n, shaped (12, n+1, 1, …) to broadcast against an ndim-d h
+    (cached per device and dtype: no copy per call)."""
+    c = torch.tensor([[math.factorial(k) / math.factorial(j + k + 1) for k in range(n + 1)]
+                      for j in range(_SERIES_TERMS)], dtype=torch.float64)
+    return c.reshape(c.shape + (1,) * ndim).to(device=device, dtype=dtype)
 
 
 def exp_moments(h: Tensor, n: int) -> Tensor:
     """Ĵ_k(h) = ∫_0^1 e^{−h(1−u)} u^k du for k = 0..n (n ≤ 4), h > 0 a float64 tensor: shape
     h.shape + (n+1,).  (So ∫_0^h e^{−(h−v)} v^k dv = h^{k+1} Ĵ_k.)
 
-    The series Ĵ_k = Σ_j (−h)^j k!/(j+k+1)! for small h (no cancellation as h → 0), else the
-    recursion Ĵ_0 = (1 − e^{−h})/h, Ĵ_k = (1 − k Ĵ_{k−1})/h (relative error ≲ 1e-16·k!/h^k).
+    The series Ĵ_k = Σ_j (−h)^j k!/(j+k+1)! (Horner) for small h (no cancellation as h → 0), else
+    the recursion Ĵ_0 = (1 − e^{−h})/h, Ĵ_k = (1 − k Ĵ_{k−1})/h (relative error ≲ 1e-16·k!/h^k).
+    Computed as (n+1, …) rows over h's elements (one operation per term for every k at once).
     """
-    h = h.unsqueeze(-1)
-    neg = (-h.clamp(max=_SERIES_H)).expand(h.shape[:-1] + (_SERIES_TERMS - 1,))
-    powers = torch.cat([torch.ones_like(h), neg.cumprod(-1)], -1)  # (−h)^j, j < 12
-    series = powers @ _series_coefficients(n, h.device, h.dtype)  # Σ_j (−h)^j C_jk
-    hr = h[..., 0].clamp(min=_SERIES_H)
+    coef = _series_coefficients(n, h.ndim, h.device, h.dtype)
+    neg = -h.clamp(max=_SERIES_H)
+    series = coef[-1]
+    for j in range(_SERIES_TERMS - 2, -1, -1):
+        series = torch.addcmul(coef[j], series, neg)
+    hr = h.clamp(min=_SERIES_H)
     rec = [-torch.expm1(-hr) / hr]
     for kk in range(1, n + 1):
         rec.append((1.0 - kk * rec[-1]) / hr)
-    return torch.where(h < _SERIES_H, series, torch.stack(rec, -1))
+    return torch.where(h < _SERIES_H, series, torch.stack(rec)).movedim(0, -1)
 
 
 def _moments(h: float, n: int) -> list[float]:
@@ -133,23 +137,36 @@ def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0, moments: Tensor |
     ``exp_moments_t(h, k, rate)`` if already computed (the same h serves several node sets).
 
     In Lagrange form, w_j = Σ_n c_jn M_n / Π_{m≠j}(v_j − v_m) with v = u/h, c_jn the monomial
-    coefficients of Π_{m≠j}(v − v_m) and M_n = ρ h Ĵ_n(ρh): about k² small elementwise
-    operations instead of a batched k×k solve (the per-sample solver calls this twice per step
-    for every sample), and as accurate.
+    coefficients of Π_{m≠j}(v − v_m) (the roots multiplied in one at a time: no division, so no
+    cancellation) and M_n = ρ h Ĵ_n(ρh).  Every row j is computed at once on (k, b) tensors: about
+    k² / 2 + 2k operations in all, instead of a batched k×k solve (the per-sample solver calls this
+    twice per step for every sample), and as accurate.
     """
     k = nodes.shape[-1]
-    v = (nodes / h.unsqueeze(-1)).T.contiguous()  # (k, b): rows are contiguous
-    mom = (exp_moments_t(h, k, rate) if moments is None else moments).T  # (k, b)
-    others = torch.stack([torch.cat([v[:j], v[j + 1:]]) for j in range(k)])  # (k, k−1, b)
-    c = [torch.ones_like(v)]  # c[n]: coefficient of v^n in Π_{m≠j} (v − v_m), row j
-    for r in range(k - 1):  # multiply in one root at a time (no division, so no cancellation)
-        om = others[:, r]
-        c = [-om * c[0]] + [torch.addcmul(c[n - 1], om, c[n], value=-1.0) for n in range(1, len(c))] + [c[-1]]
+    mom = (exp_moments_t(h, k, rate) if moments is None else moments).T.contiguous()  # (k, b)
+    v = (nodes / h.unsqueeze(-1)).T.contiguous()  # (k, b): rows contiguous
+    diff = v.unsqueeze(1) - v.unsqueeze(0)  # (k, k, b): v_j − v_m
+    diff.diagonal(0, 0, 1).fill_(1.0)
+    den = diff.prod(1)  # Π_{m≠j} (v_j − v_m)
+    neg = -v[_others(k, v.device)]  # (k, k−1, b): −v_m for the m ≠ j, row j
+    c: list = [1.0]  # c[n]: coefficient of v^n in Π_{m≠j} (v − v_m); the leading one is 1
+    for r in range(k - 1):
+        nr = neg[:, r]
+        c = [nr * c[0] if r else nr] + [torch.addcmul(c[n - 1], nr, c[n]) if r > n else c[n - 1] + nr
+                                         for n in range(1, len(c))] + [1.0]
+    if k == 1:
+        return mom.T.clone()
     num = c[0] * mom[0]
-    for n in range(1, k):
+    for n in range(1, k - 1):
         num.addcmul_(c[n], mom[n])
-    den = (v.unsqueeze(1) - others).prod(1)  # Π_{m≠j} (v_j − v_m)
-    return (num / den).T
+    return ((num + mom[k - 1]) / den).T
+
+
+@functools.cache
+def _others(k: int, device: torch.device) -> Tensor:
+    """(k, k−1) indices: row j lists every m ≠ j."""
+    return torch.tensor([[m for m in range(k) if m != j] for j in range(k)], dtype=torch.long,
+                        device=device).reshape(k, k - 1)
 
 
 class Rows:

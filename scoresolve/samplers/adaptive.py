@@ -13,6 +13,7 @@ sample lands on (the trajectory is kept there).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import ClassVar
@@ -28,11 +29,12 @@ from ..sde import SDE, append_dims
 from ._common import Rows
 from .brownian import BrownianMemory
 
-__all__ = ["PerSampleAdaptive", "GottaGoFast", "AdaptiveODE", "improved_euler_step"]
+__all__ = ["Accepted", "PerSampleAdaptive", "GottaGoFast", "AdaptiveODE", "improved_euler_step"]
 
 
 def _rms(v: Tensor) -> Tensor:
-    return v.flatten(1).pow(2).mean(1).sqrt()
+    """Root mean square per sample (one pass)."""
+    return torch.linalg.vector_norm(v.flatten(1), dim=1) / math.sqrt(v[0].numel())
 
 
 def _col(v: Tensor, like: Tensor) -> Tensor:
@@ -68,6 +70,27 @@ def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z
     return x1, 0.5 * (x + x2)
 
 
+@dataclass
+class Accepted:
+    """The accepted proposals of a step: ``oks`` among the proposals, ``acc`` among the batch's
+    rows, and, when every row ran and most were accepted, ``rej`` the rejected positions."""
+
+    oks: Rows
+    acc: Rows
+    rej: Tensor | None
+
+    def merge(self, old: Tensor, new: Tensor) -> Tensor:
+        """``old`` with the accepted rows replaced by ``new``'s (``new``: values on the running
+        rows, taken over).  Copies only the fewer of the accepted and the rejected rows."""
+        if self.acc.all:
+            return new
+        if self.rej is not None:
+            new[self.rej] = old[self.rej]
+            return new
+        old[self.acc.idx] = self.oks.of(new)
+        return old
+
+
 @dataclass(frozen=True)
 class PerSampleAdaptive(SamplerBase):
     """The skeleton of a solver with a step size per sample.
@@ -101,7 +124,8 @@ class PerSampleAdaptive(SamplerBase):
 
     def reached(self, state: State, t_end: float) -> bool:
         mem = state.memory
-        mem.idx = self._running(mem, t_end).nonzero().squeeze(1)
+        running = self._running(mem, t_end)
+        mem.idx = mem.every if bool(running.all()) else running.nonzero().squeeze(1)
         if mem.idx.numel():
             return False
         state.x, state.t = mem.x.to(mem.dtype, copy=True), t_end  # a copy: the working state changes in place
@@ -134,16 +158,17 @@ class PerSampleAdaptive(SamplerBase):
         f64 = dict(device=x.device, dtype=torch.float64)
         b = x.shape[0]
         return SimpleNamespace(x=x, t=torch.full((b,), ts[0], **f64), rows=torch.full((b,), rows, **f64),
-                               acc_n=torch.zeros(b, **f64), rej_n=torch.zeros(b, **f64), t_last=ts[-1], idx=None)
+                               acc_n=torch.zeros(b, **f64), rej_n=torch.zeros(b, **f64), t_last=ts[-1], idx=None,
+                               every=torch.arange(b, device=x.device))
 
     @staticmethod
-    def _accepted_rows(ok: Tensor, n_ok: int, run: Rows, b: int) -> tuple[Rows, Rows]:
-        """(accepted positions among the proposals, accepted rows of the batch); when every
-        proposal was accepted (``n_ok`` = all) these are the proposals themselves, no gather."""
+    def _accept(ok: Tensor, n_ok: int, run: Rows, b: int) -> Accepted:
+        """Which proposals (``ok``, ``n_ok`` of them True) were accepted, for ``Accepted.merge``."""
         if n_ok == ok.numel():
-            return Rows(run.idx, ok.numel()), run
+            return Accepted(Rows(run.idx, ok.numel()), run, None)
         pos = ok.nonzero().squeeze(1)
-        return Rows(pos, ok.numel()), Rows(run.idx.index_select(0, pos), b)
+        rej = (~ok).nonzero().squeeze(1) if run.all and 2 * n_ok > ok.numel() else None
+        return Accepted(Rows(pos, ok.numel()), Rows(run.idx.index_select(0, pos), b), rej)
 
     @staticmethod
     def _accepted_mask(run: Rows, ok: Tensor, b: int) -> Tensor:
@@ -210,10 +235,10 @@ class GottaGoFast(PerSampleAdaptive):
         ok = err <= 1 if self.per_sample else (err.max() <= 1).expand_as(err)
         n_ok = int(ok.sum())  # the one host sync of the step control
         mem.memory.resolve(idx, ha, w_h, ok, n_rejected=ok.numel() - n_ok)
-        oks, acc = self._accepted_rows(ok, n_ok, run, b)
-        mem.x = acc.set(x, oks.of(x2))
-        mem.x_prev = acc.set(mem.x_prev, oks.of(x1).abs())
-        mem.t = acc.set(mem.t, oks.of(tn))
+        sel = self._accept(ok, n_ok, run, b)
+        mem.x = sel.merge(x, x2)
+        mem.x_prev = sel.merge(mem.x_prev, x1.abs())
+        mem.t = sel.merge(mem.t, tn)
         run.add(mem.acc_n, ok.double())
         run.add(mem.rej_n, (~ok).double())
         mem.h = run.set(mem.h, _new_size(ha, err, self.safety, self.exponent, self.per_sample))
@@ -243,6 +268,7 @@ class AdaptiveODE(PerSampleAdaptive):
     def _start(self, ctx: Context, x: Tensor, ts: list[float]) -> SimpleNamespace:
         mem = self._counters(x, ts)
         mem.sde, mem.lam = ctx.sde, torch.full_like(mem.t, 0.5 * ctx.sde.log_snr(ts[0]))
+        mem.sig = torch.full_like(mem.t, ctx.sde.std(ts[0]))  # σ at each sample's time
         mem.h = torch.full_like(mem.t, self.h_init)
         mem.d0 = torch.empty_like(x)
         mem.have_d0 = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -256,45 +282,50 @@ class AdaptiveODE(PerSampleAdaptive):
         sde, x, b, idx, lam_end = ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
         tdt = torch.promote_types(x.dtype, torch.float32)
 
-        def x0(y: Tensor, tt: Tensor) -> Tensor:  # x̂_0 = (y + σ² s)/m
-            m, s = (_col(v, y) for v in sde.marginal(tt))
-            return torch.addcmul(y, s * s, ctx.score(y, tt.to(tdt))).div_(m)
+        def scaled_x0(y: Tensor, tt: Tensor, s: Tensor) -> Tensor:  # m x̂_0 = y + σ² s
+            return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(tdt)))
 
         need = Rows(idx[~run.of(mem.have_d0)], b)
         if need.idx.numel():  # D_0 at the current point (kept across rejections)
             ctx.rows = None if need.all else need.idx
-            need.write(mem.d0, x0(need.of(x), need.of(mem.t)))
+            tt = need.of(mem.t)
+            m, s = sde.marginal(tt)
+            need.write(mem.d0, scaled_x0(need.of(x), tt, s).div_(_col(m, x)))
             ctx.rows = None if run.all else idx
             need.add(mem.rows, 1.0)
             need.write(mem.have_d0, torch.ones_like(need.idx, dtype=torch.bool))
-        xa, la, ta, da = run.of(x), run.of(mem.lam), run.of(mem.t), run.of(mem.d0)
-        ha = torch.minimum(run.of(mem.h), lam_end - la)
-        last = ha >= lam_end - la
-        l1, l2 = la + ha / 3, la + 2 * ha / 3
-        t1, t2 = sde.t_from_log_snr(2 * l1), sde.t_from_log_snr(2 * l2)
-        tn = torch.where(last, torch.full_like(ta, t_end), sde.t_from_log_snr(2 * (la + ha)))
-        s = _col(sde.std(ta), xa)
-        i1, i2, i3 = (-torch.expm1(-z) for z in (ha / 3, 2 * ha / 3, ha))
-        m1, s1 = (_col(v, xa) for v in sde.marginal(t1))
-        u1 = xa * (s1 / s) + m1 * _col(i1, xa) * da
-        d1 = x0(u1, t1)
-        m2, s2 = (_col(v, xa) for v in sde.marginal(t2))
-        phi2 = _col(1 - i2 / (2 * ha / 3), xa)
-        u2 = xa * (s2 / s) + m2 * _col(i2, xa) * da + 2 * m2 * phi2 * (d1 - da)
-        d2 = x0(u2, t2)
+        xa, la, da = run.of(x), run.of(mem.lam), run.of(mem.d0)
+        rem = lam_end - la
+        ha = torch.minimum(run.of(mem.h), rem)
+        last = ha >= rem
+        z = ha * torch.tensor([1 / 3, 2 / 3, 1.0], dtype=ha.dtype, device=ha.device).unsqueeze(1)  # (3, b)
+        lam_n = torch.where(last, lam_end, la + ha)
+        ts = sde.t_from_log_snr(2 * (la + z))  # t_1, t_2, t'
+        ts[2] = torch.where(last, t_end, ts[2])
+        (m1, m2, mn), (s1, s2, sn) = sde.marginal(ts)
+        i1, i2, i3 = -torch.expm1(-z)
+        sig = run.of(mem.sig)
+        # u_1 = (σ_1/σ) x + m_1 I_1 D_0
+        u1 = torch.addcmul(xa * _col(s1 / sig, xa), _col(m1 * i1, xa), da)
+        d1 = scaled_x0(u1, ts[0], s1)  # m_1 D_1
+        # u_2 = (σ_2/σ) x + m_2 (I_2 − 2φ_2) D_0 + 2 m_2 φ_2 D_1,  φ_2 = 1 − I_2/(2h/3)
+        c2 = 2 * m2 * (1 - i2 / z[1])
+        u2 = torch.addcmul(xa * _col(s2 / sig, xa), _col(m2 * i2 - c2, xa), da).addcmul_(_col(c2 / m1, xa), d1)
+        d2 = scaled_x0(u2, ts[1], s2)  # m_2 D_2
         run.add(mem.rows, 2.0)
-        mn, sn = (_col(v, xa) for v in sde.marginal(tn))
-        base = xa * (sn / s) + mn * _col(i3, xa) * da
-        x3 = base + 1.5 * mn * _col(1 - i3 / ha, xa) * (d2 - da)  # third order
-        x2 = base + 1.5 * mn * _col(i3, xa) * (d1 - da)  # second order
+        base = xa * _col(sn / sig, xa)
+        c3, c2nd = 1.5 * mn * (1 - i3 / ha), 1.5 * mn * i3  # third order: φ(h), second: I(h)
+        x3 = torch.addcmul(base, _col(mn * i3 - c3, xa), da).addcmul_(_col(c3 / m2, xa), d2)
+        x2 = torch.addcmul(base, _col(mn * i3 - c2nd, xa), da).addcmul_(_col(c2nd / m1, xa), d1)
         delta = torch.maximum(x2.abs(), xa.abs()).mul_(self.rtol).clamp_(min=self.atol)
-        err = _rms((x3 - x2) / delta).double()
+        err = _rms(x2.sub_(x3).div_(delta)).double()
         ok = err <= 1 if self.per_sample else (err.max() <= 1).expand_as(err)
-        oks, acc = self._accepted_rows(ok, int(ok.sum()), run, b)
-        mem.x = acc.set(x, oks.of(x3))
-        mem.lam = acc.set(mem.lam, oks.of(torch.where(last, torch.full_like(la, lam_end), la + ha)))
-        mem.t = acc.set(mem.t, oks.of(tn))
-        acc.write(mem.have_d0, torch.zeros_like(acc.idx, dtype=torch.bool))
+        sel = self._accept(ok, int(ok.sum()), run, b)
+        mem.x = sel.merge(x, x3)
+        mem.lam = sel.merge(mem.lam, lam_n)
+        mem.t = sel.merge(mem.t, ts[2])
+        mem.sig = sel.merge(mem.sig, sn)
+        sel.acc.write(mem.have_d0, torch.zeros_like(sel.acc.idx, dtype=torch.bool))
         run.add(mem.acc_n, ok.double())
         run.add(mem.rej_n, (~ok).double())
         mem.h = run.set(mem.h, _new_size(ha, err, self.safety, 1.0 / 3.0, self.per_sample))

@@ -25,13 +25,9 @@ from ..options import option
 from ..protocol import Context
 from ..sde import append_dims
 from ._common import Rows, exp_moments_t, exp_weights_t
-from .adaptive import PerSampleAdaptive
+from .adaptive import Accepted, PerSampleAdaptive, _rms
 
 __all__ = ["AdaptiveMultistep"]
-
-
-def _rms(v: Tensor) -> Tensor:
-    return v.flatten(1).pow(2).mean(1).sqrt()
 
 
 @renamed(predictor_order="solver_order", norm="error_norm", max_iters="max_steps")
@@ -87,12 +83,6 @@ class AdaptiveMultistep(PerSampleAdaptive):
     def extra_nfe(self, denoise: bool) -> int:
         return 1 + int(denoise)  # x̂_0 at the start, and the final denoising
 
-    def _tolerance(self, x: Tensor, x_new: Tensor, m: Tensor, s: Tensor) -> Tensor:
-        """δ per element: m·(atol·s_d + rtol·σ/m) ("noise") or atol + rtol·max(|x|, |x'|) ("state")."""
-        if self.error_norm == "state":
-            return torch.maximum(x.abs(), x_new.abs()).mul_(self.rtol).add_(self.atol)
-        return append_dims(self.atol * self.data_scale * m + self.rtol * s, x.ndim).to(x.dtype)
-
     def _factor(self, err: Tensor, err_prev: Tensor, q: Tensor, ok: Tensor) -> Tensor:
         """Step factor θ E^{−1/q} min(1, E_prev/E)^{β/q}, clipped (no growth after a rejection)."""
         fac = self.safety * err.clamp_min(1e-12).pow(-1.0 / q)
@@ -104,11 +94,16 @@ class AdaptiveMultistep(PerSampleAdaptive):
         p, sde = self.solver_order, ctx.sde
         mem = self._counters(x, ts, rows=1.0)
         mem.sde, mem.lam = sde, torch.full_like(mem.t, 0.5 * sde.log_snr(ts[0]))
+        mem.sig = torch.full_like(mem.t, sde.std(ts[0]))  # σ at each sample's time
         mem.h = torch.full_like(mem.t, self.h_init)
         ctx.score.step = 0
-        mem.hist = _x0(ctx, x, mem.t).unsqueeze(0).repeat(p, *([1] * x.ndim))  # (p, B, ...) newest first
-        mem.hlam = mem.lam.unsqueeze(0).repeat(p, 1)  # (p, B)
+        m0, s0 = sde.marginal(mem.t)
+        # the history, newest first: p tensors of scaled data predictions m x̂_0 = x + σ² s, their λ
+        # and m (every row's history has n_hist valid entries; the rest repeat the oldest)
+        mem.hist = [_scaled_x0(ctx, x, mem.t, s0)] * p
+        mem.hlam, mem.hm = [mem.lam.clone()] * p, [m0] * p
         mem.n_hist = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+        mem.full = p == 1  # on the host: every row holds p entries (all at full order)
         mem.eprev = torch.ones_like(mem.t)
         return mem
 
@@ -116,100 +111,142 @@ class AdaptiveMultistep(PerSampleAdaptive):
         mem.lam_end = 0.5 * mem.sde.log_snr(t_end)
         return mem.lam < mem.lam_end
 
+    @staticmethod
+    def _weights(ha: Tensor, nodes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Predictor weights (one per node), the corrector's weight of the new evaluation and of
+        the nodes (the step's end first), each node's times ``scale`` = m'/m_j (the history holds
+        m_j x̂_0, the new evaluation m' x̂_0)."""
+        kk = nodes.shape[1]
+        mom = exp_moments_t(ha, kk + 1)  # shared by the predictor (first kk) and the corrector
+        wp = exp_weights_t(ha, nodes, moments=mom[:, :kk]) * scale
+        wc = exp_weights_t(ha, torch.cat([ha.unsqueeze(1), nodes], 1), moments=mom)
+        return wp, wc[:, 0], wc[:, 1:] * scale
+
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         p, sde, x, b, idx, lam_end = self.solver_order, ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
-        f64 = dict(device=x.device, dtype=torch.float64)
-        xa, la, ta = run.of(x), run.of(mem.lam), run.of(mem.t)
-        ha = torch.minimum(run.of(mem.h), lam_end - la)
+        xa, la = run.of(x), run.of(mem.lam)
+        rem = lam_end - la
+        ha = torch.minimum(run.of(mem.h), rem)
         forced = None
         if self.nfe_budget is not None:  # at least (λ_end − λ)/(R + 1) with R evaluations left
             left = (self.nfe_budget - int(ctx.denoise) - run.of(mem.rows)).clamp_min(0)
-            floor_h = (lam_end - la) / (left + 1)
+            floor_h = rem / (left + 1)
             forced = ha <= floor_h
             ha = torch.maximum(ha, floor_h)
-        last = ha >= lam_end - la
-        tn = torch.where(last, torch.full_like(ta, t_end), sde.t_from_log_snr(2 * (la + ha)))
+        last = ha >= rem
+        any_last = bool(last.any())
+        lam_n, tn = la + ha, sde.t_from_log_snr(2 * (la + ha))
+        if any_last:  # the end exactly, not λ + (λ_end − λ) rounded
+            lam_n, tn = torch.where(last, lam_end, lam_n), torch.where(last, t_end, tn)
         m_n, s_n = sde.marginal(tn)
-        ratio = _col(s_n / sde.std(ta), xa)
-        k = run.of(mem.n_hist).clamp(max=p)
-        past = run.of(mem.hlam, 1) - la  # (p, b) offsets ≤ 0
-        parts = []
-        for kk in range(1, p + 1):  # rows grouped by their current order
-            grp = Rows((k == kk).nonzero().squeeze(1), idx.numel())
-            if grp.idx.numel() == 0:
-                continue
-            hg, mg = grp.of(ha), grp.of(m_n)[:, None]
-            nodes = grp.of(past[:kk], 1).T  # (g, kk)
-            mom = exp_moments_t(hg, kk + 1)  # shared by the predictor (first kk) and corrector
-            wp = exp_weights_t(hg, nodes, moments=mom[:, :kk]) * mg
-            wc = exp_weights_t(hg, torch.cat([hg[:, None], nodes], 1), moments=mom) * mg
-            d = Rows(idx if grp.all else idx[grp.idx], b).of(mem.hist[:kk], 1)  # (kk, g, ...)
-            base = grp.of(xa) * grp.of(ratio)
-            parts.append((grp, base + (_col(wp.T, d) * d).sum(0), base + (_col(wc[:, 1:].T, d) * d).sum(0),
-                          wc[:, 0]))
-        if parts[0][0].all:
-            _, x_pred, x_corr_base, wc0 = parts[0]
+        ratio = _col(s_n / run.of(mem.sig), xa)
+        if not mem.full:
+            mem.full = int(mem.n_hist.min()) >= p
+        hist = [run.of(d) for d in mem.hist]
+        past = torch.stack([run.of(v) for v in mem.hlam], 1) - la.unsqueeze(1)  # (b, p) offsets ≤ 0
+        scale = m_n.unsqueeze(1) / torch.stack([run.of(v) for v in mem.hm], 1)
+        if mem.full:  # the usual case: every row at order p
+            k = None
+            wp, wc0, wc = self._weights(ha, past, scale)
+            x_pred, x_cb = _combine(xa * ratio, hist, wp, wc)
         else:
-            x_pred, x_corr_base = torch.empty_like(xa), torch.empty_like(xa)
-            wc0 = torch.empty(idx.numel(), **f64)
-            for grp, xp, xc, w0 in parts:
-                grp.write(x_pred, xp)
-                grp.write(x_corr_base, xc)
-                grp.write(wc0, w0)
+            k = run.of(mem.n_hist).clamp(max=p)
+            x_pred, x_cb = torch.empty_like(xa), torch.empty_like(xa)
+            wc0 = torch.empty_like(ha)
+            for kk in range(1, p + 1):  # rows grouped by their current order
+                grp = Rows((k == kk).nonzero().squeeze(1), idx.numel())
+                if grp.idx.numel() == 0:
+                    continue
+                wp, w0, wc = self._weights(grp.of(ha), grp.of(past[:, :kk]), grp.of(scale[:, :kk]))
+                xp, xc = _combine(grp.of(xa) * grp.of(ratio), [grp.of(d) for d in hist[:kk]], wp, wc)
+                for buf, v in ((x_pred, xp), (x_cb, xc), (wc0, w0)):
+                    grp.write(buf, v)
         accepted = torch.zeros(b, dtype=torch.bool, device=x.device)
-        if not self.correct_last and t_end == mem.t_last and bool(last.any()):  # final step: predictor only
-            fin = last
-            done = idx[fin]
-            x[done] = x_pred[fin]
+        if not self.correct_last and t_end == mem.t_last and any_last:  # final step: predictor only
+            done = idx[last]
+            x[done] = x_pred[last]
             mem.lam[done] = lam_end
             mem.t[done] = t_end
             mem.acc_n[done] += 1
             accepted[done] = True
-            keep_rows = ~fin
-            idx, xa, la, ta, ha, last, tn = (v[keep_rows] for v in (idx, xa, la, ta, ha, last, tn))
-            x_pred, x_corr_base, wc0, k = (v[keep_rows] for v in (x_pred, x_corr_base, wc0, k))
-            forced = None if forced is None else forced[keep_rows]
-            m_n, s_n = m_n[keep_rows], s_n[keep_rows]
-            if idx.numel() == 0:
+            keep = (~last).nonzero().squeeze(1)
+            if keep.numel() == 0:
                 return accepted
+            idx, xa, la, ha, lam_n, tn, m_n, s_n, x_pred, x_cb, wc0 = (
+                v.index_select(0, keep) for v in (idx, xa, la, ha, lam_n, tn, m_n, s_n, x_pred, x_cb, wc0))
+            k = None if k is None else k[keep]
+            forced = None if forced is None else forced[keep]
             run = Rows(idx, b)
             ctx.rows = None if run.all else idx
-        d_new = _x0(ctx, x_pred, tn)
+        d_new = _scaled_x0(ctx, x_pred, tn, s_n)
         run.add(mem.rows, 1.0)
-        x_corr = x_corr_base + _col(wc0, xa) * d_new
-        delta = self._tolerance(xa, x_corr, m_n, s_n)
-        err = _rms((x_corr - x_pred) / delta).double()
+        x_corr = x_cb.addcmul_(_col(wc0, xa), d_new)
+        diff = x_corr - x_pred
+        if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = ‖diff‖/δ
+            err = _rms(diff).double() / (self.atol * self.data_scale * m_n + self.rtol * s_n)
+        else:
+            delta = torch.maximum(xa.abs(), x_corr.abs()).mul_(self.rtol).add_(self.atol)
+            err = _rms(diff.div_(delta)).double()
         if not self.per_sample:
             err = err.max().expand_as(err)
         ok = err <= 1 if forced is None else (err <= 1) | forced
         # accepted among the running rows, and in the batch (no gather when all were accepted)
-        oks, acc = self._accepted_rows(ok, int(ok.sum()), run, b)
-        mem.x = acc.set(x, oks.of(x_corr))
-        mem.lam = acc.set(mem.lam, oks.of(torch.where(last, torch.full_like(la, lam_end), la + ha)))
-        mem.t = acc.set(mem.t, oks.of(tn))
-        if acc.all:  # shift every row's history by one
-            mem.hist = torch.cat([d_new.unsqueeze(0), mem.hist[:-1]])
-            mem.hlam = torch.cat([mem.lam.unsqueeze(0), mem.hlam[:-1]])
-        else:
-            mem.hist[:, acc.idx] = torch.cat([oks.of(d_new).unsqueeze(0), mem.hist[:-1, acc.idx]])
-            mem.hlam[:, acc.idx] = torch.cat([mem.lam[acc.idx].unsqueeze(0), mem.hlam[:-1, acc.idx]])
-        acc.add(mem.n_hist, 1)
+        sel = self._accept(ok, int(ok.sum()), run, b)
+        mem.hlam = _push(mem.hlam, lam_n.clone(), sel)
+        mem.hist = _push(mem.hist, d_new, sel)
+        mem.hm = _push(mem.hm, m_n, sel)
+        mem.x = sel.merge(x, x_corr)
+        mem.lam = sel.merge(mem.lam, lam_n)
+        mem.t = sel.merge(mem.t, tn)
+        mem.sig = sel.merge(mem.sig, s_n)
+        sel.acc.add(mem.n_hist, 1)
         run.add(mem.acc_n, ok.double())
         run.add(mem.rej_n, (~ok).double())
         e_run = run.of(mem.eprev)
-        fac = self._factor(err, e_run, k.double() + 1, ok)
+        q = float(p + 1) if k is None else k.double() + 1
+        fac = self._factor(err, e_run, q, ok)
         mem.eprev = run.set(mem.eprev, torch.where(ok, err.clamp_min(1e-4), e_run))
         mem.h = run.set(mem.h, ha * fac)
-        acc.write(accepted, torch.ones_like(acc.idx, dtype=torch.bool))
+        sel.acc.write(accepted, torch.ones_like(sel.acc.idx, dtype=torch.bool))
         return accepted
+
+
+def _combine(base: Tensor, hist: list[Tensor], wp: Tensor, wc: Tensor) -> tuple[Tensor, Tensor]:
+    """The predictor base + Σ_j wp_j D_j and the corrector's known part base + Σ_j wc_j D_j."""
+    x_pred = x_cb = base
+    for j, d in enumerate(hist[: wp.shape[1]]):
+        first = j == 0  # out of place: base stays intact
+        x_pred = torch.addcmul(x_pred, _col(wp[:, j], d), d) if first else x_pred.addcmul_(_col(wp[:, j], d), d)
+        x_cb = torch.addcmul(x_cb, _col(wc[:, j], d), d) if first else x_cb.addcmul_(_col(wc[:, j], d), d)
+    return x_pred, x_cb
+
+
+def _push(hist: list[Tensor], fresh: Tensor, sel: Accepted) -> list[Tensor]:
+    """The history with the new entry in front for the accepted rows (their oldest entry dropped),
+    the other rows' history unchanged; ``fresh``: the new entries on the running rows (taken
+    over).  Like ``Accepted.merge``, touches only the fewer of the accepted and rejected rows."""
+    if sel.acc.all:
+        return [fresh] + hist[:-1]
+    out = [h.clone() if any(h is g for g in hist[:i]) else h for i, h in enumerate(hist)]  # entries may alias
+    if sel.rej is not None:  # rotate, then shift the rejected rows back
+        rej = sel.rej
+        first = out[0][rej]
+        for j in range(len(out) - 1):
+            out[j][rej] = out[j + 1][rej]
+        fresh[rej] = first
+        return [fresh] + out[:-1]
+    idx = sel.acc.idx
+    for j in range(len(out) - 1, 0, -1):
+        out[j][idx] = out[j - 1][idx]
+    out[0][idx] = sel.oks.of(fresh)
+    return out
 
 
 def _col(v: Tensor, like: Tensor) -> Tensor:
     return append_dims(v, like.ndim).to(like.dtype)
 
 
-def _x0(ctx: Context, y: Tensor, tt: Tensor) -> Tensor:
-    """x̂_0 = (y + σ² s(y, t))/m on the rows of y, at per-row times tt (float64)."""
-    m, s = ctx.sde.marginal(tt)
+def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor) -> Tensor:
+    """m x̂_0 = y + σ² s(y, t) on the rows of y, at per-row times tt (float64) with σ = σ(tt)."""
     tdt = torch.promote_types(y.dtype, torch.float32)
-    return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(tdt))).div_(_col(m, y))
+    return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(tdt)))
