@@ -54,6 +54,10 @@ CHANGED = {
     # and pc steps on the quadratic grid there ("classical_pc")
     *(f"pc/subvp/{c}" for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
     "inpaint/pc/subvp",
+    # issue 18: on VP pc's reverse-diffusion predictor takes the frozen-coefficient step on the interval
+    # shifted by one step (t_eval="shifted_vp", coefficients="auto") on the quadratic grid
+    *(f"pc/vp/{c}" for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
+    "inpaint/pc/vp",
 }
 
 

@@ -253,14 +253,33 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    the constant shift (2-mode 50: 2.70 / 4.02 vs 2.17 / 2.54), and for reverse_diffusion on VP too (2-mode
    50: 3.06 / 3.45 vs 3.48 / 1.16), so "ramped" ramps on VP only and only em uses it.
 
+12. **pc on VP: the frozen step, shifted, with the corrector moved too.**  pc kept the transition step
+   with no shift (the shifted frozen step blows up on VE at 10-20 NFE).  On VP only (`t_eval="shifted_vp"`,
+   `coefficients="auto"`: frozen on VP, transition on VE) on the quadratic grid, 2-mode / ring8 / gmm64
+   (3 / 3 / 1 seeds; NFE: W2 / logp): predictor alone shifted, corrector at t: 50 3.64 / 7.88, 1.38 / 2.69,
+   1.28 / 18.06; 100 1.62 / 3.76, 1.01 / 0.99, 1.04 / 11.39.  Moving the corrector to the shifted time as
+   well (score_sde's lag moves both): 50 4.59 / 4.03, 1.46 / 1.43, 1.48 / 6.20; 100 1.82 / 1.29, 1.14 /
+   2.96, 1.12 / 2.59 (reference 6.80 / 17.67, 5.72 / 34.23, 1.81 / 42.61 at 50; 3.22 / 3.58, 2.11 / 8.93,
+   1.19 / 2.51 at 100; before: 8.20 / 2.38, 2.88 / 2.08, 1.50 / 39.37 at 50, 4.10 / 3.28, 1.35 / 3.33,
+   1.11 / 23.08 at 100).  The grid: quadratic wins up to 100 steps, uniform beyond, where the Langevin
+   corrector crowded at small σ widens the components (2 seeds; quadratic vs uniform; ring8 200 NFE
+   0.96 / 0.55 vs 1.46 / 5.26, 500 1.25 / 1.78 vs 1.16 / 0.61, 2000 1.00 / 2.37 vs 1.00 / 0.19; 2-mode 200
+   1.12 / 1.29 vs 1.20 / 1.61, 500 1.34 / 3.24 vs 1.29 / 0.95, 2000 1.16 / 2.01 vs 1.68 / 0.58; gmm64 500
+   1.02 / 8.94 vs 1.01 / 6.68; the old pc at 2000: 1.08 / 1.40 and 1.62 / 1.34), so pc's grid
+   `"classical_pc"` is quadratic on VP up to 100 steps and uniform beyond (sub-VP, mixed at 200-1000 NFE,
+   stays quadratic).  VP pc cells behind the reference 4 → 3 (gmm64 100 by 3 % in log-density; ring8 and
+   2-mode at 1000 by 4-6 % in W2, one seed); held-out VP pc 6 of 6 ahead (mix2s201 100: 1.78 / 0.31
+   against 2.85 / 3.93; was behind).
+
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1], or "shifted": 1, but 0 on sub-VP; "ramped": as "shifted" with
-θ = (i + 1)/N on VP), `PC(variance=λ)` (λ ∈ [0, 1],
-ancestral only), `PC(coefficients="transition"|"frozen")` (reverse_diffusion only),
+θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1],
+ancestral only), `PC(coefficients="transition"|"frozen"|"auto")` (reverse_diffusion only),
 `PC(end="auto"|"mean"|"x0")`, grid kinds `"classical"` (quadratic for VP / sub-VP,
-uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform otherwise).  Defaults: `em`
-t_eval="ramped", `reverse_diffusion` t_eval="shifted" with coefficients="frozen", `ancestral` λ = ½, all three
-on the "classical" grid; `pc` on "classical_pc"; all four end="auto"; the reverse-diffusion predictor is EM on
-sub-VP.
+uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform for VE, on VP quadratic up to 100 steps
+and uniform beyond).  With a shift the corrector runs at the shifted time too.  Defaults: `em`
+t_eval="ramped", `reverse_diffusion` t_eval="shifted" with coefficients="frozen", `ancestral` λ = ½, those
+three on the "classical" grid; `pc` t_eval="shifted_vp" with coefficients="auto" on "classical_pc"; all four
+end="auto"; the reverse-diffusion predictor is EM on sub-VP.
 """
 
 

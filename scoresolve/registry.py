@@ -35,7 +35,7 @@ __all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
 
 SAMPLERS: dict[str, Sampler] = {
     # classical (Song et al. 2021)
-    "pc": PC(default_grid="classical_pc"),
+    "pc": PC(t_eval="shifted_vp", coefficients="auto", default_grid="classical_pc"),
     # em / ancestral defaults measured against score_sde's own samplers (benchmarks/classical_results.md)
     "em": PC(predictor="euler_maruyama", corrector="none", t_eval="ramped", default_grid="classical"),
     "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none", t_eval="shifted", coefficients="frozen",

@@ -9,8 +9,10 @@ any sampler.  Kinds:
     classical  quadratic for SDEs whose mean decays (VP, sub-VP), uniform for VE (where uniform
                in t is uniform in log σ): the measured best for the classical SDE samplers
                (benchmarks/classical_results.md)
-    classical_pc  quadratic for sub-VP, uniform otherwise: the measured best for predictor-corrector
-               sampling (on VP the quadratic grid loses to the uniform one there)
+    classical_pc  pc's: quadratic for sub-VP, uniform for VE, and for VP quadratic up to 100 steps,
+               uniform beyond (pc's shifted step gains from the fine end at ≤ 100 steps, while at
+               more steps its Langevin corrector, crowded at small σ, widens the components:
+               benchmarks/classical_results.md, finding 12)
 """
 
 from __future__ import annotations
@@ -52,8 +54,14 @@ def _classical(sde: SDE, n: int, eps: float, **_) -> Tensor:
     return _quadratic(sde, n, eps)
 
 
+CLASSICAL_PC_QUADRATIC_STEPS = 100  # VP: the quadratic grid up to this many steps, uniform beyond
+
+
 def _classical_pc(sde: SDE, n: int, eps: float, **_) -> Tensor:
-    return (_quadratic if isinstance(sde, SubVPSDE) else _uniform)(sde, n, eps)
+    ve = sde.log_mean_scale(sde.T) == 0.0
+    vp = not ve and not isinstance(sde, SubVPSDE)
+    quadratic = isinstance(sde, SubVPSDE) or (vp and n <= CLASSICAL_PC_QUADRATIC_STEPS)
+    return (_quadratic if quadratic else _uniform)(sde, n, eps)
 
 
 GRIDS: dict[str, Callable[..., Tensor]] = {

@@ -89,10 +89,13 @@ def test_registered_defaults():
     # em's shift grows along the run on VP only; reverse_diffusion's does not
     assert [ss.SAMPLERS["em"].shift(SDES[s], 0.25) for s in ("vp", "ve", "subvp")] == [0.25, 1.0, 0.0]
     assert ss.SAMPLERS["reverse_diffusion"].shift(SDES["vp"], 0.25) == 1.0
-    assert ss.SAMPLERS["pc"].shift(SDES["subvp"]) == 0.0 and ss.SAMPLERS["pc"].default_grid == "classical_pc"
+    # pc: the shifted frozen step on VP only (on VE it blows up at 10-20 NFE)
+    assert [ss.SAMPLERS["pc"].shift(SDES[s], 0.25) for s in ("vp", "ve", "subvp")] == [1.0, 0.0, 0.0]
+    assert [ss.SAMPLERS["pc"].frozen(SDES[s]) for s in ("vp", "ve")] == [True, False]
+    assert ss.SAMPLERS["pc"].default_grid == "classical_pc"
     assert ss.SAMPLERS["ancestral"].variance == 0.5 and ss.SAMPLERS["ancestral"].default_grid == "classical"
     assert ss.PC(t_eval=0.5).shift(SDES["subvp"]) == 0.5  # a number is taken as it is
-    assert ss.SAMPLERS["reverse_diffusion"].coefficients == "frozen" and ss.SAMPLERS["pc"].coefficients == "transition"
+    assert ss.SAMPLERS["reverse_diffusion"].coefficients == "frozen" and ss.SAMPLERS["pc"].coefficients == "auto"
 
 
 def test_frozen_reverse_diffusion_is_the_exact_step_with_f_and_g_frozen_at_the_evaluation_time():
@@ -105,6 +108,10 @@ def test_frozen_reverse_diffusion_is_the_exact_step_with_f_and_g_frozen_at_the_e
     frozen_ve = run(ve, predictor="reverse_diffusion", coefficients="frozen")
     torch.testing.assert_close(frozen_ve, run(ve, predictor="euler_maruyama"), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(frozen_ve, run(ve, predictor="reverse_diffusion"))
+    # "auto": frozen on VP, the transition on VE
+    assert torch.equal(run(vp, coefficients="auto"), run(vp, coefficients="frozen"))
+    assert torch.equal(run(ve, coefficients="auto"), run(ve, coefficients="transition"))
+    assert not torch.equal(run(vp, coefficients="auto"), run(vp, coefficients="transition"))
     # one VP step from a point mass, by hand: mean (2 − a) x + v s, variance v, with β at t
     x = torch.full((2, 1), 0.3, dtype=torch.float64)
     t, t_next = 0.6, 0.5
@@ -125,11 +132,15 @@ def test_coefficients_belong_to_the_reverse_diffusion_predictor():
         ss.PC(predictor="euler_maruyama", coefficients="frozen")
     with pytest.raises(ValueError, match="coefficients must be one of"):
         ss.PC(coefficients="exact")
+    # "auto" (pc's default) concerns the reverse-diffusion predictor only: pc with another predictor works
+    ss.PC(predictor="ancestral", coefficients="auto")
 
 
-def test_classical_pc_grid_is_quadratic_for_subvp_only():
-    for name, kind in (("vp", "uniform"), ("subvp", "quadratic"), ("ve", "uniform")):
-        assert torch.equal(ss.make_grid("classical_pc", SDES[name], 7, 1e-3), ss.make_grid(kind, SDES[name], 7, 1e-3))
+def test_classical_pc_grid_by_sde_and_step_count():
+    """Quadratic for sub-VP, uniform for VE; on VP quadratic up to 100 steps, uniform beyond."""
+    for name, n, kind in (("vp", 7, "quadratic"), ("vp", 100, "quadratic"), ("vp", 101, "uniform"),
+                          ("subvp", 7, "quadratic"), ("subvp", 500, "quadratic"), ("ve", 7, "uniform")):
+        assert torch.equal(ss.make_grid("classical_pc", SDES[name], n, 1e-3), ss.make_grid(kind, SDES[name], n, 1e-3))
 
 
 def test_reverse_diffusion_on_subvp_is_the_euler_maruyama_step():
@@ -191,6 +202,15 @@ def test_ramped_t_eval_grows_the_shift_along_the_run_on_vp(sde_name, ramped):
     ts, seen = _score_times(SDES[sde_name], ss.PC(predictor="euler_maruyama", corrector="none", t_eval="ramped"))
     theta = [(i + 1) / 6 if ramped else 1.0 if ramped is False else 0.0 for i in range(6)]
     want = [t + th * (tn - t) for th, t, tn in zip(theta, ts[:-1], ts[1:])]
+    assert seen == pytest.approx(want, rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("sde_name,theta", [("vp", 1.0), ("ve", 0.0), ("subvp", 0.0)])
+def test_pc_corrector_moves_with_the_shifted_step(sde_name, theta):
+    """pc's default (t_eval="shifted_vp"): each step's corrector and predictor both evaluate at
+    t + θ (t' − t), θ = 1 on VP and 0 on VE and sub-VP (the corrector at t fails on VP)."""
+    ts, seen = _score_times(SDES[sde_name], "pc")
+    want = [t + theta * (tn - t) for t, tn in zip(ts[:-1], ts[1:]) for _ in range(2)]
     assert seen == pytest.approx(want, rel=1e-6, abs=0)
 
 

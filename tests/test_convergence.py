@@ -236,7 +236,7 @@ def _corrector_run(corrector, sde, gm, t, n, snr, n_steps, seed=0, norm="batch")
     x = gm.sample(n, t, sde, generator=gen(seed), dtype=F64)
     res = ss.sample(gm.score_fn(sde), sde, x.shape, "pc", predictor="none", corrector=corrector, snr=snr,
                     n_corrector_steps=n_steps, snr_norm=norm, grid=torch.tensor([t, t / 2], dtype=F64), x_init=x,
-                    denoise=False, generator=gen(seed + 1))
+                    denoise=False, generator=gen(seed + 1), t_eval=0.0)  # pc shifts on VP: the corrector at t
     assert res.nfe == (0 if corrector == "none" else n_steps)
     return res.samples
 
@@ -616,7 +616,8 @@ def test_ancestral_step_is_the_posterior_draw_of_its_paper(variance):
     parameters: x' = (x + v s)/a + √((1 − λ) β̃ + λ v) z, a = m(t)/m(t'), v = σ(t)² − a² σ(t')², β̃ = σ(t')² v/σ(t)²."""
 
     for sde in (ss.VPSDE(), ss.SubVPSDE(), ss.VESDE()):
-        x, z, got, s, t0, t1 = _one_step("pc", sde, predictor="ancestral", corrector="none", variance=variance)
+        x, z, got, s, t0, t1 = _one_step("pc", sde, predictor="ancestral", corrector="none", variance=variance,
+                                         t_eval=0.0)
         (m0, s0), (m1, s1) = _m_sigma(sde, t0), _m_sigma(sde, t1)
         a = m0 / m1
         v = s0**2 - a**2 * s1**2
