@@ -271,6 +271,18 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    2-mode at 1000 by 4-6 % in W2, one seed); held-out VP pc 6 of 6 ahead (mix2s201 100: 1.78 / 0.31
    against 2.85 / 3.93; was behind).
 
+13. **`ode`: torchdiffeq's first step and error weights.**  At equal rtol = atol our dopri5 spent other NFE
+   than scipy's RK45 (8-ring VP 1e-1: 9 vs 15).  Two causes.  torchdiffeq's initial-step probe evaluated
+   the score at t_0 + h_0 however far beyond the interval (t = −21.9 on VP), and the first step then
+   spanned the whole interval; the probe is now kept inside [eps, T] (as scipy's).  And torchdiffeq's
+   dopri5 estimates its error with Shampine's weights, scipy's with Dormand and Prince's own embedded
+   fourth order: on VE it accepted a last step from t = 0.15 to eps (8-ring 1e-3: 69 NFE, 4.3 / 8.3 ×floor;
+   scipy 77, 0.98 / 1.08).  The new default solver "rk45" uses scipy's weights (first proposals equal to
+   scipy's to 1e-11; the step-size rule still differs: torchdiffeq never shrinks after an accepted step).
+   `ode` cells behind the reference 16 → 10 of 42, most of the rest within a few % or at 10 NFE.  Cost:
+   on VP at loose tolerances Shampine's estimate was the cheaper one (core table, 8-ring VP rtol 1e-2: 39
+   NFE 16.4 / 104 against dopri5's 33 NFE 11.5 / 64); `ProbabilityFlowODE(solver="dopri5")` keeps it.
+
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1], or "shifted": 1, but 0 on sub-VP; "ramped": as "shifted" with
 θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1],
 ancestral only), `PC(coefficients="transition"|"frozen"|"auto")` (reverse_diffusion only),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._torchdiffeq import ADAPTIVE_RK
+from ._torchdiffeq import STEPWISE, solvers
 from .predictors import Step
 from .sde import SDE, reverse_drift
 
@@ -138,18 +138,19 @@ def solve_adaptive(
     """
     import torchdiffeq
 
+    solvers()  # torchdiffeq's, with "rk45" registered
     opts = dict(options or {})
     given = opts.pop("max_steps", opts.pop("max_num_steps", None))
     budget = max_steps if max_steps is not None else given
     budget = check_max_steps(DEFAULT_MAX_STEPS if budget is None else budget)
     work = working_dtype(x.dtype)
     t = ts.to(device=x.device, dtype=torch.promote_types(work, torch.float32))
-    if method in ADAPTIVE_RK:
+    if method in STEPWISE:
         opts = {"step_t": t[-1:].clone(), **opts}
     how = "max_steps="
     rhs = _Rhs(sde, score_in_dtype(score, x.dtype, work), budget, float(t[0]), float(t[-1]), how, method)
     ys = torchdiffeq.odeint(rhs, x.to(work), t, rtol=rtol, atol=atol, method=method, options=opts)
     steps = {"steps_attempted": rhs.accepted + rhs.rejected, "steps_accepted": rhs.accepted,
-             "steps_rejected": rhs.rejected} if method in ADAPTIVE_RK else {}  # torchdiffeq's own callbacks
+             "steps_rejected": rhs.rejected} if method in STEPWISE else {}  # torchdiffeq's own callbacks
     return ys.to(x.dtype), {"solver": method, "rtol": rtol, "atol": atol, "rhs_evals": len(rhs.times), **steps}
 

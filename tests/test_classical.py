@@ -173,10 +173,10 @@ def test_grid_steps_pairs_the_grid_for_hand_written_loops(capsys):
 def test_probability_flow_ode_reports_its_solver_and_refuses_torchdiffeq_step_caps():
     sde, gm = SDES["vp"], gaussian_1d(0.5, 0.3)
     res = ss.sample(gm.score_fn(sde), sde, (64, 1), "ode", generator=torch.Generator().manual_seed(0))
-    assert (res.stats["solver"], res.stats["rtol"], res.stats["atol"]) == ("dopri5", 1e-5, 1e-5)
+    assert (res.stats["solver"], res.stats["rtol"], res.stats["atol"]) == ("rk45", 1e-5, 1e-5)
     st = res.stats
     assert st["steps_rejected"] > 0 and st["steps_attempted"] == st["steps_accepted"] + st["steps_rejected"]
-    # dopri5: 6 new stages per attempt (FSAL), + f(T), + the initial step-size probe, + the Tweedie step
+    # rk45 (Dormand-Prince): 6 new stages per attempt (FSAL), + f(T), + the initial step-size probe, + the Tweedie step
     assert res.nfe == 6 * st["steps_attempted"] + 3
     msg = (r"cap the attempted steps with max_steps=N \(ProbabilityFlowODE\(max_steps=N\) or "
            r"sample\(\.\.\., max_steps=N\)\), not options=\{'max_num_steps': N\}")

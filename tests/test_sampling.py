@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -76,6 +77,47 @@ def test_adaptive_ode_pushes_prior_to_p_eps_and_error_falls_with_rtol(sde_name):
         assert res.nfe == res.stats["calls"] and res.nfe > 0
     assert errs[0] > errs[1] > errs[2], errs
     assert errs[2] < 1e-5 and nfes[0] < nfes[1] < nfes[2]
+
+
+@pytest.mark.parametrize("h", [0.05, 0.3])  # an accepted and a rejected first step
+def test_rk45_estimates_its_error_as_scipy_does(h):
+    """The "rk45" solver (ode's default) proposes the step after its first exactly as scipy's RK45
+    (score_sde's solver) does on y' = −2y + sin 3t; torchdiffeq's dopri5 (Shampine's error weights)
+    proposes another."""
+    from scipy.integrate import RK45
+
+    from scoresolve._torchdiffeq import StepwiseODE
+
+    y0, tol = np.array([1.0, -0.5, 2.0]), 1e-6
+    ref = RK45(lambda t, y: -2.0 * y + np.sin(3 * t), 0.0, y0, 10.0, rtol=tol, atol=tol, first_step=h)
+    ref.step()
+    nxt = {}
+    for method in ("rk45", "dopri5"):
+        ode = StepwiseODE(lambda t, y: -2.0 * y + torch.sin(3 * t), torch.tensor(y0),
+                          torch.tensor([0.0, 10.0], dtype=F64), rtol=tol, atol=tol, method=method,
+                          options={"first_step": torch.tensor(h, dtype=F64)})
+        assert ode.attempt() == (ref.t == h)
+        nxt[method] = float(ode.solver.rk_state.dt)
+    assert nxt["rk45"] == pytest.approx(ref.h_abs, rel=1e-9)
+    assert nxt["dopri5"] != pytest.approx(ref.h_abs, rel=1e-3)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("rtol", [1e-1, 1e-3, 1e-5])
+def test_adaptive_ode_evaluates_the_score_inside_eps_to_t_only(sde_name, rtol):
+    """The initial-step probe stays in [eps, T] (torchdiffeq's own probed the VP score at t = −22 and
+    then spanned the whole interval in its first step); the first step is a fraction of it."""
+    sde, seen = SDES[sde_name], []
+    score = RING.score_fn(sde)
+
+    def spy(x, t):
+        seen.append(float(t.flatten()[0]))
+        return score(x, t)
+
+    res = ss.sample(spy, sde, (256, 2), "ode", rtol=rtol, atol=rtol, generator=gen(5), denoise=False)
+    assert min(seen) >= sde.default_eps * (1 - 1e-6) and max(seen) <= sde.T, (min(seen), max(seen))
+    assert res.nfe == len(seen)
+    assert seen[2] > 0.5 * sde.T  # the first step's first stage: well inside the interval
 
 
 @pytest.mark.parametrize("method,order,ns", [("ode_euler", 1, [64, 128, 256, 512]),

@@ -34,7 +34,7 @@ def _check_eps(sde: SDE, eps: float | None) -> float:
 
 def encode(
     score_fn: ScoreFn, sde: SDE, x: Tensor, *, eps: float | None = None, rtol: float = 1e-5,
-    atol: float = 1e-5, solver: str = "dopri5", options: dict | None = None, check: bool = True,
+    atol: float = 1e-5, solver: str = "rk45", options: dict | None = None, check: bool = True,
 ) -> EncodeResult:
     """Latent z = x(T) of the probability-flow ODE started at x(eps) = x, integrated forward.
 
@@ -76,7 +76,7 @@ def encode(
 
 def decode(
     score_fn: ScoreFn, sde: SDE, z: Tensor, *, eps: float | None = None, rtol: float = 1e-5,
-    atol: float = 1e-5, solver: str = "dopri5", options: dict | None = None, check: bool = True,
+    atol: float = 1e-5, solver: str = "rk45", options: dict | None = None, check: bool = True,
     progress: bool = False,
 ) -> SampleResult:
     """x(eps) of the probability-flow ODE started at x(T) = z: the inverse of ``encode``.

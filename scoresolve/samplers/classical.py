@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import correctors, ode, predictors
 from .._compat import renamed
-from .._torchdiffeq import ADAPTIVE_RK, StepwiseODE
+from .._torchdiffeq import STEPWISE, StepwiseODE
 from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ..sde import SDE, SubVPSDE
@@ -268,12 +268,15 @@ class AnnealedLangevin(SamplerBase):
 
 @dataclass(frozen=True)
 class ProbabilityFlowODE(SamplerBase):
-    """Probability-flow ODE with an adaptive Runge-Kutta solver (torchdiffeq; dopri5 = RK45).
+    """Probability-flow ODE with an adaptive Runge-Kutta solver (torchdiffeq, stepped one proposal at a time).
 
     Integrates dx/dt = f(t) x − ½ g(t)² s(x, t) from T to eps through the grid times (the
     trajectory is reported there, interpolated as torchdiffeq does); with ``denoise`` a final
-    Tweedie step (1 NFE).  The batch shares one step size (torchdiffeq's error norm is over the
-    whole batch); the step landing on eps is pinned, so the score is never evaluated below eps.
+    Tweedie step (1 NFE).  The batch shares one step size (the error norm is over the whole
+    batch); the initial-step probe stays inside [eps, T] and the step landing on eps is pinned,
+    so the score is never evaluated outside it.  Default ``solver="rk45"``: Dormand-Prince 5(4)
+    with the error estimate of scipy's RK45 (score_sde's ODE sampler), so a tolerance means what it
+    means there; torchdiffeq's "dopri5" estimates with Shampine's weights (larger steps near t = 0).
     ``max_steps`` bounds the proposed steps (``StepLimitError`` names the time reached).  float16 and
     bfloat16 states are integrated in float32 (their step-size arithmetic underflows) and cast back.
     ``solver``: any torchdiffeq method; the adaptive Runge-Kutta ones (dopri5, dopri8, bosh3,
@@ -283,7 +286,7 @@ class ProbabilityFlowODE(SamplerBase):
 
     rtol: float = option(1e-5, within="(0, inf)")
     atol: float = option(1e-5, within="(0, inf)")
-    solver: str = "dopri5"
+    solver: str = "rk45"
     options: dict = field(default_factory=dict)
     max_steps: int = option(ode.DEFAULT_MAX_STEPS, within="[1, inf)", integer=True)
     default_grid: str = "uniform"
@@ -297,7 +300,7 @@ class ProbabilityFlowODE(SamplerBase):
         x = ctx.settle(x, ts[0])
         work = ode.working_dtype(x.dtype)  # float16/bfloat16 states are integrated in float32
         t = torch.tensor(ts, dtype=torch.float64).to(device=x.device, dtype=torch.promote_types(work, torch.float32))
-        opts = {"step_t": t[-1:].clone()} if self.solver in ADAPTIVE_RK else {}
+        opts = {"step_t": t[-1:].clone()} if self.solver in STEPWISE else {}
         opts.update(self.options)
         if "max_num_steps" in opts or "max_steps" in opts:
             raise ValueError("cap the attempted steps with max_steps=N (ProbabilityFlowODE(max_steps=N) or "
