@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["StepwiseODE", "ADAPTIVE_RK", "STEPWISE", "solvers", "weightless_stages"]
+__all__ = ["StepwiseODE", "ADAPTIVE_RK", "STEPWISE", "initial_step", "solvers", "weightless_stages"]
 
 ADAPTIVE_RK = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's
 STEPWISE = ("rk45",) + ADAPTIVE_RK  # what StepwiseODE steps one proposal at a time
@@ -42,6 +42,25 @@ def solvers() -> dict:
 
         SOLVERS["rk45"] = RK45
     return SOLVERS
+
+
+def initial_step(f, t0: Tensor, y0: Tensor, f0: Tensor, t1: Tensor, rtol, atol, norm, order: int) -> Tensor:
+    """The initial step of Hairer, Nørsett & Wanner (ODEs I, §II.4), as torchdiffeq and scipy
+    choose it, but with the probe f(t_0 + h_0, y_0 + h_0 f_0) kept inside [t_0, t_1] (as scipy does):
+    torchdiffeq probes however far beyond the end that lies (the VP score at t = −22 from the ODE
+    sampler, the VE score at t = 1.13 > T from encode), and its first step then spans the interval.
+    One evaluation (the probe); returns the step's size."""
+    direction, span = torch.sign(t1 - t0), (t1 - t0).abs()
+    scale = atol + y0.abs() * rtol
+    d0, d1 = norm(y0 / scale).abs(), norm(f0 / scale).abs()
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h0 = torch.minimum(h0.to(t0.dtype), span)
+    step = direction * h0
+    f1 = f(t0 + step, y0 + step.to(y0.dtype) * f0)
+    d2 = (norm((f1 - f0) / scale) / h0.to(f0.dtype)).abs()
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.to(t0.dtype)) ** (1.0 / order))
+    return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
 class _Func(torch.nn.Module):
@@ -98,24 +117,12 @@ class StepwiseODE:
             self.ys = self.solver.integrate(self.t)
 
     def _first_step(self) -> Tensor:
-        """The initial step of Hairer, Nørsett & Wanner (ODEs I, §II.4), as torchdiffeq and scipy
-        choose it, but with the probe kept inside the interval (as scipy does): torchdiffeq probes
-        f at t_0 + h_0 however far that lies beyond the end (the score at t = −22 on a VP solve),
-        and its first step then spans the whole interval.  Costs the same one probe evaluation."""
-        s, t0, span = self.solver, self.t[0], (self.t[-1] - self.t[0]).abs()
-        y0 = s.y0
-        f0 = s.func(t0, y0)  # in the solver's time (torchdiffeq reverses a decreasing one)
+        """``initial_step`` in the solver's own (increasing) time; the solver's own f(t_0) call is
+        then served from it."""
+        s = self.solver
+        f0 = s.func(self.t[0], s.y0)  # in the solver's time (torchdiffeq reverses a decreasing one)
         self.func.known = self.func.last  # what f itself returned, for the solver's own first call
-        scale = s.atol + y0.abs() * s.rtol
-        d0, d1 = s.norm(y0 / scale).abs(), s.norm(f0 / scale).abs()
-        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-        h0 = torch.minimum(h0.to(t0.dtype), span)
-        f1 = s.func(t0 + h0, y0 + h0.to(y0.dtype) * f0)
-        d2 = (s.norm((f1 - f0) / scale) / h0.to(f0.dtype)).abs()
-        dmax = torch.maximum(d1, d2)
-        h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
-                         (0.01 / dmax.to(t0.dtype)) ** (1.0 / s.order))
-        return torch.minimum(torch.minimum(100 * h0, h1), span)
+        return initial_step(s.func, self.t[0], s.y0, f0, self.t[-1], s.rtol, s.atol, s.norm, s.order)
 
     def attempt(self) -> bool:
         before = self.solver.rk_state.t1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._torchdiffeq import STEPWISE, solvers
+from ._torchdiffeq import STEPWISE, initial_step, solvers
 from .predictors import Step
 from .sde import SDE, reverse_drift
 
@@ -93,8 +93,12 @@ class _Rhs:
         self.sde, self.score, self.max_steps, self.how, self.method = sde, score, max_steps, how, method
         self.t0, self.t1, self.t, self.attempts, self.accepted, self.rejected = t0, t1, t0, 0, 0, 0
         self.times: list[float] = []
+        self.known: tuple[Tensor, Tensor] | None = None  # (y_0, f(t_0, y_0)) already evaluated
 
     def __call__(self, tt: Tensor, y: Tensor) -> Tensor:
+        if self.known is not None and y is self.known[0]:  # the solver's own start: not evaluated twice
+            out, self.known = self.known[1], None
+            return out
         self.times.append(float(tt))
         return flow_drift(self.sde, self.score, y, tt)
 
@@ -149,7 +153,13 @@ def solve_adaptive(
         opts = {"step_t": t[-1:].clone(), **opts}
     how = "max_steps="
     rhs = _Rhs(sde, score_in_dtype(score, x.dtype, work), budget, float(t[0]), float(t[-1]), how, method)
-    ys = torchdiffeq.odeint(rhs, x.to(work), t, rtol=rtol, atol=atol, method=method, options=opts)
+    y0 = x.to(work)
+    if method in STEPWISE and "first_step" not in opts:  # torchdiffeq's own probes beyond the interval
+        f0 = rhs(t[0], y0)
+        norm = opts.get("norm") or (lambda e: e.abs().pow(2).mean().sqrt())
+        opts["first_step"] = initial_step(rhs, t[0], y0, f0, t[-1], rtol, atol, norm, solvers()[method].order)
+        rhs.known = (y0, f0)
+    ys = torchdiffeq.odeint(rhs, y0, t, rtol=rtol, atol=atol, method=method, options=opts)
     steps = {"steps_attempted": rhs.accepted + rhs.rejected, "steps_accepted": rhs.accepted,
              "steps_rejected": rhs.rejected} if method in STEPWISE else {}  # torchdiffeq's own callbacks
     return ys.to(x.dtype), {"solver": method, "rtol": rtol, "atol": atol, "rhs_evals": len(rhs.times), **steps}

@@ -670,6 +670,22 @@ def test_encode_reports_its_calls():
     assert enc.stats["calls"] == enc.nfe > 0 and enc.stats["wall_time"] > 0
 
 
+@pytest.mark.parametrize("name", list(SDES))
+def test_encode_evaluates_the_score_inside_eps_to_t_only(name):
+    """The initial-step probe stays in [eps, T] (torchdiffeq's own called the VE score at t = 1.13)."""
+    sde, seen = ss.VESDE() if name == "ve" else SDES[name], []
+    score = GaussianMixture.ring(8, 2.0, 0.1).score_fn(sde)
+
+    def spy(x, t):
+        seen.append(float(t.flatten()[0]))
+        return score(x, t)
+
+    x = GaussianMixture.ring(8, 2.0, 0.1).sample(256, generator=gen(26), dtype=F64)
+    enc = encode(spy, sde, x, rtol=1e-3, atol=1e-3)
+    assert sde.default_eps <= min(seen) and max(seen) <= sde.T, (min(seen), max(seen))
+    assert enc.nfe == len(seen)
+
+
 def test_linear_inverse_takes_a_float64_matrix_for_float32_data():
     sde = SDES["vp"]
     A = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=F64)
