@@ -32,11 +32,11 @@ def solvers() -> dict:
     from torchdiffeq._impl.dopri5 import Dopri5Solver
     from torchdiffeq._impl.odeint import SOLVERS
 
-    tab = Dopri5Solver.tableau
-    b_hat = torch.tensor([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40],
-                         dtype=torch.float64)
-
     if "rk45" not in SOLVERS:  # registered once, so torchdiffeq.odeint(method="rk45") works too
+        tab = Dopri5Solver.tableau
+        b_hat = torch.tensor([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40],
+                             dtype=torch.float64)
+
         class RK45(Dopri5Solver):
             tableau = tab._replace(c_error=tab.c_sol - b_hat)
 
@@ -49,7 +49,8 @@ def initial_step(f, t0: Tensor, y0: Tensor, f0: Tensor, t1: Tensor, rtol, atol, 
     choose it, but with the probe f(t_0 + h_0, y_0 + h_0 f_0) kept inside [t_0, t_1] (as scipy does):
     torchdiffeq probes however far beyond the end that lies (the VP score at t = −22 from the ODE
     sampler, the VE score at t = 1.13 > T from encode), and its first step then spans the interval.
-    One evaluation (the probe); returns the step's size."""
+    One evaluation (the probe); returns the step's size.  ``norm`` None: the RMS, torchdiffeq's default."""
+    norm = norm or (lambda e: e.abs().pow(2).mean().sqrt())
     direction, span = torch.sign(t1 - t0), (t1 - t0).abs()
     scale = atol + y0.abs() * rtol
     d0, d1 = norm(y0 / scale).abs(), norm(f0 / scale).abs()

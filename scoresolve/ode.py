@@ -156,8 +156,8 @@ def solve_adaptive(
     y0 = x.to(work)
     if method in STEPWISE and "first_step" not in opts:  # torchdiffeq's own probes beyond the interval
         f0 = rhs(t[0], y0)
-        norm = opts.get("norm") or (lambda e: e.abs().pow(2).mean().sqrt())
-        opts["first_step"] = initial_step(rhs, t[0], y0, f0, t[-1], rtol, atol, norm, solvers()[method].order)
+        opts["first_step"] = initial_step(rhs, t[0], y0, f0, t[-1], rtol, atol, opts.get("norm"),
+                                          solvers()[method].order)
         rhs.known = (y0, f0)
     ys = torchdiffeq.odeint(rhs, y0, t, rtol=rtol, atol=atol, method=method, options=opts)
     steps = {"steps_attempted": rhs.accepted + rhs.rejected, "steps_accepted": rhs.accepted,

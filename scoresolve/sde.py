@@ -23,12 +23,17 @@ from torch import Tensor
 
 Scalar = float | Tensor
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "reverse_drift", "append_dims", "SDES"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "reverse_drift", "append_dims", "keeps_mean", "SDES"]
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
     """Append trailing singleton dims to ``v`` (shape (B,)) so it broadcasts against ndim dims."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def keeps_mean(sde: SDE) -> bool:
+    """Whether the SDE keeps the mean, m(t) = 1 (the variance-exploding family, Karras' schedule)."""
+    return sde.log_mean_scale(sde.T) == 0.0
 
 
 def _ops(t: Scalar):

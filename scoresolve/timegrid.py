@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .sde import SDE, SubVPSDE
+from .sde import SDE, SubVPSDE, keeps_mean
 
 __all__ = ["make_grid", "GRIDS", "check_grid"]
 
@@ -49,7 +49,7 @@ def _karras(sde: SDE, n: int, eps: float, rho: float = 7.0, **_) -> Tensor:
 
 
 def _classical(sde: SDE, n: int, eps: float, **_) -> Tensor:
-    if sde.log_mean_scale(sde.T) == 0.0:  # VE: m(t) = 1
+    if keeps_mean(sde):  # VE: m(t) = 1
         return _uniform(sde, n, eps)
     return _quadratic(sde, n, eps)
 
@@ -58,10 +58,9 @@ CLASSICAL_PC_QUADRATIC_STEPS = 100  # VP: the quadratic grid up to this many ste
 
 
 def _classical_pc(sde: SDE, n: int, eps: float, **_) -> Tensor:
-    ve = sde.log_mean_scale(sde.T) == 0.0
-    vp = not ve and not isinstance(sde, SubVPSDE)
-    quadratic = isinstance(sde, SubVPSDE) or (vp and n <= CLASSICAL_PC_QUADRATIC_STEPS)
-    return (_quadratic if quadratic else _uniform)(sde, n, eps)
+    if isinstance(sde, SubVPSDE):
+        return _quadratic(sde, n, eps)
+    return _classical(sde, n, eps) if n <= CLASSICAL_PC_QUADRATIC_STEPS else _uniform(sde, n, eps)
 
 
 GRIDS: dict[str, Callable[..., Tensor]] = {

@@ -42,6 +42,11 @@ def _col(v: Tensor, like: Tensor) -> Tensor:
     return append_dims(v, like.ndim).to(like.dtype)
 
 
+def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor) -> Tensor:
+    """m x̂_0 = y + σ² s(y, t) on the rows of y, at per-row times tt (float64) with σ = σ(tt)."""
+    return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(torch.promote_types(y.dtype, torch.float32))))
+
+
 def _new_size(h: Tensor, err: Tensor, safety: float, exponent: float, per_sample: bool) -> Tensor:
     """h θ E^{−r}, growth capped at 10× (E can be 0 on a linear stretch)."""
     if not per_sample:
@@ -281,17 +286,12 @@ class AdaptiveODE(PerSampleAdaptive):
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         sde, x, b, idx, lam_end = ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
-        tdt = torch.promote_types(x.dtype, torch.float32)
-
-        def scaled_x0(y: Tensor, tt: Tensor, s: Tensor) -> Tensor:  # m x̂_0 = y + σ² s
-            return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(tdt)))
-
         need = Rows(idx[~run.of(mem.have_d0)], b)
         if need.idx.numel():  # D_0 at the current point (kept across rejections)
             ctx.rows = None if need.all else need.idx
             tt = need.of(mem.t)
             m, s = sde.marginal(tt)
-            need.write(mem.d0, scaled_x0(need.of(x), tt, s).div_(_col(m, x)))
+            need.write(mem.d0, _scaled_x0(ctx, need.of(x), tt, s).div_(_col(m, x)))
             ctx.rows = None if run.all else idx
             need.add(mem.rows, 1.0)
             need.write(mem.have_d0, torch.ones_like(need.idx, dtype=torch.bool))
@@ -308,11 +308,11 @@ class AdaptiveODE(PerSampleAdaptive):
         sig = run.of(mem.sig)
         # u_1 = (σ_1/σ) x + m_1 I_1 D_0
         u1 = torch.addcmul(xa * _col(s1 / sig, xa), _col(m1 * i1, xa), da)
-        d1 = scaled_x0(u1, ts[0], s1)  # m_1 D_1
+        d1 = _scaled_x0(ctx, u1, ts[0], s1)  # m_1 D_1
         # u_2 = (σ_2/σ) x + m_2 (I_2 − 2φ_2) D_0 + 2 m_2 φ_2 D_1,  φ_2 = 1 − I_2/(2h/3)
         c2 = 2 * m2 * (1 - i2 / z[1])
         u2 = torch.addcmul(xa * _col(s2 / sig, xa), _col(m2 * i2 - c2, xa), da).addcmul_(_col(c2 / m1, xa), d1)
-        d2 = scaled_x0(u2, ts[1], s2)  # m_2 D_2
+        d2 = _scaled_x0(ctx, u2, ts[1], s2)  # m_2 D_2
         run.add(mem.rows, 2.0)
         base = xa * _col(sn / sig, xa)
         c3, c2nd = 1.5 * mn * (1 - i3 / ha), 1.5 * mn * i3  # third order: φ(h), second: I(h)

@@ -23,9 +23,8 @@ from torch import Tensor
 from .._compat import renamed
 from ..options import option
 from ..protocol import Context
-from ..sde import append_dims
 from ._common import Rows, exp_moments_t, exp_weights_t
-from .adaptive import Accepted, PerSampleAdaptive, _rms
+from .adaptive import Accepted, PerSampleAdaptive, _col, _rms, _scaled_x0
 
 __all__ = ["AdaptiveMultistep"]
 
@@ -240,13 +239,3 @@ def _push(hist: list[Tensor], fresh: Tensor, sel: Accepted) -> list[Tensor]:
         out[j][idx] = out[j - 1][idx]
     out[0][idx] = sel.oks.of(fresh)
     return out
-
-
-def _col(v: Tensor, like: Tensor) -> Tensor:
-    return append_dims(v, like.ndim).to(like.dtype)
-
-
-def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor) -> Tensor:
-    """m x̂_0 = y + σ² s(y, t) on the rows of y, at per-row times tt (float64) with σ = σ(tt)."""
-    tdt = torch.promote_types(y.dtype, torch.float32)
-    return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(tdt)))

@@ -20,7 +20,7 @@ from .._compat import renamed
 from .._torchdiffeq import STEPWISE, StepwiseODE
 from ..options import option
 from ..protocol import Context, SamplerBase, State
-from ..sde import SDE, SubVPSDE
+from ..sde import SDE, SubVPSDE, keeps_mean
 
 __all__ = ["PC", "AnnealedLangevin", "ProbabilityFlowODE", "FixedStepODE", "grid_steps"]
 
@@ -48,11 +48,6 @@ def grid_steps(ts: list[float], progress: bool = False, desc: str = ""):
 
     pairs = list(zip(ts[:-1], ts[1:]))
     return tqdm(pairs, desc=desc, disable=not progress, leave=False)
-
-
-def _is_ve(sde: SDE) -> bool:
-    """Whether the SDE keeps the mean (m(t) = 1: the variance-exploding family)."""
-    return sde.log_mean_scale(sde.T) == 0.0
 
 
 @renamed(norm="snr_norm")
@@ -155,12 +150,12 @@ class PC(SamplerBase):
         if isinstance(sde, SubVPSDE):
             return 0.0
         if self.t_eval == "shifted_vp":
-            return 0.0 if _is_ve(sde) else 1.0
-        return frac if self.t_eval == "ramped" and not _is_ve(sde) else 1.0
+            return 0.0 if keeps_mean(sde) else 1.0
+        return frac if self.t_eval == "ramped" and not keeps_mean(sde) else 1.0
 
     def frozen(self, sde: SDE) -> bool:
         """Whether the reverse-diffusion predictor takes the frozen-coefficient step on this SDE."""
-        return self.coefficients == "frozen" or (self.coefficients == "auto" and not _is_ve(sde))
+        return self.coefficients == "frozen" or (self.coefficients == "auto" and not keeps_mean(sde))
 
     def prepare(self, ctx: Context, ts: list[float]) -> tuple[float, int]:
         # the final time (the step that reaches it may end on x̂_0) and the number of steps (the ramp)
