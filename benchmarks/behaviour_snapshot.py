@@ -38,8 +38,9 @@ CHANGED = {
     # levels that sample(method="ald") has (issue 13); it now runs ALD's own step
     "inpaint/ald/vp", "inpaint/ald/subvp",
     # issue 18: em and reverse_diffusion now step on the interval shifted to its end (t_eval=1) on
-    # the "classical" grid, and ancestral uses the variance ½(β̃ + β) on that grid: measured closer to
-    # the noise floor than score_sde's own samplers (benchmarks/classical_results.md)
+    # the "classical" grid, and ancestral uses the variance ½(β̃ + β) on that grid (since: Analytic-DPM's
+    # variance; reverse_diffusion on VE the transition step where the frozen one amplifies variance errors):
+    # measured closer to the noise floor than score_sde's own samplers (benchmarks/classical_results.md)
     *(f"{m}/{s}/{c}" for m in ("em", "ancestral", "reverse_diffusion") for s in ("vp", "ve", "subvp")
       for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
     *(f"inpaint/{m}/{s}" for m in ("em", "ancestral") for s in ("vp", "ve", "subvp")),

@@ -283,13 +283,38 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    on VP at loose tolerances Shampine's estimate was the cheaper one (core table, 8-ring VP rtol 1e-2: 39
    NFE 16.4 / 104 against dopri5's 33 NFE 11.5 / 64); `ProbabilityFlowODE(solver="dopri5")` keeps it.
 
+14. **Reverse diffusion on VE at 10 steps: the frozen step amplifies variance errors.**  On VE (f = 0) the
+   frozen step moves a state much wider than the data as x' = (1 − c) x + √c σ z, c = g² Δ / σ², while
+   the marginal shrinks by r = σ(t)/σ(t'), so a variance error is carried on with ((1 − c) r)² per step.
+   On the default grid (σ 50 → 0.01) |1 − c| r is 1.64 at 10 steps, 1.19 at 11, 0.85 at 12.  2-mode
+   mixture, W2 / logp ×floor, frozen vs transition: 10 steps 194 / 1390 vs 52 / 165 (reference 59 / 195),
+   11: 39 / 133 vs 46 / 143, 12: 19 / 58 vs 41 / 126; gmm64 10: 32 / 5443 vs 5.5 / 592 (reference
+   6.4 / 715); 8-ring 10: 11.9 / 73 vs 18.7 / 148 (reference 21.5 / 177).  New `coefficients="stable"`
+   (the `reverse_diffusion` default): the transition step where |1 − c| r ≥ 1.4, the frozen step
+   elsewhere (the limit is measured, between 1.19 and 1.64, not derived).  reverse_diffusion cells behind
+   2 → 0.
+
+15. **Ancestral: Analytic-DPM's variance.**  The posterior variance β̃ under-disperses, the transition
+   variance over-disperses, and ½ of each still misses at 10-20 steps (VE Gaussian N(0, 0.1² I), 10 steps:
+   output std 0.71 / 1.51 / 1.18 × the exact one).  Bao et al. 2022: the optimal variance is β̃ plus the
+   uncertainty of x̂_0 carried into x_{t'}, v² / (a² σ²) · (1 − σ² E‖s‖² / d) with E Cov(x_0 | x_t) from
+   Tweedie's second-order identity; E‖s‖² from the batch's own score evaluations (no extra NFE; a sample
+   then depends on its batch, declared as the sampler's `batch_coupling`).  Gaussian above: 0.97.  Against
+   λ = ½, W2 / logp ×floor: gmm64 VE 10 2.42 / 201 → 1.30 / 0.34, 20 1.15 / 45.7 → 1.10 / 0.31; 2-mode VE 10
+   25.6 / 69.1 → 19.2 / 6.1; 8-ring VE 10 10.3 / 68.1 → 6.3 / 10.0 (reference 10.8 / 8.4: still behind in
+   log-density); gmm64 VP 100 1.00 / 6.19 → 1.00 / 0.69 (reference 1.14 / 0.71); level at 50-1000 elsewhere
+   (2-mode VE 100 1.52 / 1.33 → 2.01 / 1.79, reference 3.57 / 8.90).  Per-row ‖s‖² instead of the batch
+   mean (batch-invariant) measured worse (8-ring VE 10: 6.8 / 37.9).  `ancestral` now defaults to
+   `variance="analytic"`; ancestral cells behind 6 → 2 (8-ring VE 10 logp, gmm64 VP 50 logp 2.05 vs
+   1.13); held-out: 18 of 18 ancestral cells ahead.
+
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1], or "shifted": 1, but 0 on sub-VP; "ramped": as "shifted" with
-θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1],
-ancestral only), `PC(coefficients="transition"|"frozen"|"auto")` (reverse_diffusion only),
+θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1] or
+"analytic", ancestral only), `PC(coefficients="transition"|"frozen"|"stable"|"auto")` (reverse_diffusion only),
 `PC(end="auto"|"mean"|"x0")`, grid kinds `"classical"` (quadratic for VP / sub-VP,
 uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform for VE, on VP quadratic up to 100 steps
 and uniform beyond).  With a shift the corrector runs at the shifted time too.  Defaults: `em`
-t_eval="ramped", `reverse_diffusion` t_eval="shifted" with coefficients="frozen", `ancestral` λ = ½, those
+t_eval="ramped", `reverse_diffusion` t_eval="shifted" with coefficients="stable", `ancestral` variance="analytic", those
 three on the "classical" grid; `pc` t_eval="shifted_vp" with coefficients="auto" on "classical_pc"; all four
 end="auto"; the reverse-diffusion predictor is EM on sub-VP.
 """

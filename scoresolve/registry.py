@@ -38,9 +38,9 @@ SAMPLERS: dict[str, Sampler] = {
     "pc": PC(t_eval="shifted_vp", coefficients="auto", default_grid="classical_pc"),
     # em / ancestral defaults measured against score_sde's own samplers (benchmarks/classical_results.md)
     "em": PC(predictor="euler_maruyama", corrector="none", t_eval="ramped", default_grid="classical"),
-    "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none", t_eval="shifted", coefficients="frozen",
+    "reverse_diffusion": PC(predictor="reverse_diffusion", corrector="none", t_eval="shifted", coefficients="stable",
                             default_grid="classical"),
-    "ancestral": PC(predictor="ancestral", corrector="none", variance=0.5, default_grid="classical"),
+    "ancestral": PC(predictor="ancestral", corrector="none", variance="analytic", default_grid="classical"),
     "ald": AnnealedLangevin(),
     "ode": ProbabilityFlowODE(),
     "ode_euler": FixedStepODE("euler"),

@@ -220,7 +220,8 @@ def test_seeds_warn_exactly_for_the_samplers_that_couple_a_batch(method):
         warnings.simplefilter("always")
         ss.sample(RING.score_fn(sde), sde, (4, 2), method, seeds=range(4), **budget(method))
     warned = [x for x in w if "depends on its batch mates" in str(x.message)]
-    assert len(warned) == (method in ("pc", "ode", "gotta_go_fast", "sde_srk")), [str(x.message) for x in w]
+    coupled = ("pc", "ancestral", "ode", "gotta_go_fast", "sde_srk")
+    assert len(warned) == (method in coupled), [str(x.message) for x in w]
 
 
 # these end with a noisy state that denoise maps through Tweedie (k-diffusion's step to σ = 0, NCSN's final

@@ -254,7 +254,7 @@ def test_same_generator_same_samples(method):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method,opts", [("em", {}), ("reverse_diffusion", {}), ("ancestral", {}),
+@pytest.mark.parametrize("method,opts", [("em", {}), ("reverse_diffusion", {}), ("ancestral", {"variance": 0.5}),
                                          ("pc", {"norm": "sample"}), ("ode_heun", {}), ("ald", {})])
 def test_per_sample_seeds_make_samples_batch_invariant(method, opts):
     sde = ss.VPSDE()

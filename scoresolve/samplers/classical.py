@@ -82,9 +82,11 @@ class PC(SamplerBase):
     t' counters the first-order steps' under-contraction on coarse grids; score_sde's loop does
     the same implicitly (dt = −1/N on a grid of spacing (T − eps)/(N − 1) lags its evaluation
     times by up to one step, the last one at eps).  ``variance`` λ ∈ [0, 1] is the ancestral predictor's
-    noise variance, (1 − λ) β̃ + λ β (see ``predictors.ancestral``); ``coefficients`` is the
+    noise variance, (1 − λ) β̃ + λ β, or "analytic" (Analytic-DPM's, from the batch's score norms; see
+    ``predictors.ancestral``); ``coefficients`` is the
     reverse-diffusion predictor's: "transition" (the exact transition over the step), "frozen"
-    (f, g frozen at the evaluation time; see ``predictors.reverse_diffusion``) or "auto" (frozen on
+    (f, g frozen at the evaluation time; see ``predictors.reverse_diffusion``), "stable" (frozen where
+    that step is stable, else the transition: VE's coarse grids) or "auto" (frozen on
     VP, where the mean decays, transition on VE, whose frozen step is Euler-Maruyama's; no effect on
     the other predictors, so ``pc`` with another predictor keeps working).
     Reference: Li et al. 2024, "Alleviating exposure bias in diffusion models through sampling
@@ -97,8 +99,8 @@ class PC(SamplerBase):
     n_corrector_steps: int = option(1, within="[0, inf)", integer=True)
     snr_norm: str = option("batch", choices=("batch", "sample"))
     t_eval: float | str = 0.0  # checked in __post_init__ (a number in [0, 1] or a profile)
-    variance: float = option(0.0, within="[0, 1]")
-    coefficients: str = option("transition", choices=("transition", "frozen", "auto"))
+    variance: float | str = 0.0  # checked in __post_init__ (a number in [0, 1] or "analytic")
+    coefficients: str = option("transition", choices=("transition", "frozen", "stable", "auto"))
     end: str = option("auto", choices=("auto", "mean", "x0"))
     default_grid: str = "uniform"
     default_steps: int = 1000
@@ -115,16 +117,22 @@ class PC(SamplerBase):
         if not (te in T_EVAL_PROFILES if isinstance(te, str) else number and 0 <= te <= 1):
             profiles = ", ".join(map(repr, T_EVAL_PROFILES))
             raise ValueError(f"t_eval must be a number in [0, 1] or one of {profiles}; got {te!r}")
+        va = self.variance
+        if not (va == "analytic" or isinstance(va, (int, float)) and not isinstance(va, bool) and 0 <= va <= 1):
+            raise ValueError(f"variance must be a number in [0, 1] or 'analytic'; got {va!r}")
         if self.variance and predictor is not predictors.ancestral:
             raise ValueError(f"variance={self.variance} is the ancestral predictor's noise choice ((1 − λ) β̃ + λ β); "
                              f"predictor {getattr(predictor, '__name__', predictor)!r} has no such option: "
                              f"use predictor='ancestral' or variance=0")
-        if self.coefficients == "frozen" and predictor is not predictors.reverse_diffusion:
+        if self.coefficients in ("frozen", "stable") and predictor is not predictors.reverse_diffusion:
             raise ValueError(f"coefficients={self.coefficients!r} is the reverse_diffusion predictor's option; "
                              f"predictor {getattr(predictor, '__name__', predictor)!r} has no such option")
 
     @property
     def batch_coupling(self) -> str | None:
+        if self.variance == "analytic":
+            return ("its analytic variance takes E‖s‖² as the mean over the batch; pass a number "
+                    "(variance=0.5) for batch-invariant samples")
         if self._corrector_steps and self.snr_norm == "batch" and self.corrector in ("langevin", correctors.langevin):
             return ("its langevin corrector sets its step from norms averaged over the batch (snr_norm='batch'); "
                     "pass snr_norm='sample' (or a sampler without a corrector)")
@@ -153,9 +161,11 @@ class PC(SamplerBase):
             return 0.0 if keeps_mean(sde) else 1.0
         return frac if self.t_eval == "ramped" and not keeps_mean(sde) else 1.0
 
-    def frozen(self, sde: SDE) -> bool:
-        """Whether the reverse-diffusion predictor takes the frozen-coefficient step on this SDE."""
-        return self.coefficients == "frozen" or (self.coefficients == "auto" and not keeps_mean(sde))
+    def coefficients_on(self, sde: SDE) -> str:
+        """The reverse-diffusion predictor's ``coefficients`` on this SDE ("auto" resolved)."""
+        if self.coefficients == "auto":
+            return "transition" if keeps_mean(sde) else "frozen"
+        return self.coefficients
 
     def prepare(self, ctx: Context, ts: list[float]) -> tuple[float, int]:
         # the final time (the step that reaches it may end on x̂_0) and the number of steps (the ramp)
@@ -203,8 +213,8 @@ class PC(SamplerBase):
         predictor, t0, t1 = self._predictor, t, t_next
         if self.variance and predictor is predictors.ancestral:
             predictor = functools.partial(predictor, variance=self.variance)
-        if predictor is predictors.reverse_diffusion and self.frozen(ctx.sde):
-            predictor = functools.partial(predictor, coefficients="frozen")
+        if predictor is predictors.reverse_diffusion:
+            predictor = functools.partial(predictor, coefficients=self.coefficients_on(ctx.sde))
         theta = self.shift(ctx.sde, frac)
         if theta:  # the step taken on the interval shifted by θ dt
             t0 = t + theta * (t_next - t)
