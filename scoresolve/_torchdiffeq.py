@@ -7,7 +7,7 @@ same numbers as ``odeint``.  Solvers that are not adaptive Runge-Kutta (fixed-gr
 Accepted and rejected steps are counted by torchdiffeq's own step callbacks.  Two departures
 from torchdiffeq, both towards scipy's RK45 (score_sde's ODE sampler): the initial step's probe
 stays inside the interval, and the solver "rk45" (registered into torchdiffeq's table) estimates
-its error with Dormand and Prince's own fourth-order weights.
+its error with Dormand and Prince's own fourth-order weights and sizes its steps by scipy's rule.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def solvers() -> dict:
     Prince's own embedded fourth-order weights, as scipy's RK45 (score_sde's ODE sampler) has it.
     torchdiffeq's dopri5 estimates its error with Shampine's weights instead, which accept larger
     steps towards t = 0 on VE (the 8-ring at rtol 1e-3: 69 NFE and 4.3× the W2 floor where scipy's
-    estimate takes 77 and reaches it)."""
+    estimate takes 77 and reaches it).  Its steps are sized by scipy's rule too (see ``RK45``): a whole
+    solve takes scipy's accepted steps and evaluation count."""
     from torchdiffeq._impl.dopri5 import Dopri5Solver
     from torchdiffeq._impl.odeint import SOLVERS
 
@@ -38,7 +39,34 @@ def solvers() -> dict:
                              dtype=torch.float64)
 
         class RK45(Dopri5Solver):
+            """Dopri5 with scipy's error weights and scipy's step-size rule after an accepted step:
+            h ← h · min(10, 0.9 err^(−1/5)), capped at 1 if the step was rejected before (torchdiffeq
+            never shrinks an accepted step: its factor is at least 1 there).  Rejections are unchanged
+            (both take max(0.2, 0.9 err^(−1/5)))."""
+
             tableau = tab._replace(c_error=tab.c_sol - b_hat)
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                norm, self._err, self._retried = self.norm, None, False
+
+                def recorded(x):  # torchdiffeq's error ratio of the step in progress
+                    self._err = norm(x)
+                    return self._err
+
+                self.norm = recorded
+
+            def _adaptive_step(self, rk_state):
+                out = super()._adaptive_step(rk_state)
+                if out.t1 == rk_state.t1:  # rejected
+                    self._retried = True
+                    return out
+                err = float(self._err)
+                factor = 10.0 if err == 0 else min(10.0, 0.9 * err ** -0.2)
+                if self._retried:
+                    factor, self._retried = min(1.0, factor), False
+                dt = ((out.t1 - rk_state.t1) * factor).clamp(self.min_step, self.max_step)
+                return out._replace(dt=dt)
 
         SOLVERS["rk45"] = RK45
     return SOLVERS

@@ -102,6 +102,38 @@ def test_rk45_estimates_its_error_as_scipy_does(h):
     assert nxt["dopri5"] != pytest.approx(ref.h_abs, rel=1e-3)
 
 
+@pytest.mark.parametrize("tol", [1e-2, 1e-4, 1e-6])
+def test_rk45_takes_scipys_steps_through_a_whole_solve(tol):
+    """y' = −2y + sin 3t + 5 cos(20 t) y, 0 → 3 from the same first step: the accepted steps, the number of
+    evaluations and the end state are scipy RK45's (score_sde's ODE solver).  torchdiffeq's rule never
+    shrinks a step after accepting it; scipy's does (h ← h · 0.9 err^(−1/5) < h where err > 0.59), and
+    after a rejection it does not grow on the next acceptance."""
+    from scipy.integrate import solve_ivp
+
+    from scoresolve._torchdiffeq import StepwiseODE
+
+    def f_np(t, y):
+        return -2.0 * y + np.sin(3 * t) + 5 * np.cos(20 * t) * y
+
+    y0 = np.array([1.0, -0.5, 2.0])
+    first = 0.05  # both from the same first step (scipy's own choice is checked with the ODE sampler's)
+    ref = solve_ivp(f_np, (0.0, 3.0), y0, method="RK45", rtol=tol, atol=tol, first_step=first)
+    calls, ts = [0], [0.0]
+
+    def f(t, y):
+        calls[0] += 1
+        return -2.0 * y + torch.sin(3 * t) + 5 * torch.cos(20 * t) * y
+
+    ode = StepwiseODE(f, torch.tensor(y0), torch.tensor([0.0, 3.0], dtype=F64), rtol=tol, atol=tol, method="rk45",
+                      options={"first_step": torch.tensor(first, dtype=F64), "step_t": torch.tensor([3.0], dtype=F64)})
+    while not ode.reached(1):
+        if ode.attempt():
+            ts.append(ode.t_reached)
+    np.testing.assert_allclose(ts, ref.t, rtol=1e-7, atol=0)  # float rounding differs (torch vs numpy)
+    assert calls[0] == ref.nfev
+    np.testing.assert_allclose(ode.value(1).numpy(), ref.y[:, -1], rtol=1e-7, atol=0)
+
+
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("rtol", [1e-1, 1e-3, 1e-5])
 def test_adaptive_ode_evaluates_the_score_inside_eps_to_t_only(sde_name, rtol):

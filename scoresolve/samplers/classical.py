@@ -280,8 +280,9 @@ class ProbabilityFlowODE(SamplerBase):
     Tweedie step (1 NFE).  The batch shares one step size (the error norm is over the whole
     batch); the initial-step probe stays inside [eps, T] and the step landing on eps is pinned,
     so the score is never evaluated outside it.  Default ``solver="rk45"``: Dormand-Prince 5(4)
-    with the error estimate of scipy's RK45 (score_sde's ODE sampler), so a tolerance means what it
-    means there; torchdiffeq's "dopri5" estimates with Shampine's weights (larger steps near t = 0).
+    with the error estimate and step-size rule of scipy's RK45 (score_sde's ODE sampler), so a tolerance
+    means what it means there and a solve takes scipy's steps; torchdiffeq's "dopri5" estimates with
+    Shampine's weights (larger steps near t = 0) and never shrinks a step after accepting it.
     ``max_steps`` bounds the proposed steps (``StepLimitError`` names the time reached).  float16 and
     bfloat16 states are integrated in float32 (their step-size arithmetic underflows) and cast back.
     ``solver``: any torchdiffeq method; the adaptive Runge-Kutta ones (dopri5, dopri8, bosh3,
