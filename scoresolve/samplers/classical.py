@@ -62,8 +62,10 @@ class PC(SamplerBase):
     which the last step's mean keeps and x̂_0 removes, as score_sde's final VE step to σ = 0 does;
     "mean" otherwise (VP, sub-VP, discrete and Karras schedules: σ(0) = 0; with ``t_eval`` = 1 the
     last step already lands there).  Measured on the 8-ring and a 2-mode mixture
-    (benchmarks/classical_results.md), x0 on VE brings em / reverse_diffusion / ancestral / pc at
-    50-1000 NFE level with or ahead of the reference where the mean was behind.
+    (benchmarks/classical_results.md), x0 on VE brings ancestral and pc at 50-1000 NFE level with or
+    ahead of the reference where the mean was behind; the shifted em / reverse_diffusion steps are
+    ahead with the mean at every budget, and at 1000 steps only with it (x̂_0, the posterior mean,
+    narrows the data by σ_min²: finding 17), so those two are registered with end="mean".
     Names or callables are accepted for ``predictor`` and ``corrector`` (``PREDICTORS``,
     ``CORRECTORS``).  ``snr_norm`` is the Langevin corrector's norm rule ("batch": norms averaged
     over the batch, as the reference; "sample": per sample, batch-invariant).
