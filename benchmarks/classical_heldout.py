@@ -4,7 +4,7 @@ on (``mix<d>s<seed>`` of ``scoresolve.bench.problems``: 2-8 rotated anisotropic 
 weights), 10k samples, 2 seeds per cell.
 
     python benchmarks/classical_heldout.py [--problems mix2s201,mix4s202,mix8s203] [--sdes vp,ve,subvp]
-        [--methods em,reverse_diffusion,ancestral,pc] [--budgets 50,100]
+        [--methods em,reverse_diffusion,ancestral,pc] [--budgets 10,20,50,100]
 
 Cells are `comp. W2 / logp gap` as multiples of their noise floors; "behind" where ours is further from
 the floor than the reference on either metric (2 % slack, log-density gaps below 1.5× floor count as
@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--problems", default="mix2s201,mix4s202,mix8s203")
     p.add_argument("--sdes", default="vp,ve,subvp")
     p.add_argument("--methods", default="em,reverse_diffusion,ancestral,pc")
-    p.add_argument("--budgets", default="50,100")
+    p.add_argument("--budgets", default="10,20,50,100")
     p.add_argument("--samples", type=int, default=10_000)
     a = p.parse_args()
     torch.set_num_threads(1)
