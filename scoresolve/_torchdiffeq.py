@@ -40,9 +40,9 @@ def solvers() -> dict:
 
         class RK45(Dopri5Solver):
             """Dopri5 with scipy's error weights and scipy's step-size rule after an accepted step:
-            h ← h · min(10, 0.9 err^(−1/5)), capped at 1 if the step was rejected before (torchdiffeq
-            never shrinks an accepted step: its factor is at least 1 there).  Rejections are unchanged
-            (both take max(0.2, 0.9 err^(−1/5)))."""
+            h ← h · min(10, 0.9 err^(−1/5)) (torchdiffeq's ``ifactor`` and ``safety`` options), capped at 1
+            if the step was rejected before (torchdiffeq never shrinks an accepted step: its factor is
+            at least 1 there).  Rejections are unchanged (both take max(0.2, 0.9 err^(−1/5)))."""
 
             tableau = tab._replace(c_error=tab.c_sol - b_hat)
 
@@ -61,8 +61,8 @@ def solvers() -> dict:
                 if out.t1 == rk_state.t1:  # rejected
                     self._retried = True
                     return out
-                err = float(self._err)
-                factor = 10.0 if err == 0 else min(10.0, 0.9 * err ** -0.2)
+                err, grow = float(self._err), float(self.ifactor)  # scipy: SAFETY 0.9, MAX_FACTOR 10 (the defaults)
+                factor = grow if err == 0 else min(grow, float(self.safety) * err ** (-1.0 / float(self.order)))
                 if self._retried:
                     factor, self._retried = min(1.0, factor), False
                 dt = ((out.t1 - rk_state.t1) * factor).clamp(self.min_step, self.max_step)
