@@ -92,8 +92,8 @@ def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise, *,
     ``variance`` λ ∈ [0, 1] interpolates the noise variance between the posterior variance β̃
     (λ = 0: DDPM's σ² = β̃, the SMLD sampler of Song et al. 2021, eq. 47) and the transition
     variance v (λ = 1: DDPM's σ² = β, what score_sde's VP ancestral step uses).  β̃ ignores the
-    uncertainty of x̂_0 and under-disperses on coarse grids where the data are spread, v over-disperses
-    on coarse grids where σ is large.  ``"analytic"``: Analytic-DPM's variance, β̃ plus the
+    uncertainty of x̂_0 and under-disperses on coarse grids, v over-disperses (a VE Gaussian at 10
+    steps ends at 0.71 / 1.51 × its std, λ = ½ at 1.18).  ``"analytic"``: Analytic-DPM's variance, β̃ plus the
     uncertainty of x̂_0 carried into x_{t'},
 
         β̃ + v² / (a² σ(t)²) · (1 − σ(t)² E‖s‖² / d),   E‖s‖² the mean over the batch,
