@@ -333,6 +333,16 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    are registered with end="mean"; ancestral and pc keep "auto" (x̂_0 on VE, measured better for them).
    Cells behind 14 → 12; held-out VE em / reverse_diffusion 12 of 12 ahead.
 
+18. **em's ramp by time, not by step index.**  score_sde's lag on its uniform grid is θ_i = i/(N − 1), the
+   part of the time span done; `t_eval="ramped"` took (i + 1)/N, which on our quadratic VP grid keeps the
+   first, longest steps nearly unshifted (θ = 0.1 on a step that covers 19 % of [eps, T] at 10 steps).
+   Now θ = (T − t')/(T − t_N) after a step to t' (the same on a uniform grid).  3 seeds, W2 / logp: 8-ring
+   10 steps 3.38 / 15.95 → 2.18 / 2.71 (reference 2.09 / 3.25: W2 still 4 % behind), 20 1.89 / 5.46 →
+   2.30 / 8.65, 100 1.00 / 1.07 → 1.05 / 1.43 (reference 4.17 / 19.67, 2.00 / 10.07); 64-d 50 1.11 / 5.08 →
+   1.18 / 0.71 (reference 1.17 / 1.82), 2-mode 10 10.35 / 21.31 → 10.12 / 13.61.  Cells behind 10 → 9;
+   held-out VP em 12 of 12 ahead.  Test: em's evaluation times on the quadratic grid are t_i + θ_i Δ_i with
+   the time-based θ (fails with the index-based one).
+
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1], or "shifted": 1, but 0 on sub-VP; "ramped": as "shifted" with
 θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1] or
 "analytic", ancestral only), `PC(coefficients="transition"|"frozen"|"stable"|"auto")` (reverse_diffusion only),

@@ -60,6 +60,17 @@ def test_ancestral_variance_interpolates_between_posterior_and_transition():
     assert abs(outs[1] - 0.5 * (outs[0] + outs[2])) < 1e-12 * outs[2]
 
 
+def test_em_ramps_its_shift_with_the_time_elapsed_on_vp():
+    """em on VP evaluates step i at t_i + θ_i (t_{i+1} − t_i), θ_i = (T − t_{i+1}) / (T − t_N): score_sde's lag
+    (i/(N − 1) on its uniform grid) carried over to the quadratic grid by time, not by step index."""
+    sde = SDES["vp"]
+    ts, seen = _score_times(sde, "em", steps=6)
+    want = [t + (ts[0] - t1) / (ts[0] - ts[-1]) * (t1 - t) for t, t1 in zip(ts[:-1], ts[1:])]
+    assert seen == pytest.approx(want, rel=1e-6)  # the score sees t in float32
+    by_index = [t + (i + 1) / 6 * (t1 - t) for i, (t, t1) in enumerate(zip(ts[:-1], ts[1:]))]
+    assert seen != pytest.approx(by_index, rel=1e-3)  # the quadratic grid tells the two apart
+
+
 def test_classical_grid_is_quadratic_for_vp_and_uniform_for_ve():
     for name, kind in (("vp", "quadratic"), ("subvp", "quadratic"), ("ve", "uniform")):
         sde = SDES[name]

@@ -72,10 +72,12 @@ class PC(SamplerBase):
 
     ``t_eval`` θ ∈ [0, 1], or a profile of ``T_EVAL_PROFILES``: "shifted" (θ = 1, but 0 on sub-VP,
     where the shift measured further from the component-W2 floor than the reference at 20-100 steps),
-    "ramped" (as "shifted", but on VP the shift grows along the run, θ = (i + 1)/N at step i of N,
-    as score_sde's lag does; measured better on both metrics for em on VP, worse on VE and for
-    reverse_diffusion) or "shifted_vp" (θ = 1 on VP, 0 on VE and sub-VP: pc's, whose shifted step
-    blows up on VE at 10-20 NFE).  The predictor steps on the interval shifted by θ dt, i.e. from
+    "ramped" (as "shifted", but on VP the shift grows with the part of the time span done,
+    θ = (T − t')/(T − t_N) after a step to t' (on a uniform grid (i + 1)/N at step i of N), as score_sde's
+    lag does, i/(N − 1) on its uniform grid; measured better on both metrics for em on VP, worse on VE
+    and for reverse_diffusion; by time rather than by step index since finding 18) or "shifted_vp"
+    (θ = 1 on VP, 0 on VE and sub-VP: pc's, whose shifted step blows up on VE at 10-20 NFE).  The
+    predictor steps on the interval shifted by θ dt, i.e. from
     t_θ = t + θ (t' − t) to t_θ + (t' − t) (cut at t = 0 for the transition-based predictors), so
     its score and coefficients are taken at t_θ while the state is at t, and the corrector, too,
     targets p_{t_θ} (score_sde's lag moves both; measured on VP pc at 50-100 NFE: the log-density gap
@@ -154,7 +156,7 @@ class PC(SamplerBase):
         return 0 if corrector is correctors.none else self.n_corrector_steps
 
     def shift(self, sde: SDE, frac: float = 1.0) -> float:
-        """θ of ``t_eval`` for this SDE at the fraction ``frac`` = (i + 1)/N of the run."""
+        """θ of ``t_eval`` for this SDE at the fraction ``frac`` of the run's time span done after the step."""
         if not isinstance(self.t_eval, str):
             return float(self.t_eval)
         if isinstance(sde, SubVPSDE):
@@ -169,9 +171,9 @@ class PC(SamplerBase):
             return "transition" if keeps_mean(sde) else "frozen"
         return self.coefficients
 
-    def prepare(self, ctx: Context, ts: list[float]) -> tuple[float, int]:
-        # the final time (the step that reaches it may end on x̂_0) and the number of steps (the ramp)
-        return ts[-1], len(ts) - 1
+    def prepare(self, ctx: Context, ts: list[float]) -> tuple[float, float]:
+        # the final time (the step that reaches it may end on x̂_0) and the first (the ramp's span)
+        return ts[-1], ts[0]
 
     def ends_on_x0(self, sde: SDE) -> bool:
         """Whether ``denoise`` returns the last evaluation's x̂_0 rather than the last step's mean."""
@@ -180,8 +182,8 @@ class PC(SamplerBase):
     def step(self, ctx: Context, state: State, t: float, t_next: float) -> State:
         x = state.x
         corrector = _lookup("corrector", CORRECTORS, self.corrector)
-        final, n = state.memory if isinstance(state.memory, tuple) else (None, 1)
-        frac = min(1.0, (state.i + 1) / n)
+        final, start = state.memory if isinstance(state.memory, tuple) else (None, None)
+        frac = 1.0 if start is None or start == final else min(1.0, (start - t_next) / (start - final))
         t_c = t + self.shift(ctx.sde, frac) * (t_next - t)  # the corrector moves with the step (t_eval)
         for _ in range(self._corrector_steps):  # corrector first
             x, _ = corrector(ctx.sde, ctx.score, x, t_c, ctx.noise, snr=self.snr, n_steps=1, norm=self.snr_norm)
@@ -211,7 +213,8 @@ class PC(SamplerBase):
 
     def propose(self, ctx: Context, x: Tensor, t: float, t_next: float, frac: float = 1.0) -> predictors.Step:
         """The predictor's move t -> t_next with this sampler's options (``variance``, ``t_eval``,
-        ``coefficients``); ``frac`` = (i + 1)/N, the part of the run done after this step (``t_eval="ramped"``)."""
+        ``coefficients``); ``frac`` = (T − t')/(T − t_N), the part of the run's time span done after this step
+        (``t_eval="ramped"``)."""
         predictor, t0, t1 = self._predictor, t, t_next
         if self.variance and predictor is predictors.ancestral:
             predictor = functools.partial(predictor, variance=self.variance)
