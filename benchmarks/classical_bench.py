@@ -80,7 +80,7 @@ def ours(method: str, sde, score, shape, budget: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     if method == "ode":  # paired: the reference's own prior draw (the solve is deterministic given it)
         tol = ODE_TOL[budget]
-        x_T = sde.prior_std() * torch.randn(shape, generator=g, dtype=torch.float32)
+        x_T = ref.prior_draw(sde, shape, g)
         res = ss.sample(score, sde, shape, "ode", rtol=tol, atol=tol, x_init=x_T)
     elif method == "ald":
         res = ss.sample(score, sde, shape, "ald", steps=budget // 10, generator=g)

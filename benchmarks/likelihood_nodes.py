@@ -28,7 +28,7 @@ import torch
 import torchdiffeq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from likelihood_bench import autograd_score, points  # noqa: E402
+from likelihood_bench import autograd_score, exact_trace, points  # noqa: E402
 from likelihood_speed import trained_mlp  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
@@ -45,13 +45,9 @@ def integrand(score, sde, x0: torch.Tensor, ts: torch.Tensor) -> np.ndarray:
         return sde.drift_coef(tt) * y - 0.5 * sde.diffusion(tt) ** 2 * s
 
     xs = torchdiffeq.odeint(f, x0, ts, rtol=1e-9, atol=1e-9, method="dopri5")
-    d = x0.shape[1]
     out = []
     for xk, tk in zip(xs, ts.tolist()):
-        with torch.enable_grad():
-            xr = xk.detach().requires_grad_(True)
-            s = score(xr, torch.full((xr.shape[0],), tk, dtype=xr.dtype))
-            tr = sum(torch.autograd.grad(s[:, i].sum(), xr, retain_graph=i < d - 1)[0][:, i] for i in range(d))
+        tr = exact_trace(score, xk, torch.full((xk.shape[0],), tk, dtype=xk.dtype))
         out.append((-0.5 * sde.diffusion(tk) ** 2 * tr).detach().numpy())
     return np.stack(out)
 
@@ -78,19 +74,13 @@ def spectrum(g: np.ndarray, ts: np.ndarray) -> list[float]:
     return [float(amp[int(lo * span):max(int(hi * span), int(lo * span) + 1)].max()) for lo, hi in BANDS]
 
 
-def cost(score, gm, sde, d: int, n: int = 200, reps: int = 5) -> str:
+def cost(score, gm, sde, n: int = 200, reps: int = 5) -> str:
     """CPU ms of one score forward and of one divergence (forward + d VJPs) at n points: "F / D"."""
     x = points(gm, sde, n)
     t = torch.full((n,), 0.3, dtype=torch.float64)
 
-    def div():
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            s = score(xr, t)
-            return sum(torch.autograd.grad(s[:, i].sum(), xr, retain_graph=i < d - 1)[0][:, i] for i in range(d))
-
     out = []
-    for fn in (lambda: score(x, t), div):
+    for fn in (lambda: score(x, t), lambda: exact_trace(score, x, t)):
         fn()
         c = time.thread_time()
         for _ in range(reps):
@@ -113,7 +103,7 @@ def case(kind: str, d: int, n: int, fine: int) -> list[str]:
     h = (T - eps) / fine
     dense = simpson(g, h)
     amps = np.array([spectrum(g[:, b], ts.numpy()) for b in range(n)]).mean(0)
-    rows = [f"| {kind} | {d} | " + " | ".join(f"{a:.1e}" for a in amps) + f" | {cost(score, gm, sde, d)} |"]
+    rows = [f"| {kind} | {d} | " + " | ".join(f"{a:.1e}" for a in amps) + f" | {cost(score, gm, sde)} |"]
     errs = []
     for nodes in (32, 64, 128, 256, 512):
         s = fine // nodes

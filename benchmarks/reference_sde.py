@@ -147,6 +147,11 @@ PREDICTORS = {"euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_dif
 CORRECTORS = {"langevin": langevin, "ald": annealed_langevin, "none": None}
 
 
+def prior_draw(sde, shape, g: torch.Generator, dtype=torch.float32) -> Tensor:
+    """x_T ~ N(0, σ_prior² I), the first draw of every reference sampler from its generator."""
+    return sde.prior_std() * torch.randn(shape, generator=g, dtype=dtype)
+
+
 def pc_sample(sde, score_fn, shape, n: int, predictor="euler_maruyama", corrector="none", *, snr=0.16,
               n_steps=1, eps=None, seed=0, dtype=torch.float32, denoise=True):
     """The reference PC sampler: N points linspace(T, eps, N), corrector then predictor at each;
@@ -155,7 +160,7 @@ def pc_sample(sde, score_fn, shape, n: int, predictor="euler_maruyama", correcto
     g = torch.Generator().manual_seed(seed)
     d = Discrete(sde, n)
     score = Counted(score_fn)
-    x = sde.prior_std() * torch.randn(shape, generator=g, dtype=dtype)
+    x = prior_draw(sde, shape, g, dtype)
     x_mean = x
     pred, corr = PREDICTORS[predictor], CORRECTORS[corrector]
     with torch.no_grad():
@@ -176,7 +181,7 @@ def ode_sample(sde, score_fn, shape, *, rtol=1e-5, atol=1e-5, eps=None, seed=0, 
     eps = sde.default_eps if eps is None else eps
     g = torch.Generator().manual_seed(seed)
     score = Counted(score_fn)
-    x = sde.prior_std() * torch.randn(shape, generator=g, dtype=dtype)
+    x = prior_draw(sde, shape, g, dtype)
 
     def rhs(t, y):
         xx = torch.from_numpy(y).reshape(shape).to(dtype)

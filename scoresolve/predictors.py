@@ -107,10 +107,11 @@ def ancestral(sde: SDE, score, x: Tensor, t: float, t_next: float, noise, *,
     a, v = sde.transition(t_next, t)
     s = score(x, t)
     x_mean = torch.add(x, s, alpha=v).mul_(1.0 / a)
-    sd = sde.std(t_next) * math.sqrt(v) / sde.std(t)  # √β̃
+    sig = sde.std(t)
+    sd = sde.std(t_next) * math.sqrt(v) / sig  # √β̃
     if variance == "analytic":
         # E‖s‖² / d over the batch (accumulated in float64: s² of a half-precision batch overflows)
-        sig2, ms = float(sde.std(t)) ** 2, float(torch.linalg.vector_norm(s, dtype=torch.float64)) ** 2 / s.numel()
+        sig2, ms = float(sig) ** 2, float(torch.linalg.vector_norm(s, dtype=torch.float64)) ** 2 / s.numel()
         sd = math.sqrt(sd * sd + v * v / (a * a * sig2) * min(max(1.0 - sig2 * ms, 0.0), 1.0))
     elif variance:
         sd = math.sqrt((1.0 - variance) * sd * sd + variance * v)
