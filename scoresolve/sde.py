@@ -79,6 +79,12 @@ class SDE(ABC):
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         """Inverse of ``log_snr``."""
 
+    def at_log_snr(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, m(t), σ(t)) at the times where the log-SNR is ``lam`` (a tensor): what a solver
+        stepping in log-SNR needs at each new point (subclasses may skip the round trip via t)."""
+        t = self.t_from_log_snr(lam)
+        return (t, *self.marginal(t))
+
     def mean_scale(self, t: Scalar) -> Scalar:
         return _ops(t).exp(self.log_mean_scale(t))
 
@@ -184,6 +190,14 @@ class VPSDE(SDE):
         # σ²/m² = e^{-λ}  =>  ∫β = log(1 + e^{-λ})
         return self._t_from_int_beta(_softplus(-lam))
 
+    def at_log_snr(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # with e = σ²/m² = e^{−λ}: ∫β = log(1 + e), m = (1 + e)^{−½}, σ = m √e (no cancellation at
+        # either end, and no expm1/softplus, the per-sample solver's costliest operations per step;
+        # e overflows only for λ < −709, far outside any VP schedule's range)
+        e = torch.exp(-lam)
+        m = (1.0 + e).rsqrt_()
+        return self._t_from_int_beta(torch.log1p(e)), m, e.sqrt_().mul_(m)
+
 
 @dataclass(frozen=True, repr=False)
 class SubVPSDE(VPSDE):
@@ -200,6 +214,8 @@ class SubVPSDE(VPSDE):
 
     def diffusion(self, t: Scalar) -> Scalar:
         return _ops(t).sqrt(-self.beta(t) * _ops(t).expm1(-2.0 * self._int_beta(t)))
+
+    at_log_snr = SDE.at_log_snr  # σ is not VP's
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         # u = m²: λ = log u − 2 log(1 − u)  =>  e^λ u² − (2e^λ + 1) u + e^λ = 0, smaller root.

@@ -25,8 +25,17 @@ from scoresolve.samplers import (
     GottaGoFast,
     TorchSDE,
 )
-from scoresolve.samplers._common import _moments, exp_moments, exp_weights, exp_weights_t, lincomb, schedule
-from scoresolve.samplers.adaptive import improved_euler_step
+from scoresolve.samplers._common import (
+    Rows,
+    _moments,
+    exp_moments,
+    exp_pc_weights,
+    exp_weights,
+    lincomb,
+    schedule,
+)
+from scoresolve.samplers.adaptive import PerSampleAdaptive, improved_euler_step
+from scoresolve.samplers.adaptive_ms import _not_pushed, _push
 from scoresolve.samplers.exponential import step_orders
 from scoresolve.targets import GaussianMixture
 
@@ -77,21 +86,98 @@ def test_exp_weights_integrate_polynomials_of_their_degree_exactly():
         assert math.isclose(sum(wj * v**k for wj, v in zip(w, nodes)), exact, rel_tol=1e-10, abs_tol=1e-14)
 
 
-@pytest.mark.parametrize("rate", [1.0, 2.0])
-def test_exp_weights_per_row_equal_the_scalar_ones(rate):
-    """``exp_weights_t`` (per-sample steps, its own moments) = ``exp_weights`` row by row, on both
-    sides of the series/recursion switch; the scalar one refuses h ≤ 0 by name."""
-    gen = torch.Generator().manual_seed(3)
-    h = torch.tensor([0.01, 0.2, 0.26, 0.9, 3.0], dtype=torch.float64)
-    for k in (1, 2, 3, 4):
-        nodes = -torch.rand(len(h), k, generator=gen, dtype=torch.float64).cumsum(1) * h[:, None]
-        nodes[:, 0] = 0.0
-        ref = torch.tensor([exp_weights(float(hi), row.tolist(), rate) for hi, row in zip(h, nodes)],
-                           dtype=torch.float64)
-        got = exp_weights_t(h, nodes) if rate == 1.0 else exp_weights_t(h, nodes, rate)
-        torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-14)
+def test_exp_weights_refuse_a_non_positive_step_by_name():
     with pytest.raises(ValueError, match="h > 0"):
-        exp_weights(0.0, [0.0], rate)
+        exp_weights(0.0, [0.0])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_exp_pc_weights_are_the_predictor_and_the_corrector_one_order_higher(k):
+    """``exp_pc_weights`` (the per-sample solver's Newton form) against the scalar ``exp_weights``:
+    w = the predictor's weights on the nodes (0, v_1, …), and ω, w − ω·l = the corrector's on
+    (h, 0, v_1, …); l interpolates (Σ l_j = 1, exact on polynomials of degree < k), on both sides
+    of the per-sample series switch (h = 0.02) and of the shared one (0.25).  Tolerance: the
+    recursion's relative error ≲ 1e-16·k!/h^k at the switch (1.5e-9 for k = 4), 1e-14 elsewhere."""
+    gen = torch.Generator().manual_seed(5)
+    h = torch.tensor([1e-6, 0.01, 0.0199, 0.0201, 0.05, 0.2, 0.26, 0.9, 3.0, 12.0], dtype=torch.float64)
+    nodes = -torch.rand(len(h), k, generator=gen, dtype=torch.float64).add(0.2).cumsum(1) * h[:, None]
+    nodes[:, 0] = 0.0
+    w, ell, omega = exp_pc_weights(h, [nodes[:, j] / h for j in range(1, k)])
+    w, ell = torch.stack(w, 1), torch.stack(ell, 1)
+    for i, hi in enumerate(h.tolist()):
+        rtol = 1e-16 * math.factorial(k) / min(hi, 0.25) ** k * 10 if 0.02 <= hi < 0.25 else 1e-12
+        rtol = max(rtol, 1e-12)
+        ref_p = torch.tensor(exp_weights(hi, nodes[i].tolist()), dtype=torch.float64)
+        ref_c = torch.tensor(exp_weights(hi, [hi] + nodes[i].tolist()), dtype=torch.float64)
+        got_c = torch.cat([omega[i : i + 1], w[i] - omega[i] * ell[i]])
+        scale_p, scale_c = ref_p.abs().max(), ref_c.abs().max()
+        torch.testing.assert_close(w[i], ref_p, rtol=0, atol=rtol * scale_p)
+        torch.testing.assert_close(got_c, ref_c, rtol=0, atol=rtol * scale_c)
+        u = nodes[i] / hi
+        for n in range(k):  # P(h) for y = v^n (v = u/h) is 1
+            assert abs(float((ell[i] * u**n).sum()) - 1.0) < 1e-9
+
+
+def _naive_push(hist, fresh, pushed):
+    """The history with ``fresh`` (full batch) in front for the rows ``pushed``, row by row."""
+    out = [h.clone() for h in hist]
+    for r in pushed.nonzero().squeeze(1).tolist():
+        for j in range(len(hist) - 1, 0, -1):
+            out[j][r] = hist[j - 1][r]
+        out[0][r] = fresh[r]
+    return out
+
+
+@pytest.mark.parametrize("case", ["all_ran_few_rejected", "all_ran_most_rejected", "some_stopped_few", "most_stopped"])
+def test_per_sample_history_push_moves_only_the_accepted_rows(case):
+    """``_push`` (the multistep solver's history update) = the row-by-row definition, by either
+    path (rotate and shift back the rest, or shift the accepted rows forward), with rows that
+    stopped (not running) and with a history whose entries alias (the solver's first step)."""
+    b, d, p = 12, 3, 3
+    gen = torch.Generator().manual_seed(2)
+    running = {"all_ran_few_rejected": b, "all_ran_most_rejected": b, "some_stopped_few": 10, "most_stopped": 4}[case]
+    idx = torch.randperm(b, generator=gen)[:running].sort().values
+    n_rej = {"all_ran_few_rejected": 2, "all_ran_most_rejected": 9, "some_stopped_few": 1, "most_stopped": 1}[case]
+    ok = torch.ones(running, dtype=torch.bool)
+    ok[torch.randperm(running, generator=gen)[:n_rej]] = False
+    for alias in (False, True):
+        first = torch.randn(b, d, generator=gen, dtype=torch.float64)
+        hist = [first] * p if alias else [torch.randn(b, d, generator=gen, dtype=torch.float64) for _ in range(p)]
+        fresh_full = torch.randn(b, d, generator=gen, dtype=torch.float64)
+        pushed = torch.zeros(b, dtype=torch.bool)
+        pushed[idx[ok]] = True
+        want = _naive_push(hist, fresh_full, pushed)
+        run = Rows(idx, b)
+        sel = PerSampleAdaptive._accept(ok, int(ok.sum()), run, b)
+        got = _push([h for h in hist], run.of(fresh_full).clone(), sel, _not_pushed(sel, b))
+        for g, w_ in zip(got, want):
+            torch.testing.assert_close(g, w_, rtol=0, atol=0)
+        if alias:  # the shared tensor is copied before any row moves, never written
+            torch.testing.assert_close(hist[0], first, rtol=0, atol=0)
+
+
+def test_rows_add_counts_on_the_selected_rows_only():
+    """``Rows.add`` on a subset (the per-sample counters) adds a number or per-row values there only."""
+    v = torch.zeros(6, dtype=torch.float64)
+    rows = Rows(torch.tensor([1, 4]), 6)
+    rows.add(v, 1.0)
+    rows.add(v, torch.tensor([True, False]).double())
+    assert v.tolist() == [0.0, 2.0, 0.0, 0.0, 1.0, 0.0]
+    Rows(torch.arange(6), 6).add(v, 0.5)
+    assert v.tolist() == [0.5, 2.5, 0.5, 0.5, 1.5, 0.5]
+
+
+@pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VPSDE(beta_min=0.5, beta_max=35.0), ss.SubVPSDE(), ss.VESDE()],
+                         ids=["vp", "vp_steep", "subvp", "ve"])
+def test_at_log_snr_is_the_time_and_marginal_at_that_log_snr(sde):
+    """``sde.at_log_snr(λ)`` = (t(λ), m(t), σ(t)) to round-off over the whole schedule (VP takes a
+    shortcut through e^{−λ}; the others the round trip through t)."""
+    t = torch.linspace(1e-5, 1.0, 2001, dtype=torch.float64)
+    got_t, m, s = sde.at_log_snr(sde.log_snr(t))
+    m_ref, s_ref = sde.marginal(t)
+    torch.testing.assert_close(got_t, t, rtol=1e-10, atol=0)
+    torch.testing.assert_close(m, m_ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=0)
 
 
 def test_lincomb_float_and_tensor_coefficients():
@@ -630,19 +716,24 @@ def test_shared_step_mode_gives_every_sample_the_same_steps(cls):
 
 
 def test_adaptive_multistep_step_factor_is_clipped_and_never_grows_after_a_rejection():
-    """h ← h·clip(θ E^{−1/q} min(1, E_prev/E)^{β/q}, min_factor, max_factor); after a rejection at most 1."""
+    """h ← h·clip(θ E^{−1/q} min(1, E_prev/E)^{β/q}, min_factor, max_factor); after a rejection at most 1.
+    (``_factor`` takes log E and log E_prev, E_prev clamped at 1e-4 as the solver stores it.)"""
     s = AdaptiveMultistep()
     f64 = dict(dtype=torch.float64)
     err = torch.tensor([1e-9, 0.5, 1.5, 1e6], **f64)
-    prev = torch.ones(4, **f64)
+    prev = torch.tensor([1.0, 0.3, 2.0, 1e-6], **f64)
     q = torch.full((4,), 3.0, **f64)
+
+    def factor(ok):
+        return s._factor(err.clamp_min(1e-12).log(), prev.clamp_min(1e-4).log(), q, ok)
+
     for ok in (torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)):
-        fac = s._factor(err, prev, q, ok)
-        raw = s.safety * err.pow(-1 / q) * (prev / err.clamp_min(1e-4)).clamp(max=1.0).pow(s.predictive / q)
+        raw = (s.safety * err.pow(-1 / q)
+               * (prev.clamp_min(1e-4) / err.clamp_min(1e-4)).clamp(max=1.0).pow(s.predictive / q))
         top = s.max_factor if bool(ok[0]) else 1.0
-        torch.testing.assert_close(fac, raw.clamp(s.min_factor, top), rtol=1e-14, atol=0)
-    assert float(s._factor(err, prev, q, torch.zeros(4, dtype=torch.bool)).max()) == 1.0
-    assert float(s._factor(err, prev, q, torch.zeros(4, dtype=torch.bool)).min()) == s.min_factor
+        torch.testing.assert_close(factor(ok), raw.clamp(s.min_factor, top), rtol=1e-14, atol=0)
+    assert float(factor(torch.zeros(4, dtype=torch.bool)).max()) == 1.0
+    assert float(factor(torch.zeros(4, dtype=torch.bool)).min()) == s.min_factor
 
 
 def test_gotta_go_fast_single_step_is_the_improved_euler_step_over_the_whole_interval():

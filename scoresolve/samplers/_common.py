@@ -19,8 +19,8 @@ from torch import Tensor
 
 from ..sde import SDE
 
-__all__ = ["Schedule", "schedule", "scaled_denoised", "exp_moments", "exp_moments_t", "exp_weights",
-           "exp_weights_t", "lincomb", "Rows"]
+__all__ = ["Schedule", "schedule", "scaled_denoised", "exp_moments", "exp_weights",
+           "exp_pc_weights", "lincomb", "Rows"]
 
 
 class Schedule(NamedTuple):
@@ -46,6 +46,10 @@ def scaled_denoised(score, x: Tensor, t: float, sigma: float) -> Tensor:
 
 _SERIES_H = 0.25  # below: 12-term series (error < 1e-16); above: the recursion (error < 1e-12)
 _SERIES_TERMS = 12
+# per-sample steps switch lower: the recursion's relative error at h = 0.02 is ≲ 1e-10 for n ≤ 3,
+# far below a float32 state's rounding, and rows below 0.25 occur at most steps (each running
+# the 22-operation series on the few rows concerned) while rows below 0.02 are rare
+_PS_SERIES_H = 0.02
 
 
 @functools.cache
@@ -63,18 +67,40 @@ def exp_moments(h: Tensor, n: int) -> Tensor:
 
     The series Ĵ_k = Σ_j (−h)^j k!/(j+k+1)! (Horner) for small h (no cancellation as h → 0), else
     the recursion Ĵ_0 = (1 − e^{−h})/h, Ĵ_k = (1 − k Ĵ_{k−1})/h (relative error ≲ 1e-16·k!/h^k).
-    Computed as (n+1, …) rows over h's elements (one operation per term for every k at once).
     """
+    return torch.stack(_moment_rows(h, n), -1)
+
+
+def _moment_rows(h: Tensor, n: int, scaled: bool = False, switch: float = _SERIES_H) -> list[Tensor]:
+    """``exp_moments`` as n + 1 tensors shaped like h, one per k, or with ``scaled`` the
+    M_k = h Ĵ_k (M_0 = 1 − e^{−h}, M_k = 1 − k M_{k−1}/h).  The series only where some h needs it
+    (one host sync).  ``switch``: the h below which the series is used (the recursion's relative
+    error there is ≲ 1e-16·n!/h^n).  Separate rows: each later use reads one of them, contiguous."""
+    hr = h.clamp(min=switch)
+    rows = [-torch.expm1(-hr)]
+    for kk in range(1, n + 1):
+        rows.append(torch.add(1.0, rows[-1] / hr, alpha=-kk))
+    if not scaled:
+        rows = [r.div_(hr) for r in rows]
+    small = h < switch
+    if not bool(small.any()):
+        return rows
+    if h.ndim != 1:
+        series = _series(h.clamp(max=switch), n)
+        return list(torch.where(small, series * h if scaled else series, torch.stack(rows)).unbind(0))
+    pos = small.nonzero().squeeze(1)  # usually a few rows (a step cut short at the end)
+    hs = h.index_select(0, pos)
+    series = _series(hs, n)
+    return [r.index_copy(0, pos, sr * hs if scaled else sr) for r, sr in zip(rows, series)]
+
+
+def _series(h: Tensor, n: int) -> Tensor:
+    """Ĵ_0..Ĵ_n by the series (Horner), shape (n+1,) + h.shape; for h < ``_SERIES_H``."""
     coef = _series_coefficients(n, h.ndim, h.device, h.dtype)
-    neg = -h.clamp(max=_SERIES_H)
-    series = coef[-1]
+    neg, series = -h, coef[-1]
     for j in range(_SERIES_TERMS - 2, -1, -1):
         series = torch.addcmul(coef[j], series, neg)
-    hr = h.clamp(min=_SERIES_H)
-    rec = [-torch.expm1(-hr) / hr]
-    for kk in range(1, n + 1):
-        rec.append((1.0 - kk * rec[-1]) / hr)
-    return torch.where(h < _SERIES_H, series, torch.stack(rec)).movedim(0, -1)
+    return series
 
 
 def _moments(h: float, n: int) -> list[float]:
@@ -127,42 +153,47 @@ def exp_weights(h: float, nodes: list[float], rate: float = 1.0) -> list[float]:
     return _solve([[(u / h) ** n for u in nodes] for n in range(k)], rhs)
 
 
-def exp_moments_t(h: Tensor, k: int, rate: float = 1.0) -> Tensor:
-    """M_n = ρh Ĵ_n(ρh), n < k, shape (b, k): the right-hand sides of ``exp_weights_t``."""
-    return (rate * h).unsqueeze(-1) * exp_moments(rate * h, k - 1)
+def exp_pc_weights(h: Tensor, past: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Per-sample weights of an exponential Adams predictor and its corrector one order higher.
 
-
-def exp_weights_t(h: Tensor, nodes: Tensor, rate: float = 1.0, moments: Tensor | None = None) -> Tensor:
-    """Batched ``exp_weights``: h (b,), nodes (b, k) float64 -> weights (b, k); ``moments`` =
-    ``exp_moments_t(h, k, rate)`` if already computed (the same h serves several node sets).
-
-    In Lagrange form, w_j = Σ_n c_jn M_n / Π_{m≠j}(v_j − v_m) with v = u/h, c_jn the monomial
-    coefficients of Π_{m≠j}(v − v_m) (the roots multiplied in one at a time: no division, so no
-    cancellation) and M_n = ρ h Ĵ_n(ρh): about 4k² elementwise operations on contiguous (b,) rows
-    instead of a batched k×k solve (the per-sample solver calls this twice per step for every
-    sample), and as accurate.
+    h (b,) float64 steps; the k nodes are the step's start v_0 = 0 and ``past``, k − 1 tensors
+    (b,) of offsets u_j/h < 0 (distinct), in units of the step.  With P the interpolant through
+    the nodes and Q(v) = v R(v) = Π_j (v − v_j), returns the k weights w_j, the k values l_j and ω:
+      Σ_j w_j y_j = ∫_0^h e^{−(h−u)} P(u) du,   Σ_j l_j y_j = P(h),   ω = ∫_0^h e^{−(h−u)} Q(u/h)/Q(1) du,
+    so that the corrector through the nodes and the step's end (order k + 1; ``exp_weights`` with
+    the node h added) is Σ_j w_j y_j + ω (y(h) − Σ_j l_j y_j): Newton's form, one node added to an
+    interpolant.  The difference of the two, ω (y(h) − P(h)), is the local error estimate.
+    With M_n = h Ĵ_n(h) = ∫_0^h e^{−(h−u)} (u/h)^n du and r_n the coefficients of R:
+      w_0 = Σ_n r_n M_n / R(0),   w_j = Σ_n c_jn M_{n+1} / (v_j Π_{m≠0,j} (v_j − v_m))  (j ≥ 1),
+    c_jn the coefficients of R(v)/(v − v_j) (synthetic division); l_j = R(1)/((1 − v_j) Q'(v_j));
+    ω = Σ_n r_n M_{n+1} / R(1).  About 30 operations on (b,) rows for k = 3, where two Lagrange
+    solves take ~100 on (b, k) blocks: the per-sample solver runs this on every row at every step.
     """
-    k = nodes.shape[-1]
-    mom = (exp_moments_t(h, k, rate) if moments is None else moments).T.contiguous()  # rows M_n
-    v = (nodes / h.unsqueeze(-1)).T.contiguous()  # rows v_j
-    if k == 1:
-        return mom.T
-    w = []
-    for j in range(k):
-        others = [v[m] for m in range(k) if m != j]
-        c: list = [1.0]  # c[n]: coefficient of v^n in Π_{m≠j} (v − v_m); the leading one is 1
-        for r, vm in enumerate(others):
-            nr = -vm
-            c = [nr * c[0] if r else nr] + [torch.addcmul(c[n - 1], nr, c[n]) if n < r else c[n - 1] + nr
-                                             for n in range(1, r + 1)] + [1.0]
-        num = c[0] * mom[0]
-        for n in range(1, k - 1):
-            num.addcmul_(c[n], mom[n])
-        den = v[j] - others[0]
-        for vm in others[1:]:
-            den = den * (v[j] - vm)
-        w.append((num + mom[k - 1]) / den)
-    return torch.stack(w, 1)
+    k = len(past) + 1
+    mom = _moment_rows(h, k, scaled=True, switch=_PS_SERIES_H)  # M_0..M_k
+    r: list = []  # R's coefficients r_0..r_{k−2}, lowest first (r_{k−1} = 1)
+    for j, vj in enumerate(past):
+        r = [-vj] if j == 0 else [r[0] * -vj] + [torch.addcmul(r[n - 1], vj, r[n], value=-1.0)
+                                                 for n in range(1, j)] + [r[j - 1] - vj]
+    r_one = torch.ones_like(h) if k == 1 else sum(r[1:], r[0] + 1.0)  # R(1)
+    num = mom[k - 1].clone()  # w_0's numerator Σ_n r_n M_n, and ω's Σ_n r_n M_{n+1}
+    omega = mom[k].clone()
+    for n, rn in enumerate(r):
+        num.addcmul_(rn, mom[n])
+        omega.addcmul_(rn, mom[n + 1])
+    w, ell = [num / r[0] if r else num], [r_one / r[0] if r else r_one]
+    for j, vj in enumerate(past):
+        c, nj = None, mom[k - 1]  # c_{k−2} = 1, then c_{n−1} = r_n + v_j c_n
+        for n in range(k - 2, 0, -1):
+            c = vj + r[n] if c is None else torch.addcmul(r[n], vj, c)
+            nj = torch.addcmul(nj, c, mom[n])
+        den = vj.clone()  # Q'(v_j) = v_j Π_{m≠j} (v_j − v_m)
+        for m, vm in enumerate(past):
+            if m != j:
+                den.mul_(vj - vm)
+        w.append(nj / den)
+        ell.append(r_one / (1.0 - vj).mul_(den))
+    return w, ell, omega.div_(r_one)
 
 
 class Rows:
@@ -195,7 +226,9 @@ class Rows:
         if self.all:
             v += value
         else:
-            v[self.idx] += value
+            if not isinstance(value, Tensor):
+                value = v.new_full((), value).expand(self.idx.shape[0])
+            v.index_add_(0, self.idx, value.to(v.dtype))
 
 
 def lincomb(terms: list[tuple[float | Tensor, Tensor]], into: Tensor | None = None) -> Tensor:

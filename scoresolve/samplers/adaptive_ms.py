@@ -1,9 +1,11 @@
 """Per-sample adaptive exponential multistep predictor-corrector for the probability-flow ODE.
 
-Every sample keeps its own log-SNR λ, step h and history of data predictions, so the Lagrange
-weights differ per sample and are computed batched (``exp_weights_t``, k ≤ 4 nodes per row).  A step costs
-one evaluation (at the predicted point); the corrector (one order higher, UniC-style) both
-improves the state and, through its difference to the predictor, estimates the local error.
+Every sample keeps its own log-SNR λ, step h and history of data predictions, so the weights
+differ per sample and are computed batched on (b,) rows (``exp_pc_weights``, Newton's form: the
+predictor's weights, the history's extrapolation to the step's end and the corrector's weight of
+the new value, ~30 row operations for k = 3).  A step costs one evaluation (at the predicted
+point); the corrector (one order higher, UniC-style) both improves the state and, through its
+difference to the predictor, ω·(x̂_0' − P(λ')), estimates the local error.
 
 The error is measured against the noise level (``norm="noise"``): δ = m(t)·(atol·s_d + rtol·σ̃(t)),
 σ̃ = σ/m = e^{−λ}.  In the scaled state y = x/m the probability-flow ODE in λ is the same for VP,
@@ -14,6 +16,7 @@ translating the data.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -23,10 +26,12 @@ from torch import Tensor
 from .._compat import renamed
 from ..options import option
 from ..protocol import Context
-from ._common import Rows, exp_moments_t, exp_weights_t
+from ._common import Rows, exp_pc_weights
 from .adaptive import Accepted, PerSampleAdaptive, _col, _rms, _scaled_x0
 
 __all__ = ["AdaptiveMultistep"]
+
+_LOG_E_MIN = math.log(1e-4)  # the predictive factor reads errors clamped at 1e-4
 
 
 @renamed(predictor_order="solver_order", norm="error_norm", max_iters="max_steps")
@@ -38,6 +43,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
       predictor  x̃ = (σ'/σ) x + m' Σ_j w_j D_j             (order k ≤ ``solver_order``)
       evaluate   D' = x̂_0(x̃, t(λ + h))                      (1 NFE, on the running rows only)
       corrector  x' = (σ'/σ) x + m' (w^c_0 D' + Σ_j w^c_j D_j)  (order k + 1)
+                 = x̃ + ω m' (D' − P(λ'))                     (P: the history's interpolant)
     E = ‖(x' − x̃)/δ‖_rms with δ = m'·(atol·s_d + rtol·σ'/m') (``error_norm="noise"``, s_d =
     ``data_scale``: absolute errors in data units, relative ones to the noise level) or
     δ = atol + rtol·max(|x|, |x'|) (``error_norm="state"``, the classical mixed norm); accept x'
@@ -82,12 +88,15 @@ class AdaptiveMultistep(PerSampleAdaptive):
     def extra_nfe(self, denoise: bool) -> int:
         return 1 + int(denoise)  # x̂_0 at the start, and the final denoising
 
-    def _factor(self, err: Tensor, err_prev: Tensor, q: Tensor, ok: Tensor) -> Tensor:
-        """Step factor θ E^{−1/q} min(1, E_prev/E)^{β/q}, clipped (no growth after a rejection)."""
-        fac = self.safety * err.clamp_min(1e-12).pow(-1.0 / q)
+    def _factor(self, log_err: Tensor, log_prev: Tensor, q, ok: Tensor) -> Tensor:
+        """Step factor θ E^{−1/q} min(1, E_prev/E)^{β/q}, clipped (no growth after a rejection), from
+        log E (clamped at 1e-12) and log E_prev (E_prev clamped at 1e-4): a tensor pow costs ~10x
+        an exp."""
+        expo = -log_err
         if self.predictive:
-            fac = fac * (err_prev / err.clamp_min(1e-4)).clamp(max=1.0).pow(self.predictive / q)
-        return torch.where(ok, fac.clamp(self.min_factor, self.max_factor), fac.clamp(self.min_factor, 1.0))
+            expo.add_((log_prev - log_err.clamp_min(_LOG_E_MIN)).clamp_(max=0.0), alpha=self.predictive)
+        fac = expo.div_(q).add_(math.log(self.safety)).exp_().clamp_(self.min_factor, self.max_factor)
+        return torch.where(ok, fac, fac.clamp(max=1.0))
 
     def _start(self, ctx: Context, x: Tensor, ts: list[float]) -> SimpleNamespace:
         p, sde = self.solver_order, ctx.sde
@@ -103,23 +112,12 @@ class AdaptiveMultistep(PerSampleAdaptive):
         mem.hlam, mem.hm = [mem.lam.clone()] * p, [m0] * p
         mem.n_hist = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
         mem.full = p == 1  # on the host: every row holds p entries (all at full order)
-        mem.eprev = torch.ones_like(mem.t)
+        mem.log_eprev = torch.zeros_like(mem.t)  # log of the last accepted error (E_prev = 1 at the start)
         return mem
 
     def _running(self, mem, t_end: float) -> Tensor:
         mem.lam_end = 0.5 * mem.sde.log_snr(t_end)
         return mem.lam < mem.lam_end
-
-    @staticmethod
-    def _weights(ha: Tensor, nodes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Predictor weights (one per node), the corrector's weight of the new evaluation and of
-        the nodes (the step's end first), each node's times ``scale`` = m'/m_j (the history holds
-        m_j x̂_0, the new evaluation m' x̂_0)."""
-        kk = nodes.shape[1]
-        mom = exp_moments_t(ha, kk + 1)  # shared by the predictor (first kk) and the corrector
-        wp = exp_weights_t(ha, nodes, moments=mom[:, :kk]) * scale
-        wc = exp_weights_t(ha, torch.cat([ha.unsqueeze(1), nodes], 1), moments=mom)
-        return wp, wc[:, 0], wc[:, 1:] * scale
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         p, sde, x, b, idx, lam_end = self.solver_order, ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
@@ -134,108 +132,131 @@ class AdaptiveMultistep(PerSampleAdaptive):
             ha = torch.maximum(ha, floor_h)
         last = ha >= rem
         any_last = bool(last.any())
-        lam_n, tn = la + ha, sde.t_from_log_snr(2 * (la + ha))
+        lam_n = la + ha
         if any_last:  # the end exactly, not λ + (λ_end − λ) rounded
-            lam_n, tn = torch.where(last, lam_end, lam_n), torch.where(last, t_end, tn)
-        m_n, s_n = sde.marginal(tn)
-        ratio = _col(s_n / run.of(mem.sig), xa)
+            lam_n = torch.where(last, lam_end, lam_n)
+        tn, m_n, s_n = sde.at_log_snr(2 * lam_n)
+        if any_last:
+            tn = torch.where(last, t_end, tn)
+        ratio = s_n / run.of(mem.sig)
         if not mem.full:
             mem.full = int(mem.n_hist.min()) >= p
         hist = [run.of(d) for d in mem.hist]
-        past = torch.stack([run.of(v) for v in mem.hlam], 1) - la.unsqueeze(1)  # (b, p) offsets ≤ 0
-        scale = m_n.unsqueeze(1) / torch.stack([run.of(v) for v in mem.hm], 1)
+        inv_h = ha.reciprocal()
+        v = [(run.of(lj) - la).mul_(inv_h) for lj in mem.hlam[1:]]  # older nodes in units of the step (newest: 0)
+        scale = [m_n / run.of(mj) for mj in mem.hm]  # the history holds m_j x̂_0, the step needs m' x̂_0
         if mem.full:  # the usual case: every row at order p
             k = None
-            wp, wc0, wc = self._weights(ha, past, scale)
-            x_pred, x_cb = _combine(xa * ratio, hist, wp, wc)
+            w, ell, omega = exp_pc_weights(ha, v)
+            x_pred, x_ext = _combine(xa, hist, ratio, w, ell, scale)
         else:
             k = run.of(mem.n_hist).clamp(max=p)
-            x_pred, x_cb = torch.empty_like(xa), torch.empty_like(xa)
-            wc0 = torch.empty_like(ha)
+            x_pred, x_ext, omega = torch.empty_like(xa), torch.empty_like(xa), torch.empty_like(ha)
             for kk in range(1, p + 1):  # rows grouped by their current order
                 grp = Rows((k == kk).nonzero().squeeze(1), idx.numel())
                 if grp.idx.numel() == 0:
                     continue
-                wp, w0, wc = self._weights(grp.of(ha), grp.of(past[:, :kk]), grp.of(scale[:, :kk]))
-                xp, xc = _combine(grp.of(xa) * grp.of(ratio), [grp.of(d) for d in hist[:kk]], wp, wc)
-                for buf, v in ((x_pred, xp), (x_cb, xc), (wc0, w0)):
-                    grp.write(buf, v)
-        accepted = torch.zeros(b, dtype=torch.bool, device=x.device)
-        if not self.correct_last and t_end == mem.t_last and any_last:  # final step: predictor only
-            done = idx[last]
-            x[done] = x_pred[last]
-            mem.lam[done] = lam_end
-            mem.t[done] = t_end
-            mem.acc_n[done] += 1
-            accepted[done] = True
-            keep = (~last).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                return accepted
-            idx, xa, la, ha, lam_n, tn, m_n, s_n, x_pred, x_cb, wc0 = (
-                v.index_select(0, keep) for v in (idx, xa, la, ha, lam_n, tn, m_n, s_n, x_pred, x_cb, wc0))
-            k = None if k is None else k[keep]
-            forced = None if forced is None else forced[keep]
-            run = Rows(idx, b)
-            ctx.rows = None if run.all else idx
-        d_new = _scaled_x0(ctx, x_pred, tn, s_n)
-        run.add(mem.rows, 1.0)
-        x_corr = x_cb.addcmul_(_col(wc0, xa), d_new)
-        diff = x_corr - x_pred
-        if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = ‖diff‖/δ
-            err = _rms(diff).double() / (self.atol * self.data_scale * m_n + self.rtol * s_n)
+                w, ell, om = exp_pc_weights(grp.of(ha), [grp.of(vj) for vj in v[:kk - 1]])
+                xp, xe = _combine(grp.of(xa), [grp.of(d) for d in hist[:kk]], grp.of(ratio), w, ell,
+                                  [grp.of(c) for c in scale[:kk]])
+                for buf, val in ((x_pred, xp), (x_ext, xe), (omega, om)):
+                    grp.write(buf, val)
+        final = not self.correct_last and t_end == mem.t_last and any_last
+        if final:  # the rows whose step ends the solve take the predictor: their new value is set to
+            # the history's extrapolation (no evaluation), so the gap is 0 and the corrector leaves them
+            d_new, keep = x_ext.clone(), (~last).nonzero().squeeze(1)
+            if keep.numel():
+                part = Rows(idx.index_select(0, keep), b)
+                ctx.rows = part.idx
+                d_new[keep] = _scaled_x0(ctx, x_pred.index_select(0, keep), tn.index_select(0, keep),
+                                         s_n.index_select(0, keep))
+                part.add(mem.rows, 1.0)
+        else:
+            d_new = _scaled_x0(ctx, x_pred, tn, s_n)
+            run.add(mem.rows, 1.0)
+        gap = torch.sub(d_new, x_ext, out=x_ext)  # m' (x̂_0' − P(λ')): the new value off the history's extrapolation
+        x_corr = x_pred.addcmul_(_col(omega, xa), gap)  # the corrector; x' − x̃ = ω·gap
+        if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = |ω| ‖gap‖/δ
+            a_d = self.atol * self.data_scale
+            delta = torch.add(m_n, s_n, alpha=self.rtol / a_d).mul_(a_d)
+            err = _rms(gap).double().mul_(omega.abs()).div_(delta)
         else:
             delta = torch.maximum(xa.abs(), x_corr.abs()).mul_(self.rtol).add_(self.atol)
-            err = _rms(diff.div_(delta)).double()
+            err = _rms(gap.mul_(_col(omega, xa)).div_(delta)).double()
         if not self.per_sample:
             err = err.max().expand_as(err)
-        ok = err <= 1 if forced is None else (err <= 1) | forced
+        log_err = err.clamp_min(1e-12).log_()
+        ok = log_err <= 0
+        for always in (forced, last if final else None):  # a step at the budget's bound; the final predictor
+            if always is not None:
+                ok |= always
         # accepted among the running rows, and in the batch (no gather when all were accepted)
         sel = self._accept(ok, int(ok.sum()), run, b)
-        mem.hlam = _push(mem.hlam, lam_n.clone(), sel)
-        mem.hist = _push(mem.hist, d_new, sel)
-        mem.hm = _push(mem.hm, m_n, sel)
+        rest = _not_pushed(sel, b)
+        mem.hlam = _push(mem.hlam, lam_n.clone(), sel, rest)
+        mem.hist = _push(mem.hist, d_new, sel, rest)
+        mem.hm = _push(mem.hm, m_n, sel, rest)
         mem.x = sel.merge(x, x_corr)
         mem.lam = sel.merge(mem.lam, lam_n)
         mem.t = sel.merge(mem.t, tn)
         mem.sig = sel.merge(mem.sig, s_n)
-        sel.acc.add(mem.n_hist, 1)
+        if not mem.full:  # the history's depth matters until every row is at full order
+            sel.acc.add(mem.n_hist, 1)
         run.add(mem.acc_n, ok.double())
         run.add(mem.rej_n, (~ok).double())
-        e_run = run.of(mem.eprev)
+        lp_run = run.of(mem.log_eprev)
         q = float(p + 1) if k is None else k.double() + 1
-        fac = self._factor(err, e_run, q, ok)
-        mem.eprev = run.set(mem.eprev, torch.where(ok, err.clamp_min(1e-4), e_run))
-        mem.h = run.set(mem.h, ha * fac)
-        sel.acc.write(accepted, torch.ones_like(sel.acc.idx, dtype=torch.bool))
-        return accepted
+        fac = self._factor(log_err, lp_run, q, ok)
+        mem.log_eprev = run.set(mem.log_eprev, torch.where(ok, log_err.clamp_min(_LOG_E_MIN), lp_run))
+        mem.h = run.set(mem.h, fac.mul_(ha))
+        return self._accepted_mask(run, ok, b)
 
 
-def _combine(base: Tensor, hist: list[Tensor], wp: Tensor, wc: Tensor) -> tuple[Tensor, Tensor]:
-    """The predictor base + Σ_j wp_j D_j and the corrector's known part base + Σ_j wc_j D_j."""
-    x_pred = x_cb = base
-    for j, d in enumerate(hist[: wp.shape[1]]):
-        first = j == 0  # out of place: base stays intact
-        x_pred = torch.addcmul(x_pred, _col(wp[:, j], d), d) if first else x_pred.addcmul_(_col(wp[:, j], d), d)
-        x_cb = torch.addcmul(x_cb, _col(wc[:, j], d), d) if first else x_cb.addcmul_(_col(wc[:, j], d), d)
-    return x_pred, x_cb
+def _combine(x: Tensor, hist: list[Tensor], ratio: Tensor, w: list[Tensor], ell: list[Tensor], scale: list[Tensor]
+             ) -> tuple[Tensor, Tensor]:
+    """The predictor r x + Σ_j w_j c_j D_j and the extrapolation Σ_j l_j c_j D_j (c_j = ``scale``)."""
+    x_pred, x_ext = x * _col(ratio, x), hist[0] * _col(ell[0] * scale[0], x)
+    for j, (wj, d) in enumerate(zip(w, hist)):
+        x_pred.addcmul_(_col(wj * scale[j], d), d)
+        if j:
+            x_ext.addcmul_(_col(ell[j] * scale[j], d), d)
+    return x_pred, x_ext
 
 
-def _push(hist: list[Tensor], fresh: Tensor, sel: Accepted) -> list[Tensor]:
+def _push(hist: list[Tensor], fresh: Tensor, sel: Accepted, rest: Tensor | None) -> list[Tensor]:
     """The history with the new entry in front for the accepted rows (their oldest entry dropped),
     the other rows' history unchanged; ``fresh``: the new entries on the running rows (taken
-    over).  Like ``Accepted.merge``, touches only the fewer of the accepted and rejected rows."""
+    over).  ``rest``: the batch rows not accepted, when they are fewer than the accepted ones
+    (else None).  Touches only the fewer of the two: rotates the list and shifts the rest back,
+    or shifts the accepted rows forward."""
     if sel.acc.all:
         return [fresh] + hist[:-1]
     out = [h.clone() if any(h is g for g in hist[:i]) else h for i, h in enumerate(hist)]  # entries may alias
-    if sel.rej is not None:  # rotate, then shift the rejected rows back
-        rej = sel.rej
-        first = out[0][rej]
+    if rest is not None:
+        first = out[0].index_select(0, rest)
         for j in range(len(out) - 1):
-            out[j][rej] = out[j + 1][rej]
-        fresh[rej] = first
-        return [fresh] + out[:-1]
+            out[j][rest] = out[j + 1].index_select(0, rest)
+        if fresh.shape[0] == out[0].shape[0]:  # every row ran: the new entries are the head
+            head = fresh
+        else:  # the dropped oldest entries make room for the new ones
+            head = out[-1]
+            head[sel.acc.idx] = sel.oks.of(fresh)
+        head[rest] = first
+        return [head] + out[:-1]
     idx = sel.acc.idx
     for j in range(len(out) - 1, 0, -1):
-        out[j][idx] = out[j - 1][idx]
+        out[j][idx] = out[j - 1].index_select(0, idx)
     out[0][idx] = sel.oks.of(fresh)
     return out
+
+
+def _not_pushed(sel: Accepted, b: int) -> Tensor | None:
+    """The batch rows whose history stays (rejected, or not running), when fewer than the accepted
+    ones, else None (``_push`` then moves the accepted rows instead)."""
+    if sel.acc.all or 2 * sel.acc.idx.numel() <= b:
+        return None
+    if sel.rej is not None:
+        return sel.rej
+    mask = torch.ones(b, dtype=torch.bool, device=sel.acc.idx.device)
+    mask[sel.acc.idx] = False
+    return mask.nonzero().squeeze(1)
