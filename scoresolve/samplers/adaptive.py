@@ -27,7 +27,7 @@ from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ..sde import SDE, append_dims
 from ._common import Rows
-from .brownian import BrownianMemory
+from .brownian import BrownianMemory, _gather, _words
 
 __all__ = ["Accepted", "PerSampleAdaptive", "GottaGoFast", "AdaptiveODE", "improved_euler_step"]
 
@@ -54,10 +54,11 @@ def _new_size(h: Tensor, err: Tensor, safety: float, exponent: float, per_sample
     return h * (safety * err.clamp_min(1e-12).pow(-exponent)).clamp(max=10.0)
 
 
-def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z: Tensor
-                        ) -> tuple[Tensor, Tensor]:
+def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z: Tensor | None = None, *,
+                        dw: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One reverse-SDE step t -> t_next (per-sample float64 times, h = t − t_next > 0) with a
-    shared draw z: returns (Euler-Maruyama x', stochastic improved Euler x'').  2 evaluations.
+    shared draw z, or its Brownian increment dw = √h z itself: returns (Euler-Maruyama x',
+    stochastic improved Euler x'').  2 evaluations.
 
     x' = x − h F(x, t) + g(t) √h z;  x̃ = x' − h F(x', t') + g(t') √h z;  x'' = ½ (x + x̃),
     F(x, t) = f(t) x − g(t)² s(x, t) the reverse drift.
@@ -65,13 +66,25 @@ def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z
     """
     tdt = torch.promote_types(x.dtype, torch.float32)
     h = t - t_next
-    sq = h.sqrt()
-    f0, g0, f1, g1 = sde.drift_coef(t), sde.diffusion(t), sde.drift_coef(t_next), sde.diffusion(t_next)
+    tt = torch.stack([t, t_next])  # both stages' coefficients at once, as (2, b) rows
+    f, g = (torch.as_tensor(v, dtype=tt.dtype, device=tt.device).expand_as(tt)  # an SDE may return a float
+            for v in (sde.drift_coef(tt), sde.diffusion(tt)))
+    if dw is None:
+        dw, g_w = z, g * h.sqrt()
+    else:
+        g_w = g
+    # per stage: a = 1 − h f, c = h g², the noise's g (√h); the second stage's halved (x'' = ½ x + ½ x̃)
+    k = torch.stack([torch.addcmul(h.new_ones(()), h, f, value=-1.0), g * g * h, g_w]).to(x.dtype)
+    k[:, 1] *= 0.5
+    k = k.view(k.shape + (1,) * (x.ndim - 1))
+    if x[0].numel() <= 4:  # short rows: the coefficients spelled out, as broadcasting over them is slow
+        k = k.expand(k.shape[:2] + x.shape).contiguous()
+    (a0, a1), (c0, c1), (n0, n1) = k
     # x' = (1 − h f) x + h g² s(x, t) + g √h z
-    x1 = torch.addcmul(x * _col(1 - h * f0, x), _col(h * g0 * g0, x), score(x, t.to(tdt))).addcmul_(_col(g0 * sq, x), z)
+    x1 = torch.addcmul(x * a0, c0, score(x, t.to(tdt))).addcmul_(n0, dw)
     # x'' = ½ x + ½ (1 − h f') x' + ½ h g'² s(x', t') + ½ g' √h z
-    x2 = torch.addcmul(x * 0.5, _col(0.5 * (1 - h * f1), x), x1)
-    x2.addcmul_(_col(0.5 * h * g1 * g1, x), score(x1, t_next.to(tdt))).addcmul_(_col(0.5 * g1 * sq, x), z)
+    x2 = torch.addcmul(x * 0.5, a1, x1)
+    x2.addcmul_(c1, score(x1, t_next.to(tdt))).addcmul_(n1, dw)
     return x1, x2
 
 
@@ -228,27 +241,73 @@ class GottaGoFast(PerSampleAdaptive):
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         x, b, idx = mem.x, mem.x.shape[0], run.idx
-        xa, ta = run.of(x), run.of(mem.t)
-        ha = torch.minimum(run.of(mem.h), ta - t_end)
-        last = ha >= ta - t_end
-        tn = torch.where(last, torch.full_like(ta, t_end), ta - ha)
-        w_h = mem.memory.propose(idx, ha, run.of(ctx.noise(x.shape)).to(x.dtype))  # W(h), unbiased by rejections
-        x1, x2 = improved_euler_step(ctx.sde, ctx.score, xa, ta, tn, w_h / _col(ha.sqrt(), xa))
+        rows = (lambda v: v) if run.all else (lambda v: _gather(v, idx))  # run.of, faster on short rows
+        xa, ta = rows(x), run.of(mem.t)
+        rem = ta - t_end
+        ha = torch.minimum(run.of(mem.h), rem)
+        last = torch.ge(ha, rem, out=torch.empty_like(ha))  # 0/1: lerp gives t_end exactly at the last step
+        tn = torch.lerp(ta - ha, rem.new_full((), t_end), last)
+        w_h = mem.memory.propose(idx, ha, rows(ctx.noise(x.shape)).to(x.dtype))  # W(h), unbiased by rejections
+        x1, x2 = improved_euler_step(ctx.sde, ctx.score, xa, ta, tn, dw=w_h)
         run.add(mem.rows, 2.0)
+        # E² = mean(((x' − x'')/δ)²) with δ = max(atol, rtol·max(|x'|, |x'_prev|)) = rtol·m,
+        # m = max(|x'|, |x'_prev|, atol/rtol); x' is not needed past its error
         a1 = x1.abs()
-        delta = torch.maximum(a1, run.of(mem.x_prev)).mul_(self.rtol).clamp_(min=self.atol)
-        err = _rms(x1.sub_(x2).div_(delta)).double()  # x' is not needed past its error
-        ok = err <= 1 if self.per_sample else (err.max() <= 1).expand_as(err)
+        xp = rows(mem.x_prev)
+        m = torch.maximum(a1, xp).clamp_(min=self.atol / self.rtol)
+        e2 = self._sum_square(x1.sub_(x2).div_(m))  # E² · (row size) · rtol²
+        if not self.per_sample:
+            e2 = e2.max().expand_as(e2)
+        ok = e2 <= x[0].numel() * self.rtol**2
         n_ok = int(ok.sum())  # the one host sync of the step control
-        mem.memory.resolve(idx, ha, w_h, ok, n_rejected=ok.numel() - n_ok)
-        sel = self._accept(ok, n_ok, run, b)
-        mem.x = sel.merge(x, x2)
-        mem.x_prev = sel.merge(mem.x_prev, a1)
-        mem.t = sel.merge(mem.t, tn)
-        run.add(mem.acc_n, ok.double())
-        run.add(mem.rej_n, (~ok).double())
-        mem.h = run.set(mem.h, _new_size(ha, err, self.safety, self.exponent, self.per_sample))
-        return self._accepted_mask(run, ok, b)
+        # the rejected rows keep their state: copied into the proposal's (fewer rows than a merge)
+        rej = (~ok).nonzero().squeeze(1) if n_ok < ok.numel() else None
+        mem.memory.resolve(idx, ha, w_h, ok, n_rejected=ok.numel() - n_ok, rejected=rej)
+        if rej is not None:
+            for new, old in ((x2, xa), (a1, xp), (tn, ta)):
+                self._copy_rows(new, rej, _gather(old, rej))
+        if run.all:
+            mem.x, mem.x_prev, mem.t = x2, a1, tn
+        else:
+            for old, new in ((x, x2), (mem.x_prev, a1), (mem.t, tn)):
+                self._copy_rows(old, idx, new)
+        run.add(mem.acc_n, ok)  # rej_n follows at the end: proposals (rows / 2) − acc_n
+        # h θ E^{−r}, growth capped at 10× (E can be 0 on a linear stretch): E clamped at (θ/10)^{1/r}
+        e2 = e2.clamp_min(x[0].numel() * self.rtol**2 * (self.safety / 10.0) ** (2.0 / self.exponent))
+        if self.exponent == 0.5:
+            fac = e2.sqrt_().rsqrt_()  # (E²)^{−1/4}, then the scale of E² folded into the factor below
+        else:
+            fac = e2.pow_(-0.5 * self.exponent)
+        scale = self.safety * (x[0].numel() * self.rtol**2) ** (0.5 * self.exponent)
+        mem.h = run.set(mem.h, fac.mul_(scale) * ha)
+        return ok if run.all else self._accepted_mask(run, ok, b)
+
+    def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
+        mem = state.memory
+        mem.rej_n = mem.rows * 0.5 - mem.acc_n
+        return super().finish(ctx, state, denoise)
+
+    @staticmethod
+    def _copy_rows(dst: Tensor, index: Tensor, src: Tensor) -> None:
+        """dst.index_copy_(0, index, src), as 8-byte words where the rows are (2-3× faster)."""
+        wd, ws = _words(dst), _words(src)
+        if wd is None or ws is None:
+            dst.index_copy_(0, index, src)
+        else:
+            wd.index_copy_(0, index, ws)
+
+    @staticmethod
+    def _sum_square(v: Tensor) -> Tensor:
+        """Σ v² per sample; a small row as a sum of columns (a reduction over a short inner
+        dimension costs ~10× more)."""
+        v = v.flatten(1)
+        if v.shape[1] > 8:
+            return torch.linalg.vector_norm(v, dim=1).square_()
+        sq = v.square_()
+        out = sq[:, 0].clone()
+        for j in range(1, v.shape[1]):
+            out += sq[:, j]
+        return out
 
 
 @renamed(max_iters="max_steps")
