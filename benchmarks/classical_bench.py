@@ -343,10 +343,24 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    held-out VP em 12 of 12 ahead.  Test: em's evaluation times on the quadratic grid are t_i + θ_i Δ_i with
    the time-based θ (fails with the index-based one).
 
+19. **ald's step: α_i = 2 σ_i², not NCSNv2's Technique 4.**  ald was behind at 1000 NFE on VE (8-ring 3.06 /
+   17.7 vs 2.96 / 17.0; 2-mode 8.96 / 25.0 vs 7.93 / 22.5).  Technique 4 sets α_i/σ_i² = u so that a point
+   mass's chain keeps its variance ratio near 1 (u = 0.09 at 100 levels, 0.23 at 10); score_sde's snr rule
+   takes u = 4·0.16² = 0.10, which already put us ahead (2.69 / 14.95, 7.74 / 21.48).  Larger steps mix
+   faster where the data are wider than the level's σ, and the measured quality kept improving up to
+   u ≈ 2 (3 seeds, VE 100 levels, u = 0.5 / 1 / 1.5 / 2 / 3: 8-ring 1.15 / 2.90, 0.94 / 1.57, 0.95 / 0.95,
+   1.01 / 0.66, 0.98 / 0.72; 2-mode 1.63 / 4.42, 1.19 / 2.39, 1.09 / 1.28, 1.13 / 0.73, 1.32 / 6.05; 2-mode VP
+   u = 1.5 / 2 / 2.5: 1.56 / 0.83, 1.45 / 1.35, 1.47 / 3.30; 64-d VE 10 levels u = 0.23 (Technique 4) / 1 / 2:
+   8.73 / 1084, 1.63 / 111, 1.27 / 64).  u = 2 is the default (`step_ratio=2`: one step is m x̂_0(x) +
+   √2 σ_i z); `step_ratio=None` keeps Technique 4.  All ald cells ahead now (1000 NFE: 8-ring VE 1.01 / 0.66,
+   2-mode VE 1.13 / 0.73), behind 9 → 7; the registry test at 1600 NFE that ald failed (components 7-14 %
+   too wide, an expected failure since issue 15) passes on VP, sub-VP and VE, and fails again with
+   Technique 4.
+
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1], or "shifted": 1, but 0 on sub-VP; "ramped": as "shifted" with
 θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1] or
 "analytic", ancestral only), `PC(coefficients="transition"|"frozen"|"stable"|"auto")` (reverse_diffusion only),
-`PC(end="auto"|"mean"|"x0")`, grid kinds `"classical"` (quadratic for VP / sub-VP,
+`PC(end="auto"|"mean"|"x0")`, `AnnealedLangevin(step_ratio=u)` (α_i = u σ_i²; None: Technique 4), grid kinds `"classical"` (quadratic for VP / sub-VP,
 uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform for VE, on VP quadratic up to 100 steps
 and uniform beyond).  With a shift the corrector runs at the shifted time too.  Defaults: `em`
 t_eval="ramped", `reverse_diffusion` t_eval="shifted" with coefficients="stable", `ancestral` variance="analytic", those

@@ -349,17 +349,15 @@ def test_final_denoising_step_is_the_exact_posterior_mean(name, sde_name):
 def test_ald_is_exactly_annealed_langevin_on_a_gaussian(sde_name):
     """ALD misses its declared weak order (KNOWN_WEAK_ORDER_DEFECTS), so its algorithm is pinned
     instead: on N(μ, v) each level rescales by m(t_i)/m(t_{i−1}) and takes Langevin steps
-    x' = (1 − α/(2 v_t)) x + (α/2) m μ / v_t + √α z, α = ε (σ_i/σ_L)², whose exact mean and variance
+    x' = (1 − α/(2 v_t)) x + (α/2) m μ / v_t + √α z, α = ε (σ_i/σ_L)² = 2 σ_i², whose exact mean and variance
     recursion (coefficients written from the SDE's parameters) the sampler must reproduce."""
     from helpers import marginal_np
-
-    from scoresolve.ncsn import ald_step_size
 
     sde, gm, k, n = SDES[sde_name], gaussian_1d(1.0, 0.5), 3, 6
     ts = ss.make_grid("log_snr", sde, n, 1e-3).tolist()
     mean, var = exact_moments_on_grid(ss.AnnealedLangevin(n_steps_each=k), gm, sde, ts, n_draws=n * k)
     sig = [marginal_np(sde, t)[2] for t in ts[1:]]
-    lr = ald_step_size((sig[0] / sig[-1]) ** (1 / (n - 1)), k, sig[-1])
+    lr = 2.0 * sig[-1] ** 2  # the default step: α_i = 2 σ_i²
     m0, _, s0, _ = marginal_np(sde, ts[0])
     mu, v = m0 * 1.0, m0 * m0 * 0.25 + s0 * s0
     for t_prev, t in zip(ts[:-1], ts[1:]):
@@ -551,15 +549,17 @@ def test_denoise_false_returns_the_state_at_the_last_grid_time(name):
 
 
 @pytest.mark.parametrize("levels", [1, 2, 4])
-@pytest.mark.parametrize("step_lr", [None, 0.004])
-def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr):
+@pytest.mark.parametrize("rule", ["ratio", "ncsnv2", "lr"])
+def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, rule):
     """NCSN's ALD (Song & Ermon 2019, Alg. 1) on VE, written here from the paper with σ_i from the SDE's
     parameters: at each level x <- x + (α_i/2) s(x, σ_i) + √α_i z, α_i = ε σ_i²/σ_L², n_steps_each times.
-    With step_lr=None, ε is NCSNv2's Technique 4 (Song & Ermon 2020, eq. 9 ratio = 1, γ = σ_1/σ_2)."""
+    ε: by default 2 σ_L² (α_i = 2 σ_i²); with step_ratio=None NCSNv2's Technique 4 (Song & Ermon 2020,
+    eq. 9 ratio = 1, γ = σ_1/σ_2); step_lr given, that."""
     from helpers import marginal_np
 
     sde, gm, T = ss.VESDE(sigma_max=10.0), gaussian_1d(1.0, 0.5), 3
-    s = ss.start(gm.score_fn(sde), sde, (6, 1), "ald", steps=levels, n_steps_each=T, step_lr=step_lr,
+    kw = {"ratio": {}, "ncsnv2": {"step_ratio": None}, "lr": {"step_lr": 0.004}}[rule]
+    s = ss.start(gm.score_fn(sde), sde, (6, 1), "ald", steps=levels, n_steps_each=T, **kw,
                  generator=gen(2), dtype=F64, denoise=False)
     draws = torch.randn(levels * T, 6, 1, generator=gen(3), dtype=F64)
     it = iter(draws)
@@ -569,7 +569,7 @@ def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr
         state = s.sampler.step(ctx, state, t, t_next)
     sig = [marginal_np(sde, t)[2] for t in s.ts[1:]]
     eps = state.stats["step_lr"]
-    if step_lr is None:  # Technique 4: ε brings (1 − u)^{2T} (γ² − c) + c, c = 2u/(1 − (1 − u)²), u = ε/σ_L², nearest 1
+    if rule == "ncsnv2":  # Technique 4: ε brings (1 − u)^{2T} (γ² − c) + c, c = 2u/(1 − (1 − u)²), u = ε/σ_L², nearest 1
         import numpy as np
 
         gamma = sig[0] / sig[1] if levels > 1 else 1.0
@@ -579,8 +579,10 @@ def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, step_lr
             return np.abs((1 - u) ** (2 * T) * (gamma**2 - c) + c - 1)
 
         assert miss(eps / sig[-1] ** 2) <= miss(np.linspace(1e-6, 1 - 1e-6, 200_001)).min() + 1e-9
+    elif rule == "ratio":
+        assert eps == 2.0 * sig[-1] ** 2
     else:
-        assert eps == step_lr
+        assert eps == 0.004
     x, k = s.x.clone(), 0
     for t, si in zip(s.ts[1:], sig):
         alpha = eps * si**2 / sig[-1] ** 2

@@ -200,10 +200,6 @@ def test_every_registered_sampler_reaches_the_noise_floor(method, sde_name):
     components, a missing mode and a collapse onto one mode is shown in test_convergence)."""
     sde = SDES[sde_name]
     sampler = ss.SAMPLERS[method]
-    if isinstance(sampler, ss.AnnealedLangevin):
-        # measured at 100 levels x 100 steps: components 7-14% too wide in variance (width z = +6..+13
-        # at this sample size) on every SDE; the old 2x-floor tolerance let it pass.  Reported on issue 15.
-        pytest.xfail("ALD's components are 7-14% too wide (library defect, see the comment)")
     # first-order methods carry an O(1/NFE) bias (ancestral on VP: ~4% narrower in variance at 800 NFE,
     # close to the 4.5 se threshold), so they get twice the budget: the bias halves, far from it
     kw = {"nfe": 800 if float(sampler.order) >= 2 else 1600} if sampler.nfe_per_step is not None else {}
