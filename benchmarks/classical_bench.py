@@ -360,7 +360,8 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
 New options: `PC(t_eval=θ)` (θ ∈ [0, 1], or "shifted": 1, but 0 on sub-VP; "ramped": as "shifted" with
 θ = (i + 1)/N on VP; "shifted_vp": 1 on VP, 0 elsewhere), `PC(variance=λ)` (λ ∈ [0, 1] or
 "analytic", ancestral only), `PC(coefficients="transition"|"frozen"|"stable"|"auto")` (reverse_diffusion only),
-`PC(end="auto"|"mean"|"x0")`, `AnnealedLangevin(step_ratio=u)` (α_i = u σ_i²; None: Technique 4), grid kinds `"classical"` (quadratic for VP / sub-VP,
+`PC(end="auto"|"mean"|"x0")`, `AnnealedLangevin(step_ratio=u)` (α_i = u σ_i²; None: Technique 4),
+grid kinds `"classical"` (quadratic for VP / sub-VP,
 uniform for VE) and `"classical_pc"` (quadratic for sub-VP, uniform for VE, on VP quadratic up to 100 steps
 and uniform beyond).  With a shift the corrector runs at the shifted time too.  Defaults: `em`
 t_eval="ramped", `reverse_diffusion` t_eval="shifted" with coefficients="stable", `ancestral` variance="analytic", those

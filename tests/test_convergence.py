@@ -569,7 +569,7 @@ def test_annealed_langevin_sampler_is_song_and_ermon_algorithm_1(levels, rule):
         state = s.sampler.step(ctx, state, t, t_next)
     sig = [marginal_np(sde, t)[2] for t in s.ts[1:]]
     eps = state.stats["step_lr"]
-    if rule == "ncsnv2":  # Technique 4: ε brings (1 − u)^{2T} (γ² − c) + c, c = 2u/(1 − (1 − u)²), u = ε/σ_L², nearest 1
+    if rule == "ncsnv2":  # Technique 4: ε brings (1 − u)^{2T} (γ² − c) + c, c = 2u/(1 − (1 − u)²), u = ε/σ_L², to 1
         import numpy as np
 
         gamma = sig[0] / sig[1] if levels > 1 else 1.0
