@@ -20,7 +20,7 @@ from torch import Tensor
 from ..sde import SDE
 
 __all__ = ["Schedule", "schedule", "scaled_denoised", "exp_moments", "exp_weights",
-           "exp_pc_weights", "lincomb", "Rows"]
+           "exp_pc_weights", "lincomb", "Rows", "words", "gather_rows", "copy_rows"]
 
 
 class Schedule(NamedTuple):
@@ -68,11 +68,11 @@ def exp_moments(h: Tensor, n: int) -> Tensor:
     The series Ĵ_k = Σ_j (−h)^j k!/(j+k+1)! (Horner) for small h (no cancellation as h → 0), else
     the recursion Ĵ_0 = (1 − e^{−h})/h, Ĵ_k = (1 − k Ĵ_{k−1})/h (relative error ≲ 1e-16·k!/h^k).
     """
-    return torch.stack(_moment_rows(h, n), -1)
+    return torch.stack(_moment_rows(h.reshape(-1), n), -1).reshape(h.shape + (n + 1,))
 
 
 def _moment_rows(h: Tensor, n: int, scaled: bool = False, switch: float = _SERIES_H) -> list[Tensor]:
-    """``exp_moments`` as n + 1 tensors shaped like h, one per k, or with ``scaled`` the
+    """``exp_moments`` for a 1-D h as n + 1 tensors shaped like h, one per k, or with ``scaled`` the
     M_k = h Ĵ_k (M_0 = 1 − e^{−h}, M_k = 1 − k M_{k−1}/h).  The series only where some h needs it
     (one host sync).  ``switch``: the h below which the series is used (the recursion's relative
     error there is ≲ 1e-16·n!/h^n).  Separate rows: each later use reads one of them, contiguous."""
@@ -85,9 +85,6 @@ def _moment_rows(h: Tensor, n: int, scaled: bool = False, switch: float = _SERIE
     small = h < switch
     if not bool(small.any()):
         return rows
-    if h.ndim != 1:
-        series = _series(h.clamp(max=switch), n)
-        return list(torch.where(small, series * h if scaled else series, torch.stack(rows)).unbind(0))
     pos = small.nonzero().squeeze(1)  # usually a few rows (a step cut short at the end)
     hs = h.index_select(0, pos)
     series = _series(hs, n)
@@ -196,6 +193,33 @@ def exp_pc_weights(h: Tensor, past: list[Tensor]) -> tuple[list[Tensor], list[Te
     return w, ell, omega.div_(r_one)
 
 
+def words(t: Tensor) -> Tensor | None:
+    """A contiguous (n, …) tensor whose rows are 8 bytes (a 2-D sample in float32) as n int64
+    words: gathering and scattering words is 2-3× faster than rows of two floats.  Else None."""
+    if t.ndim == 0 or t.element_size() * math.prod(t.shape[1:]) != 8 or not t.is_contiguous():
+        return None
+    if t.storage_offset() % (8 // t.element_size()):
+        return None  # a view starting mid-word
+    return t.reshape(t.shape[0], 8 // t.element_size()).view(torch.int64).view(-1)
+
+
+def gather_rows(t: Tensor, index: Tensor) -> Tensor:
+    """t.index_select(0, index), through ``words`` where it applies."""
+    w = words(t)
+    if w is None:
+        return t.index_select(0, index)
+    return w.index_select(0, index).view(t.dtype).view((index.numel(),) + t.shape[1:])
+
+
+def copy_rows(dst: Tensor, index: Tensor, src: Tensor) -> None:
+    """dst.index_copy_(0, index, src), through ``words`` where it applies."""
+    wd, ws = words(dst), words(src)
+    if wd is None or ws is None:
+        dst.index_copy_(0, index, src)
+    else:
+        wd.index_copy_(0, index, ws)
+
+
 class Rows:
     """The rows ``idx`` of a batch of ``n``.  When idx is every row (the usual case: all samples
     running, at full order, accepted) reads are the tensors themselves and writes rebind, so the
@@ -205,14 +229,16 @@ class Rows:
         self.idx, self.all = idx, idx.numel() == n
 
     def of(self, v: Tensor, dim: int = 0) -> Tensor:
-        return v if self.all else v.index_select(dim, self.idx)
+        if self.all:
+            return v
+        return gather_rows(v, self.idx) if dim == 0 else v.index_select(dim, self.idx)
 
     def set(self, v: Tensor, value: Tensor) -> Tensor:
         """v with its rows idx replaced by value: value itself when idx is every row, else v
         updated in place."""
         if self.all:
             return value
-        v[self.idx] = value
+        copy_rows(v, self.idx, value)
         return v
 
     def write(self, v: Tensor, value: Tensor) -> None:
@@ -220,7 +246,7 @@ class Rows:
         if self.all:
             v.copy_(value)
         else:
-            v[self.idx] = value
+            copy_rows(v, self.idx, value)
 
     def add(self, v: Tensor, value) -> None:
         if self.all:

@@ -13,7 +13,6 @@ sample lands on (the trajectory is kept there).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import ClassVar
@@ -26,15 +25,28 @@ from ..ode import score_in_dtype, working_dtype
 from ..options import option
 from ..protocol import Context, SamplerBase, State
 from ..sde import SDE, append_dims
-from ._common import Rows
-from .brownian import BrownianMemory, _gather, _words
+from ._common import Rows, copy_rows, gather_rows
+from .brownian import BrownianMemory
 
 __all__ = ["Accepted", "PerSampleAdaptive", "GottaGoFast", "AdaptiveODE", "improved_euler_step"]
 
 
+def _sum_square(v: Tensor) -> Tensor:
+    """Σ v² per sample; a small row as a sum of columns (a reduction over a short inner
+    dimension costs ~10× more)."""
+    v = v.flatten(1)
+    if v.shape[1] > 8:
+        return torch.linalg.vector_norm(v, dim=1).square_()
+    sq = v.square()
+    out = sq[:, 0].clone()
+    for j in range(1, v.shape[1]):
+        out += sq[:, j]
+    return out
+
+
 def _rms(v: Tensor) -> Tensor:
-    """Root mean square per sample (one pass)."""
-    return torch.linalg.vector_norm(v.flatten(1), dim=1) / math.sqrt(v[0].numel())
+    """Root mean square per sample."""
+    return _sum_square(v).div_(v[0].numel()).sqrt_()
 
 
 def _col(v: Tensor, like: Tensor) -> Tensor:
@@ -103,9 +115,9 @@ class Accepted:
         if self.acc.all:
             return new
         if self.rej is not None:
-            new[self.rej] = old.index_select(0, self.rej)  # index_select: ~3x faster than old[rej]
+            copy_rows(new, self.rej, gather_rows(old, self.rej))
             return new
-        old[self.acc.idx] = self.oks.of(new)
+        copy_rows(old, self.acc.idx, self.oks.of(new))
         return old
 
 
@@ -241,21 +253,20 @@ class GottaGoFast(PerSampleAdaptive):
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         x, b, idx = mem.x, mem.x.shape[0], run.idx
-        rows = (lambda v: v) if run.all else (lambda v: _gather(v, idx))  # run.of, faster on short rows
-        xa, ta = rows(x), run.of(mem.t)
+        xa, ta = run.of(x), run.of(mem.t)
         rem = ta - t_end
         ha = torch.minimum(run.of(mem.h), rem)
         last = torch.ge(ha, rem, out=torch.empty_like(ha))  # 0/1: lerp gives t_end exactly at the last step
         tn = torch.lerp(ta - ha, rem.new_full((), t_end), last)
-        w_h = mem.memory.propose(idx, ha, rows(ctx.noise(x.shape)).to(x.dtype))  # W(h), unbiased by rejections
+        w_h = mem.memory.propose(idx, ha, run.of(ctx.noise(x.shape)).to(x.dtype))  # W(h), unbiased by rejections
         x1, x2 = improved_euler_step(ctx.sde, ctx.score, xa, ta, tn, dw=w_h)
         run.add(mem.rows, 2.0)
         # E² = mean(((x' − x'')/δ)²) with δ = max(atol, rtol·max(|x'|, |x'_prev|)) = rtol·m,
         # m = max(|x'|, |x'_prev|, atol/rtol); x' is not needed past its error
         a1 = x1.abs()
-        xp = rows(mem.x_prev)
+        xp = run.of(mem.x_prev)
         m = torch.maximum(a1, xp).clamp_(min=self.atol / self.rtol)
-        e2 = self._sum_square(x1.sub_(x2).div_(m))  # E² · (row size) · rtol²
+        e2 = _sum_square(x1.sub_(x2).div_(m))  # E² · (row size) · rtol²
         if not self.per_sample:
             e2 = e2.max().expand_as(e2)
         ok = e2 <= x[0].numel() * self.rtol**2
@@ -265,12 +276,8 @@ class GottaGoFast(PerSampleAdaptive):
         mem.memory.resolve(idx, ha, w_h, ok, n_rejected=ok.numel() - n_ok, rejected=rej)
         if rej is not None:
             for new, old in ((x2, xa), (a1, xp), (tn, ta)):
-                self._copy_rows(new, rej, _gather(old, rej))
-        if run.all:
-            mem.x, mem.x_prev, mem.t = x2, a1, tn
-        else:
-            for old, new in ((x, x2), (mem.x_prev, a1), (mem.t, tn)):
-                self._copy_rows(old, idx, new)
+                copy_rows(new, rej, gather_rows(old, rej))
+        mem.x, mem.x_prev, mem.t = (run.set(old, new) for old, new in ((x, x2), (mem.x_prev, a1), (mem.t, tn)))
         run.add(mem.acc_n, ok)  # rej_n follows at the end: proposals (rows / 2) − acc_n
         # h θ E^{−r}, growth capped at 10× (E can be 0 on a linear stretch): E clamped at (θ/10)^{1/r}
         e2 = e2.clamp_min(x[0].numel() * self.rtol**2 * (self.safety / 10.0) ** (2.0 / self.exponent))
@@ -286,28 +293,6 @@ class GottaGoFast(PerSampleAdaptive):
         mem = state.memory
         mem.rej_n = mem.rows * 0.5 - mem.acc_n
         return super().finish(ctx, state, denoise)
-
-    @staticmethod
-    def _copy_rows(dst: Tensor, index: Tensor, src: Tensor) -> None:
-        """dst.index_copy_(0, index, src), as 8-byte words where the rows are (2-3× faster)."""
-        wd, ws = _words(dst), _words(src)
-        if wd is None or ws is None:
-            dst.index_copy_(0, index, src)
-        else:
-            wd.index_copy_(0, index, ws)
-
-    @staticmethod
-    def _sum_square(v: Tensor) -> Tensor:
-        """Σ v² per sample; a small row as a sum of columns (a reduction over a short inner
-        dimension costs ~10× more)."""
-        v = v.flatten(1)
-        if v.shape[1] > 8:
-            return torch.linalg.vector_norm(v, dim=1).square_()
-        sq = v.square_()
-        out = sq[:, 0].clone()
-        for j in range(1, v.shape[1]):
-            out += sq[:, j]
-        return out
 
 
 @renamed(max_iters="max_steps")

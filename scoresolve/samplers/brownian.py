@@ -10,32 +10,16 @@ differential equations via natural embeddings and rejection sampling with memory
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ..sde import append_dims
+from ._common import gather_rows
+from ._common import words as word_view
 
 __all__ = ["BrownianMemory"]
 
 _FAR = 2.0**60  # an index past every point (float64 index arithmetic is exact below 2**53)
-
-
-def _words(t: Tensor) -> Tensor | None:
-    """A contiguous (n, …) tensor whose rows are 8 bytes (a 2-D sample in float32) as n int64
-    words: gathering and scattering words is 2-3× faster than rows of two floats.  Else None."""
-    if t.ndim == 0 or t.element_size() * math.prod(t.shape[1:]) != 8 or not t.is_contiguous():
-        return None
-    return t.reshape(t.shape[0], 8 // t.element_size()).view(torch.int64).view(-1)
-
-
-def _gather(t: Tensor, index: Tensor) -> Tensor:
-    """t.index_select(0, index), through ``_words`` where it applies."""
-    w = _words(t)
-    if w is None:
-        return t.index_select(0, index)
-    return w.index_select(0, index).view(t.dtype).view((index.numel(),) + t.shape[1:])
 
 
 class BrownianMemory:
@@ -139,14 +123,14 @@ class BrownianMemory:
         k = h.numel()
         lr = torch.cat([left, right]).long()
         t = self.tau.index_select(0, lr)
-        w = _gather(self.pool, self.slot.index_select(0, lr))  # W (absolute) at both neighbours
+        w = gather_rows(self.pool, self.slot.index_select(0, lr))  # W (absolute) at both neighbours
         t_l, t_r, w_l, w_r = t[:k], t[k:], w[:k], w[k:]
         dl = h - t_l  # > 0
         frac = dl / (t_r - t_l)  # ≤ 1; 0 beyond the last point (t_r = ∞, whose W is any finite value)
         sd = (1.0 - frac).mul_(dl).sqrt_()  # the bridge's std; √(h − t_l) beyond the last point
         self._found = (idx, h, i, cnt, start, t_r, every)
         c = torch.stack([frac, sd]).to(xi.dtype)
-        w_0 = self.pool[:self.b] if every else _gather(self.pool, idx)  # W at the origin
+        w_0 = self.pool[:self.b] if every else gather_rows(self.pool, idx)  # W at the origin
         out = (w_l - w_0).addcmul_(append_dims(c[0], xi.ndim), w_r.sub_(w_l))
         return out.addcmul_(append_dims(c[1], xi.ndim), xi)
 
@@ -221,12 +205,12 @@ class BrownianMemory:
             slot.index_copy_(0, dest, self.slot[b + 1:b + 1 + n])
             row.index_copy_(0, dest, rows)
         # the origins of the accepted rows move to W(h); the new points' W (absolute) are appended
-        w_0 = self.pool[:b] if every else _gather(self.pool, idx)
+        w_0 = self.pool[:b] if every else gather_rows(self.pool, idx)
         w_abs = w_0 + w_h
-        words = _words(self.pool) if every and every_rejected else None
+        words = word_view(self.pool) if every and every_rejected else None
         if words is not None:  # short rows: the rejected rows' origins put back (cheaper than a blend)
             kept = words.index_select(0, new)
-            words[:b] = _words(w_abs)
+            words[:b] = word_view(w_abs)
             words.index_copy_(0, new, kept)
         elif every:
             self.pool[:b].addcmul_(append_dims(okd, w_h.ndim).to(w_h.dtype), w_h)
@@ -234,7 +218,7 @@ class BrownianMemory:
             self.pool.index_add_(0, idx, w_h * append_dims(okd, w_h.ndim).to(w_h.dtype))
         if kk:
             top = self.top
-            self.pool[top:top + kk] = _gather(w_abs, new)
+            self.pool[top:top + kk] = gather_rows(w_abs, new)
             at = (start_b if every else start_b.index_select(0, idx)) + i
             dest = at.index_select(0, new).long()
             tau.index_put_((dest,), h.index_select(0, new))
