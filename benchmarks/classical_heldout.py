@@ -79,8 +79,8 @@ def main() -> None:
                         key = (prob, sde_name, method, budget, impl)
                         if key in done or (impl == "ref" and method == "ancestral" and sde_name == "subvp"):
                             continue  # score_sde has no ancestral sampling for sub-VP
-                        if method == "ald" and budget < 20:
-                            continue  # one noise level: as classical_bench, ald starts at 2 levels
+                        if not cb.runs(method, budget):
+                            continue
                         w, lp = measure(target, sde, method, budget, impl, floor, ref_x)
                         rows.append(dict(zip(("problem", "sde", "method", "budget", "impl"), key), w2=w, lp=lp))
                         os.makedirs(os.path.dirname(JSONL), exist_ok=True)
