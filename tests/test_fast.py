@@ -31,8 +31,11 @@ from scoresolve.samplers._common import (
     exp_moments,
     exp_pc_weights,
     exp_weights,
+    lanes,
     lincomb,
+    row_coef,
     schedule,
+    unlane,
 )
 from scoresolve.samplers.adaptive import PerSampleAdaptive, improved_euler_step
 from scoresolve.samplers.adaptive_ms import _not_pushed, _push
@@ -165,6 +168,29 @@ def test_rows_add_counts_on_the_selected_rows_only():
     assert v.tolist() == [0.0, 2.0, 0.0, 0.0, 1.0, 0.0]
     Rows(torch.arange(6), 6).add(v, 0.5)
     assert v.tolist() == [0.5, 2.5, 0.5, 0.5, 1.5, 0.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("layout", ["b1", "b2", "b3", "b122", "b2_transposed", "b2_odd_offset"])
+def test_lanes_scale_each_row_by_its_own_coefficient(layout, dtype):
+    """``lanes`` / ``row_coef`` / ``unlane``: per-row scaling and a fused multiply-add on the lanes view
+    equal the broadcast column computation (to the last bit for a product, to float rounding for the
+    fused one), and the view maps back to the original shape with row i still row i."""
+    g = torch.Generator().manual_seed(0)
+    b = 7
+    base = torch.randn(b, 4, generator=g, dtype=torch.float64).to(dtype)
+    x = {"b1": base[:, :1].contiguous(), "b2": base[:, :2].contiguous(), "b3": base[:, :3].contiguous(),
+         "b122": base.view(b, 1, 2, 2), "b2_transposed": base[:, :2].t().contiguous().t(),
+         "b2_odd_offset": base[:, 1:3]}[layout]
+    y = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    c = torch.randn(b, generator=g, dtype=torch.float64)
+    col = c.to(dtype).view((b,) + (1,) * (x.ndim - 1))
+    xl, yl = lanes(x), lanes(y)
+    shape = x.shape[1:]
+    assert torch.equal(unlane(xl, shape), x)  # the same numbers in the same rows
+    assert torch.equal(unlane(xl * row_coef(c, xl), shape), x * col)
+    tol = dict(rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+    torch.testing.assert_close(unlane(torch.addcmul(xl, row_coef(c, xl), yl), shape), torch.addcmul(x, col, y), **tol)
 
 
 @pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VPSDE(beta_min=0.5, beta_max=35.0), ss.SubVPSDE(), ss.VESDE()],

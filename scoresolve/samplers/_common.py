@@ -20,7 +20,7 @@ from torch import Tensor
 from ..sde import SDE
 
 __all__ = ["Schedule", "schedule", "scaled_denoised", "exp_moments", "exp_weights",
-           "exp_pc_weights", "lincomb", "Rows", "words", "gather_rows", "copy_rows"]
+           "exp_pc_weights", "lincomb", "Rows", "words", "gather_rows", "copy_rows", "lanes", "unlane", "row_coef"]
 
 
 class Schedule(NamedTuple):
@@ -201,6 +201,40 @@ def words(t: Tensor) -> Tensor | None:
     if t.storage_offset() % (8 // t.element_size()):
         return None  # a view starting mid-word
     return t.reshape(t.shape[0], 8 // t.element_size()).view(torch.int64).view(-1)
+
+
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def lanes(v: Tensor) -> Tensor:
+    """v (B, …) as a tensor that a per-row coefficient (``row_coef``) scales cheaply: rows of one
+    number as (B,), rows of two real numbers (a 2-D sample) as (B,) complex, others as they are.
+    A view where v's layout allows (else a copy).  Multiplying (B, 2) by a (B, 1) column takes the
+    CPU's slow broadcasting path (~10× a same-shape operation); a complex number times a real one
+    is the same two products, rounded alike."""
+    b, n = v.shape[0], v[0].numel()
+    if n == 1:
+        return v.reshape(b)
+    if n != 2 or v.dtype not in (torch.float32, torch.float64):
+        return v
+    v = v.reshape(b, 2)
+    if v.stride() != (2, 1) or v.storage_offset() % 2:
+        v = v.clone(memory_format=torch.contiguous_format)
+    return torch.view_as_complex(v)
+
+
+def unlane(v: Tensor, sample_shape: torch.Size) -> Tensor:
+    """The inverse of ``lanes``: v as (B,) + ``sample_shape`` (a view)."""
+    if v.is_complex():
+        v = torch.view_as_real(v)
+    return v.view(v.shape[:1] + sample_shape)
+
+
+def row_coef(c: Tensor, like: Tensor) -> Tensor:
+    """A per-row coefficient c (B,) (float64) shaped and typed to scale ``like``'s rows (a
+    ``lanes`` view or a (B, …) tensor)."""
+    c = c.to(_REAL.get(like.dtype, like.dtype))
+    return c.view(c.shape + (1,) * (like.ndim - 1)) if like.ndim > 1 else c
 
 
 def gather_rows(t: Tensor, index: Tensor) -> Tensor:

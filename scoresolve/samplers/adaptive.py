@@ -24,8 +24,8 @@ from .._compat import renamed
 from ..ode import score_in_dtype, working_dtype
 from ..options import option
 from ..protocol import Context, SamplerBase, State
-from ..sde import SDE, append_dims
-from ._common import Rows, copy_rows, gather_rows
+from ..sde import SDE
+from ._common import Rows, copy_rows, gather_rows, lanes, row_coef, unlane
 from .brownian import BrownianMemory
 
 __all__ = ["Accepted", "PerSampleAdaptive", "GottaGoFast", "AdaptiveODE", "improved_euler_step"]
@@ -49,14 +49,12 @@ def _rms(v: Tensor) -> Tensor:
     return _sum_square(v).div_(v[0].numel()).sqrt_()
 
 
-def _col(v: Tensor, like: Tensor) -> Tensor:
-    """A per-sample float64 coefficient (b,) as a column in the state's dtype."""
-    return append_dims(v, like.ndim).to(like.dtype)
-
-
-def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor) -> Tensor:
-    """m x̂_0 = y + σ² s(y, t) on the rows of y, at per-row times tt (float64) with σ = σ(tt)."""
-    return torch.addcmul(y, _col(s * s, y), ctx.score(y, tt.to(torch.promote_types(y.dtype, torch.float32))))
+def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor, shape: torch.Size) -> Tensor:
+    """m x̂_0 = y + σ² s(y, t) on the rows of y (a ``lanes`` view of samples of ``shape``, as is
+    the result), at per-row times tt (float64) with σ = σ(tt)."""
+    yr = unlane(y, shape)
+    out = ctx.score(yr, tt.to(torch.promote_types(yr.dtype, torch.float32)))
+    return torch.addcmul(y, row_coef(s * s, y), lanes(out))
 
 
 def _new_size(h: Tensor, err: Tensor, safety: float, exponent: float, per_sample: bool) -> Tensor:
@@ -86,18 +84,17 @@ def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z
     else:
         g_w = g
     # per stage: a = 1 − h f, c = h g², the noise's g (√h); the second stage's halved (x'' = ½ x + ½ x̃)
-    k = torch.stack([torch.addcmul(h.new_ones(()), h, f, value=-1.0), g * g * h, g_w]).to(x.dtype)
+    k = torch.stack([torch.addcmul(h.new_ones(()), h, f, value=-1.0), g * g * h, g_w])
     k[:, 1] *= 0.5
-    k = k.view(k.shape + (1,) * (x.ndim - 1))
-    if x[0].numel() <= 4:  # short rows: the coefficients spelled out, as broadcasting over them is slow
-        k = k.expand(k.shape[:2] + x.shape).contiguous()
-    (a0, a1), (c0, c1), (n0, n1) = k
+    shape, xl, dwl = x.shape[1:], lanes(x), lanes(dw)  # the linear combinations on lanes views
+    (a0, a1), (c0, c1), (n0, n1) = row_coef(k, xl).unbind(0)
     # x' = (1 − h f) x + h g² s(x, t) + g √h z
-    x1 = torch.addcmul(x * a0, c0, score(x, t.to(tdt))).addcmul_(n0, dw)
+    x1 = torch.addcmul(xl * a0, c0, lanes(score(x, t.to(tdt)))).addcmul_(n0, dwl)
     # x'' = ½ x + ½ (1 − h f') x' + ½ h g'² s(x', t') + ½ g' √h z
-    x2 = torch.addcmul(x * 0.5, a1, x1)
-    x2.addcmul_(c1, score(x1, t_next.to(tdt))).addcmul_(n1, dw)
-    return x1, x2
+    x1 = unlane(x1, shape)
+    x2 = torch.addcmul(xl * 0.5, a1, lanes(x1))
+    x2.addcmul_(c1, lanes(score(x1, t_next.to(tdt)))).addcmul_(n1, dwl)
+    return x1, unlane(x2, shape)
 
 
 @dataclass
@@ -330,16 +327,19 @@ class AdaptiveODE(PerSampleAdaptive):
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         sde, x, b, idx, lam_end = ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
+        shape = x.shape[1:]  # the linear combinations on lanes views
         need = Rows(idx[~run.of(mem.have_d0)], b)
         if need.idx.numel():  # D_0 at the current point (kept across rejections)
             ctx.rows = None if need.all else need.idx
             tt = need.of(mem.t)
             m, s = sde.marginal(tt)
-            need.write(mem.d0, _scaled_x0(ctx, need.of(x), tt, s).div_(_col(m, x)))
+            yl = lanes(need.of(x))
+            need.write(mem.d0, unlane(_scaled_x0(ctx, yl, tt, s, shape).div_(row_coef(m, yl)), shape))
             ctx.rows = None if run.all else idx
             need.add(mem.rows, 1.0)
             need.write(mem.have_d0, torch.ones_like(need.idx, dtype=torch.bool))
-        xa, la, da = run.of(x), run.of(mem.lam), run.of(mem.d0)
+        xa, la = run.of(x), run.of(mem.lam)
+        xl, da = lanes(xa), lanes(run.of(mem.d0))
         rem = lam_end - la
         ha = torch.minimum(run.of(mem.h), rem)
         last = ha >= rem
@@ -351,17 +351,19 @@ class AdaptiveODE(PerSampleAdaptive):
         i1, i2, i3 = -torch.expm1(-z)
         sig = run.of(mem.sig)
         # u_1 = (σ_1/σ) x + m_1 I_1 D_0
-        u1 = torch.addcmul(xa * _col(s1 / sig, xa), _col(m1 * i1, xa), da)
-        d1 = _scaled_x0(ctx, u1, ts[0], s1)  # m_1 D_1
+        u1 = torch.addcmul(xl * row_coef(s1 / sig, xl), row_coef(m1 * i1, xl), da)
+        d1 = _scaled_x0(ctx, u1, ts[0], s1, shape)  # m_1 D_1
         # u_2 = (σ_2/σ) x + m_2 (I_2 − 2φ_2) D_0 + 2 m_2 φ_2 D_1,  φ_2 = 1 − I_2/(2h/3)
         c2 = 2 * m2 * (1 - i2 / z[1])
-        u2 = torch.addcmul(xa * _col(s2 / sig, xa), _col(m2 * i2 - c2, xa), da).addcmul_(_col(c2 / m1, xa), d1)
-        d2 = _scaled_x0(ctx, u2, ts[1], s2)  # m_2 D_2
+        u2 = torch.addcmul(xl * row_coef(s2 / sig, xl), row_coef(m2 * i2 - c2, xl), da)
+        u2.addcmul_(row_coef(c2 / m1, xl), d1)
+        d2 = _scaled_x0(ctx, u2, ts[1], s2, shape)  # m_2 D_2
         run.add(mem.rows, 2.0)
-        base = xa * _col(sn / sig, xa)
+        base = xl * row_coef(sn / sig, xl)
         c3, c2nd = 1.5 * mn * (1 - i3 / ha), 1.5 * mn * i3  # third order: φ(h), second: I(h)
-        x3 = torch.addcmul(base, _col(mn * i3 - c3, xa), da).addcmul_(_col(c3 / m2, xa), d2)
-        x2 = torch.addcmul(base, _col(mn * i3 - c2nd, xa), da).addcmul_(_col(c2nd / m1, xa), d1)
+        x3 = torch.addcmul(base, row_coef(mn * i3 - c3, xl), da).addcmul_(row_coef(c3 / m2, xl), d2)
+        x2 = torch.addcmul(base, row_coef(mn * i3 - c2nd, xl), da).addcmul_(row_coef(c2nd / m1, xl), d1)
+        x3, x2 = unlane(x3, shape), unlane(x2, shape)
         delta = torch.maximum(x2.abs(), xa.abs()).mul_(self.rtol).clamp_(min=self.atol)
         err = _rms(x2.sub_(x3).div_(delta)).double()
         ok = err <= 1 if self.per_sample else (err.max() <= 1).expand_as(err)

@@ -26,8 +26,8 @@ from torch import Tensor
 from .._compat import renamed
 from ..options import option
 from ..protocol import Context
-from ._common import Rows, exp_pc_weights
-from .adaptive import Accepted, PerSampleAdaptive, _col, _rms, _scaled_x0
+from ._common import Rows, exp_pc_weights, lanes, row_coef, unlane
+from .adaptive import Accepted, PerSampleAdaptive, _rms, _scaled_x0
 
 __all__ = ["AdaptiveMultistep"]
 
@@ -108,7 +108,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
         m0, s0 = sde.marginal(mem.t)
         # the history, newest first: p tensors of scaled data predictions m x̂_0 = x + σ² s, their λ
         # and m (every row's history has n_hist valid entries; the rest repeat the oldest)
-        mem.hist = [_scaled_x0(ctx, x, mem.t, s0)] * p
+        mem.hist = [unlane(_scaled_x0(ctx, lanes(x), mem.t, s0, x.shape[1:]), x.shape[1:])] * p
         mem.hlam, mem.hm = [mem.lam.clone()] * p, [m0] * p
         mem.n_hist = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
         mem.full = p == 1  # on the host: every row holds p entries (all at full order)
@@ -141,23 +141,24 @@ class AdaptiveMultistep(PerSampleAdaptive):
         ratio = s_n / run.of(mem.sig)
         if not mem.full:
             mem.full = int(mem.n_hist.min()) >= p
-        hist = [run.of(d) for d in mem.hist]
+        shape = x.shape[1:]
+        xl, hist = lanes(xa), [lanes(run.of(d)) for d in mem.hist]  # linear combinations on lanes views
         inv_h = ha.reciprocal()
         v = [(run.of(lj) - la).mul_(inv_h) for lj in mem.hlam[1:]]  # older nodes in units of the step (newest: 0)
         scale = [m_n / run.of(mj) for mj in mem.hm]  # the history holds m_j x̂_0, the step needs m' x̂_0
         if mem.full:  # the usual case: every row at order p
             k = None
             w, ell, omega = exp_pc_weights(ha, v)
-            x_pred, x_ext = _combine(xa, hist, ratio, w, ell, scale)
+            x_pred, x_ext = _combine(xl, hist, ratio, w, ell, scale)
         else:
             k = run.of(mem.n_hist).clamp(max=p)
-            x_pred, x_ext, omega = torch.empty_like(xa), torch.empty_like(xa), torch.empty_like(ha)
+            x_pred, x_ext, omega = torch.empty_like(xl), torch.empty_like(xl), torch.empty_like(ha)
             for kk in range(1, p + 1):  # rows grouped by their current order
                 grp = Rows((k == kk).nonzero().squeeze(1), idx.numel())
                 if grp.idx.numel() == 0:
                     continue
                 w, ell, om = exp_pc_weights(grp.of(ha), [grp.of(vj) for vj in v[:kk - 1]])
-                xp, xe = _combine(grp.of(xa), [grp.of(d) for d in hist[:kk]], grp.of(ratio), w, ell,
+                xp, xe = _combine(grp.of(xl), [grp.of(d) for d in hist[:kk]], grp.of(ratio), w, ell,
                                   [grp.of(c) for c in scale[:kk]])
                 for buf, val in ((x_pred, xp), (x_ext, xe), (omega, om)):
                     grp.write(buf, val)
@@ -169,20 +170,20 @@ class AdaptiveMultistep(PerSampleAdaptive):
                 part = Rows(idx.index_select(0, keep), b)
                 ctx.rows = part.idx
                 d_new[keep] = _scaled_x0(ctx, x_pred.index_select(0, keep), tn.index_select(0, keep),
-                                         s_n.index_select(0, keep))
+                                         s_n.index_select(0, keep), shape)
                 part.add(mem.rows, 1.0)
         else:
-            d_new = _scaled_x0(ctx, x_pred, tn, s_n)
+            d_new = _scaled_x0(ctx, x_pred, tn, s_n, shape)
             run.add(mem.rows, 1.0)
         gap = torch.sub(d_new, x_ext, out=x_ext)  # m' (x̂_0' − P(λ')): the new value off the history's extrapolation
-        x_corr = x_pred.addcmul_(_col(omega, xa), gap)  # the corrector; x' − x̃ = ω·gap
+        x_corr = unlane(x_pred.addcmul_(row_coef(omega, xl), gap), shape)  # the corrector; x' − x̃ = ω·gap
         if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = |ω| ‖gap‖/δ
             a_d = self.atol * self.data_scale
             delta = torch.add(m_n, s_n, alpha=self.rtol / a_d).mul_(a_d)
-            err = _rms(gap).double().mul_(omega.abs()).div_(delta)
+            err = _rms(unlane(gap, shape)).double().mul_(omega.abs()).div_(delta)
         else:
             delta = torch.maximum(xa.abs(), x_corr.abs()).mul_(self.rtol).add_(self.atol)
-            err = _rms(gap.mul_(_col(omega, xa)).div_(delta)).double()
+            err = _rms(unlane(gap.mul_(row_coef(omega, gap)), shape).div_(delta)).double()
         if not self.per_sample:
             err = err.max().expand_as(err)
         log_err = err.clamp_min(1e-12).log_()
@@ -194,7 +195,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
         sel = self._accept(ok, int(ok.sum()), run, b)
         rest = _not_pushed(sel, b)
         mem.hlam = _push(mem.hlam, lam_n.clone(), sel, rest)
-        mem.hist = _push(mem.hist, d_new, sel, rest)
+        mem.hist = _push(mem.hist, unlane(d_new, shape), sel, rest)
         mem.hm = _push(mem.hm, m_n, sel, rest)
         mem.x = sel.merge(x, x_corr)
         mem.lam = sel.merge(mem.lam, lam_n)
@@ -214,12 +215,13 @@ class AdaptiveMultistep(PerSampleAdaptive):
 
 def _combine(x: Tensor, hist: list[Tensor], ratio: Tensor, w: list[Tensor], ell: list[Tensor], scale: list[Tensor]
              ) -> tuple[Tensor, Tensor]:
-    """The predictor r x + Σ_j w_j c_j D_j and the extrapolation Σ_j l_j c_j D_j (c_j = ``scale``)."""
-    x_pred, x_ext = x * _col(ratio, x), hist[0] * _col(ell[0] * scale[0], x)
+    """The predictor r x + Σ_j w_j c_j D_j and the extrapolation Σ_j l_j c_j D_j (c_j = ``scale``);
+    x and the D_j are ``lanes`` views."""
+    x_pred, x_ext = x * row_coef(ratio, x), hist[0] * row_coef(ell[0] * scale[0], x)
     for j, (wj, d) in enumerate(zip(w, hist)):
-        x_pred.addcmul_(_col(wj * scale[j], d), d)
+        x_pred.addcmul_(row_coef(wj * scale[j], d), d)
         if j:
-            x_ext.addcmul_(_col(ell[j] * scale[j], d), d)
+            x_ext.addcmul_(row_coef(ell[j] * scale[j], d), d)
     return x_pred, x_ext
 
 
