@@ -345,9 +345,8 @@ class AdaptiveODE(PerSampleAdaptive):
         last = ha >= rem
         z = ha * torch.tensor([1 / 3, 2 / 3, 1.0], dtype=ha.dtype, device=ha.device).unsqueeze(1)  # (3, b)
         lam_n = torch.where(last, lam_end, la + ha)
-        ts = sde.t_from_log_snr(2 * (la + z))  # t_1, t_2, t'
+        ts, (m1, m2, mn), (s1, s2, sn) = sde.at_log_snr(2 * (la + z))  # at t_1, t_2, t'
         ts[2] = torch.where(last, t_end, ts[2])
-        (m1, m2, mn), (s1, s2, sn) = sde.marginal(ts)
         i1, i2, i3 = -torch.expm1(-z)
         sig = run.of(mem.sig)
         # u_1 = (σ_1/σ) x + m_1 I_1 D_0
