@@ -215,7 +215,12 @@ class SubVPSDE(VPSDE):
     def diffusion(self, t: Scalar) -> Scalar:
         return _ops(t).sqrt(-self.beta(t) * _ops(t).expm1(-2.0 * self._int_beta(t)))
 
-    at_log_snr = SDE.at_log_snr  # σ is not VP's
+    def at_log_snr(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # with E = e^λ and r = √(1 + 4E) (see t_from_log_snr): σ = 1 − m² = 2/(1 + r), m = σ √E
+        # (no cancellation at either end), ∫β = −log(1 − σ)
+        e = torch.exp(lam)
+        sig = torch.sqrt(e * 4.0 + 1.0).add_(1.0).reciprocal_().mul_(2.0)
+        return self._t_from_int_beta(torch.log1p(-sig).neg_()), e.sqrt_().mul_(sig), sig
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         # u = m²: λ = log u − 2 log(1 − u)  =>  e^λ u² − (2e^λ + 1) u + e^λ = 0, smaller root.

@@ -196,8 +196,8 @@ def test_lanes_scale_each_row_by_its_own_coefficient(layout, dtype):
 @pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VPSDE(beta_min=0.5, beta_max=35.0), ss.SubVPSDE(), ss.VESDE()],
                          ids=["vp", "vp_steep", "subvp", "ve"])
 def test_at_log_snr_is_the_time_and_marginal_at_that_log_snr(sde):
-    """``sde.at_log_snr(λ)`` = (t(λ), m(t), σ(t)) to round-off over the whole schedule (VP takes a
-    shortcut through e^{−λ}; the others the round trip through t)."""
+    """``sde.at_log_snr(λ)`` = (t(λ), m(t), σ(t)) to round-off over the whole schedule (VP and sub-VP
+    take shortcuts through e^{∓λ}; VE the round trip through t)."""
     t = torch.linspace(1e-5, 1.0, 2001, dtype=torch.float64)
     got_t, m, s = sde.at_log_snr(sde.log_snr(t))
     m_ref, s_ref = sde.marginal(t)
