@@ -193,6 +193,13 @@ def test_lanes_scale_each_row_by_its_own_coefficient(layout, dtype):
     torch.testing.assert_close(unlane(torch.addcmul(xl, row_coef(c, xl), yl), shape), torch.addcmul(x, col, y), **tol)
 
 
+def test_lanes_keep_the_real_layout_off_the_cpu():
+    """The complex view is a CPU measure: elsewhere a 2-D sample keeps its (B, 2) layout (and a
+    coefficient broadcasts as a column), so devices without full complex support are not asked for it."""
+    x = torch.empty(5, 2, device="meta")
+    assert lanes(x) is x and row_coef(torch.ones(5, dtype=torch.float64, device="meta"), x).shape == (5, 1)
+
+
 @pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VPSDE(beta_min=0.5, beta_max=35.0), ss.SubVPSDE(), ss.VESDE()],
                          ids=["vp", "vp_steep", "subvp", "ve"])
 def test_at_log_snr_is_the_time_and_marginal_at_that_log_snr(sde):

@@ -208,14 +208,15 @@ _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 def lanes(v: Tensor) -> Tensor:
     """v (B, …) as a tensor that a per-row coefficient (``row_coef``) scales cheaply: rows of one
-    number as (B,), rows of two real numbers (a 2-D sample) as (B,) complex, others as they are.
-    A view where v's layout allows (else a copy).  Multiplying (B, 2) by a (B, 1) column takes the
-    CPU's slow broadcasting path (~10× a same-shape operation); a complex number times a real one
-    is the same two products, rounded alike."""
+    number as (B,), rows of two real numbers (a 2-D sample, on CPU) as (B,) complex, others as
+    they are.  A view where v's layout allows (else a copy).  Multiplying (B, 2) by a (B, 1) column
+    takes the CPU's slow broadcasting path (~9× a same-shape operation); a complex number times a
+    real one is the same two products, rounded alike.  On other devices broadcasting is not slow,
+    and complex support varies (MPS), so they keep the real layout."""
     b, n = v.shape[0], v[0].numel()
     if n == 1:
         return v.reshape(b)
-    if n != 2 or v.dtype not in (torch.float32, torch.float64):
+    if n != 2 or v.dtype not in (torch.float32, torch.float64) or v.device.type != "cpu":
         return v
     v = v.reshape(b, 2)
     if v.stride() != (2, 1) or v.storage_offset() % 2:
