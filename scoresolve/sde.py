@@ -215,20 +215,20 @@ class SubVPSDE(VPSDE):
     def diffusion(self, t: Scalar) -> Scalar:
         return _ops(t).sqrt(-self.beta(t) * _ops(t).expm1(-2.0 * self._int_beta(t)))
 
+    @staticmethod
+    def _std_from_log_snr(lam: Scalar) -> Scalar:
+        # u = m²: λ = log u − 2 log(1 − u)  =>  e^λ u² − (2e^λ + 1) u + e^λ = 0, smaller root.
+        # In σ = w = 1 − u: e^λ w² + w − 1 = 0, so w = 2 / (1 + sqrt(1 + 4e^λ)) (no cancellation)
+        o = _ops(lam)
+        return 2.0 / (1.0 + o.sqrt(1.0 + 4.0 * o.exp(lam)))
+
     def at_log_snr(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # with E = e^λ and r = √(1 + 4E) (see t_from_log_snr): σ = 1 − m² = 2/(1 + r), m = σ √E
-        # (no cancellation at either end), ∫β = −log(1 − σ)
-        e = torch.exp(lam)
-        sig = torch.sqrt(e * 4.0 + 1.0).add_(1.0).reciprocal_().mul_(2.0)
-        return self._t_from_int_beta(torch.log1p(-sig).neg_()), e.sqrt_().mul_(sig), sig
+        # σ as in t_from_log_snr, m = σ e^{λ/2} (λ = log(m²/σ²)), ∫β = −log(1 − σ)
+        sig = self._std_from_log_snr(lam)
+        return self._t_from_int_beta(torch.log1p(-sig).neg_()), torch.exp(0.5 * lam).mul_(sig), sig
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
-        # u = m²: λ = log u − 2 log(1 − u)  =>  e^λ u² − (2e^λ + 1) u + e^λ = 0, smaller root.
-        # In w = 1 − u: e^λ w² + w − 1 = 0, so w = 2 / (1 + sqrt(1 + 4e^λ)); then ∫β = −log u.
-        o = _ops(lam)
-        w = 2.0 / (1.0 + o.sqrt(1.0 + 4.0 * o.exp(lam)))
-        ib = -o.log1p(-w)
-        return self._t_from_int_beta(ib)
+        return self._t_from_int_beta(-_ops(lam).log1p(-self._std_from_log_snr(lam)))
 
 
 class VarianceExploding(SDE):

@@ -89,10 +89,10 @@ def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z
     shape, xl, dwl = x.shape[1:], lanes(x), lanes(dw)  # the linear combinations on lanes views
     (a0, a1), (c0, c1), (n0, n1) = row_coef(k, xl).unbind(0)
     # x' = (1 − h f) x + h g² s(x, t) + g √h z
-    x1 = torch.addcmul(xl * a0, c0, lanes(score(x, t.to(tdt)))).addcmul_(n0, dwl)
+    x1l = torch.addcmul(xl * a0, c0, lanes(score(x, t.to(tdt)))).addcmul_(n0, dwl)
+    x1 = unlane(x1l, shape)
     # x'' = ½ x + ½ (1 − h f') x' + ½ h g'² s(x', t') + ½ g' √h z
-    x1 = unlane(x1, shape)
-    x2 = torch.addcmul(xl * 0.5, a1, lanes(x1))
+    x2 = torch.addcmul(xl * 0.5, a1, x1l)
     x2.addcmul_(c1, lanes(score(x1, t_next.to(tdt)))).addcmul_(n1, dwl)
     return x1, unlane(x2, shape)
 
