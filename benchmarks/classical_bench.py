@@ -219,6 +219,19 @@ Cells are `comp. W2 / logp gap` as multiples of their floors at 10 / 20 / 50 / 1
    is ~3× cheaper than it, inside the published 2-10×; the time-shifted EM (new default) gets 1.04 /
    1.70 at 100 and 0.81 / 0.58 at 1000, so against it GGF is not cheaper here.  GGF's NFE and overhead
    are tabulated in benchmarks/adaptive_overhead.md.
+   **Since: the error against the noise level** (`error_norm="noise"`: δ = atol·s_d·m(t') + rtol·σ(t')
+   per sample, s_d = 0.2, as `ode_adaptive_ps`; rtol = atol = 0.04; `benchmarks/ggf_norm.md`, 10k samples,
+   3-12 seeds, W2 / logp as above): 8-ring VP 197 NFE 0.99 / 1.18, VE 282: 0.99 / 0.97; 64-d VP 139:
+   1.00 / 1.01, VE 198: 1.00 / 1.16; held-out 8-d mixture VP 168: 1.03 / 0.63, VE 239: 0.99 / 0.70.  The
+   state norm (rtol 0.02) took 305 / 538 / 228 / 415 / 278 / 510 NFE there and missed the 64-d VE
+   log-density floor (2.52×); the paper's defaults miss it on VE by 2.5-6.6×.  The state norm ties δ to
+   |x|, so at the end of the solve it is as loose as the data are far from the origin: on the 8-ring moved
+   to (5, 5) (VP) it ends 3.6× (rtol 0.02) and 83× (the paper's) its log-density floor, W2 2.7× / 14.5×,
+   the noise norm 0.74 / 1.03.  Against EM at equal quality (the suites table in benchmarks/README.md: NFE
+   from which both metrics stay within 2×, one seed, with the final denoising): 8-ring VP GGF 112 against
+   em 500 (4.5× fewer; textbook EM ~1000, ~9×), 64-d VP 84 against 200 (2.4×), inside the published 2-10×;
+   on the VE ring em (uniform in log σ) reaches both floors by 100 NFE, where GGF needs ~280 (and its one-seed
+   suite cells, denoised, stay above 2× on the log-density up to 441 NFE): not cheaper there.
 
 8. **VE's last step keeps σ_min** (2 seeds, ring8 / two; NFE: W2 / logp).  VE's marginal has σ(0) = σ_min,
    so the last step's noise-free mean still carries σ_min of noise, which score_sde's final VE step to

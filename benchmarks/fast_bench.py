@@ -37,7 +37,7 @@ RESULTS = HERE / "results"
 FIXED = ["ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
          "unipc"]
 ADAPTIVE_TOLS = {"ode_adaptive_ps": "0.02,0.015,0.01,0.007,0.005",
-                 "ode_adaptive_rk23": "0.01,0.003,0.001", "gotta_go_fast": "0.05,0.02"}
+                 "ode_adaptive_rk23": "0.01,0.003,0.001", "gotta_go_fast": "0.08,0.04,0.02"}
 NFES = "10,15,20,25,35,50"
 CASES = [("ring8", "vp"), ("ring8", "ve"), ("gmm64", "vp"), ("gmm64", "ve")]
 BAR_NFE = 25
@@ -112,7 +112,7 @@ def easyhard(n: int = 4000, n_sde: int = 16000) -> dict:
     curves = {}
     for per_sample in (True, False):
         pts = []
-        for tol in (0.1, 0.05, 0.02, 0.01):
+        for tol in (0.8, 0.4, 0.2, 0.1, 0.05):  # the noise norm: errors above the Monte-Carlo noise need loose ones
             res = ss.sample(score, sde, (n_sde, 2), GottaGoFast(rtol=tol, atol=tol, per_sample=per_sample),
                             generator=torch.Generator().manual_seed(2), denoise=False, dtype=torch.float64)
             lp = tgt.log_prob(res.samples)
@@ -316,7 +316,9 @@ def report() -> None:
                   "(Current defaults: the noise-relative error norm.  It gives every sample the same δ at a",
                   "given λ, so the per-sample gain comes only from where each sample's error estimate is",
                   "large; with the state norm (δ relative to |x|, `norm=\"state\"`) the gain is larger,",
-                  "≤ 0.85× the shared NFE at rtol = atol = 1e-3 in tests/test_fast.py.)", ""]
+                  "≤ 0.85× the shared NFE at rtol = atol = 1e-3 in tests/test_fast.py.  Gotta Go Fast, too, now",
+                  "measures against the noise level: above the Monte-Carlo noise its per-sample and shared",
+                  "steps cost about the same NFE here; errors below ~3 s.e. are noise, not ranks.)", ""]
         for kind, label in (("ode", f"ode_adaptive_ps, {d['n']} samples (error: mean ‖x − exact flow‖, paired "
                                     "with a rtol = 1e-8 solve from the same x_T)"),
                             ("sde", f"gotta_go_fast, {d['sde']['n']} samples (error: |mean log p_eps − E log p_eps|, "
@@ -333,7 +335,8 @@ def report() -> None:
     if oh.exists():
         d = json.loads(oh.read_text())
         lines += ["## Solver overhead at batch 10 000 (wall / time inside the score, same run; median)", "",
-                  "Every row at the current defaults, on a quiet machine.  *draws* is the part of the ratio "
+                  "Every row at the current defaults, on a quiet machine (gotta_go_fast re-measured on 2026-12-06, "
+                  "when its defaults changed, on a machine of the same kind).  *draws* is the part of the ratio "
                   "spent in Gaussian draws (torch's CPU Mersenne Twister: one (10 000, 64) draw ≈ 2.5 ms "
                   "inside the loop, ≈ 3.9 ns per float, 1.8 ms when hot in cache; ≈ 0.08 of a gmm64 score "
                   "call), which a stochastic method pays once per step whatever its bookkeeping; *solver* "
