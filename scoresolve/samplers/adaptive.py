@@ -49,6 +49,13 @@ def _rms(v: Tensor) -> Tensor:
     return _sum_square(v).div_(v[0].numel()).sqrt_()
 
 
+def _noise_delta(m: Tensor, s: Tensor, rtol: float, atol: float, data_scale: float) -> Tensor:
+    """δ = atol·s_d·m + rtol·σ per row (``error_norm="noise"``): absolute errors in data units
+    (s_d = ``data_scale``), relative ones to the noise level; m, σ (b,) at the step's end."""
+    a_d = atol * data_scale
+    return torch.add(m, s, alpha=rtol / a_d).mul_(a_d)
+
+
 def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor, shape: torch.Size) -> Tensor:
     """m x̂_0 = y + σ² s(y, t) on the rows of y (a ``lanes`` view of samples of ``shape``, as is
     the result), at per-row times tt (float64) with σ = σ(tt)."""
@@ -272,8 +279,7 @@ class GottaGoFast(PerSampleAdaptive):
         run.add(mem.rows, 2.0)
         n = x[0].numel()
         if self.error_norm == "noise":  # δ one number per row: E² = Σ (x' − x'')² / (n δ²)
-            m_n, s_n = ctx.sde.marginal(tn)
-            delta = torch.add(s_n * self.rtol, m_n, alpha=self.atol * self.data_scale)
+            delta = _noise_delta(*ctx.sde.marginal(tn), self.rtol, self.atol, self.data_scale)
             e2 = _sum_square(x1.sub_(x2)).double().div_(delta.square_().mul_(n))
             keep = [(x2, xa), (tn, ta)]
         else:  # δ = rtol·m per coordinate, m = max(|x'|, |x'_prev|, atol/rtol); x' is not needed past its error

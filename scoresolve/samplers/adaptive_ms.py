@@ -27,7 +27,7 @@ from .._compat import renamed
 from ..options import option
 from ..protocol import Context
 from ._common import Rows, exp_pc_weights, lanes, row_coef, unlane
-from .adaptive import Accepted, PerSampleAdaptive, _rms, _scaled_x0
+from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0
 
 __all__ = ["AdaptiveMultistep"]
 
@@ -178,8 +178,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
         gap = torch.sub(d_new, x_ext, out=x_ext)  # m' (x̂_0' − P(λ')): the new value off the history's extrapolation
         x_corr = unlane(x_pred.addcmul_(row_coef(omega, xl), gap), shape)  # the corrector; x' − x̃ = ω·gap
         if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = |ω| ‖gap‖/δ
-            a_d = self.atol * self.data_scale
-            delta = torch.add(m_n, s_n, alpha=self.rtol / a_d).mul_(a_d)
+            delta = _noise_delta(m_n, s_n, self.rtol, self.atol, self.data_scale)
             err = _rms(unlane(gap, shape)).double().mul_(omega.abs()).div_(delta)
         else:
             delta = torch.maximum(xa.abs(), x_corr.abs()).mul_(self.rtol).add_(self.atol)
