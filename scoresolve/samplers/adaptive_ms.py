@@ -55,10 +55,20 @@ class AdaptiveMultistep(PerSampleAdaptive):
     reaches eps is the predictor alone (as in UniPC; ``correct_last=True`` evaluates and
     corrects it too, 1 more NFE): measured on the mixtures, this costs no accuracy.
     ``per_sample=False`` shares one step (the batch maximum of E) for comparison.
+    The tail (``tail_sigma`` = σ̃_c): where the solve ends below σ̃_c = σ/m (sub-VP's default end
+    σ̃ ≈ 1e-4; VP's and VE's defaults end at ≈ 0.01 and keep no tail), the steps stop at σ̃_c and one
+    step of the score form in v = σ̃² ends it: dx̃/dv = g/2 with g = (x̃ − x̂_0)/σ̃² = −s/m, held
+    fixed: x̃_end = x̃ − ½ (σ̃_c² − σ̃_end²) g, 1 NFE at λ_c (its x̂_0).  Below the data's scales g
+    hardly moves (for a Gaussian of std s the step is exact to O((σ̃_c/s)⁴)), while x̂_0 − x̃ ∝ σ̃²
+    is exponential in λ, which the multistep's polynomials in λ extrapolate badly: without the tail
+    the samples come out narrower (16-128-d mixtures under sub-VP, 10k samples: log-density bias
+    +1.6 to +5.8 noise floors at 24.5-27.4 NFE; with the tail −0.6 to +0.9 at 3 NFE fewer, as
+    under VP, whose solve ends at about σ̃_c).
     With ``denoise`` a final Tweedie step (1 NFE).
     Fixed budget (``nfe_budget=N``, or ``sample(..., nfe=N)``): every sample makes at most N score
-    evaluations (the final denoising included): with R evaluations left a sample's step is at least
-    (λ_end − λ)/(R + 1) (the final predictor-only step costs none), and a step taken at that bound
+    evaluations (the final denoising and the tail's included): with R evaluations left a sample's step is
+    at least (λ_end − λ)/(R + 1) (the final predictor-only step costs none; with a tail λ_c replaces
+    λ_end and its evaluation is set aside), and a step taken at that bound
     is accepted whatever its error, so the solve always ends within N; with a tolerance tighter
     than the budget allows it uses exactly N.
     Reference: Zhao et al. 2023 (UniPC) for the predictor-corrector pair; Hairer, Nørsett &
@@ -80,6 +90,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
     predictive: float = option(1.0, within="[0, inf)")
     correct_last: bool = False
     nfe_budget: int | None = option(None, within="[2, inf)", integer=True, allow_none=True)
+    tail_sigma: float | None = option(0.01, within="(0, inf)", allow_none=True)
 
     @property
     def order(self) -> float:
@@ -113,7 +124,21 @@ class AdaptiveMultistep(PerSampleAdaptive):
         mem.n_hist = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
         mem.full = p == 1  # on the host: every row holds p entries (all at full order)
         mem.log_eprev = torch.zeros_like(mem.t)  # log of the last accepted error (E_prev = 1 at the start)
+        mem.lam_tail = self._tail_start(sde, ts, ctx.denoise)
         return mem
+
+    def _tail_start(self, sde, ts: list[float], denoise: bool) -> float | None:
+        """λ_c = −log ``tail_sigma`` where the last segment's multistep solve stops and the tail step
+        takes over, or None: no tail (σ̃ at the end ≥ tail_sigma, the last segment starting past
+        λ_c, or a budget without an evaluation to spare for it)."""
+        if self.tail_sigma is None or len(ts) < 2:
+            return None
+        lam_c = -math.log(self.tail_sigma)
+        if not 0.5 * sde.log_snr(ts[-2]) < lam_c < 0.5 * sde.log_snr(ts[-1]):
+            return None
+        if self.nfe_budget is not None and self.nfe_budget < 3 + int(denoise):  # start, a step, the tail
+            return None
+        return lam_c
 
     def _running(self, mem, t_end: float) -> Tensor:
         mem.lam_end = 0.5 * mem.sde.log_snr(t_end)
@@ -121,12 +146,15 @@ class AdaptiveMultistep(PerSampleAdaptive):
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         p, sde, x, b, idx, lam_end = self.solver_order, ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
+        tail = mem.lam_tail is not None and t_end == mem.t_last  # the steps stop at λ_c, the tail step ends
+        lam_stop = mem.lam_tail if tail else lam_end
         xa, la = run.of(x), run.of(mem.lam)
-        rem = lam_end - la
+        rem = lam_stop - la
         ha = torch.minimum(run.of(mem.h), rem)
         forced = None
-        if self.nfe_budget is not None:  # at least (λ_end − λ)/(R + 1) with R evaluations left
-            left = (self.nfe_budget - int(ctx.denoise) - run.of(mem.rows)).clamp_min(0)
+        if self.nfe_budget is not None:  # at least (λ_stop − λ)/(R + 1) with R evaluations left
+            reserved = int(ctx.denoise) + int(mem.lam_tail is not None)  # the final denoising, the tail step
+            left = (self.nfe_budget - reserved - run.of(mem.rows)).clamp_min(0)
             floor_h = rem / (left + 1)
             forced = ha <= floor_h
             ha = torch.maximum(ha, floor_h)
@@ -134,9 +162,9 @@ class AdaptiveMultistep(PerSampleAdaptive):
         any_last = bool(last.any())
         lam_n = la + ha
         if any_last:  # the end exactly, not λ + (λ_end − λ) rounded
-            lam_n = torch.where(last, lam_end, lam_n)
+            lam_n = torch.where(last, lam_stop, lam_n)
         tn, m_n, s_n = sde.at_log_snr(2 * lam_n)
-        if any_last:
+        if any_last and not tail:
             tn = torch.where(last, t_end, tn)
         ratio = s_n / run.of(mem.sig)
         if not mem.full:
@@ -163,7 +191,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
                 for buf, val in ((x_pred, xp), (x_ext, xe), (omega, om)):
                     grp.write(buf, val)
         final = not self.correct_last and t_end == mem.t_last and any_last
-        if final:  # the rows whose step ends the solve take the predictor: their new value is set to
+        if final and not tail:  # the rows whose step ends the solve take the predictor: their new value is set to
             # the history's extrapolation (no evaluation), so the gap is 0 and the corrector leaves them
             d_new, keep = x_ext.clone(), (~last).nonzero().squeeze(1)
             if keep.numel():
@@ -175,6 +203,10 @@ class AdaptiveMultistep(PerSampleAdaptive):
         else:
             d_new = _scaled_x0(ctx, x_pred, tn, s_n, shape)
             run.add(mem.rows, 1.0)
+        if tail and any_last:  # the tail step needs x̃ − x̂_0 at the landing point: keep both
+            pulled = torch.sub(x_pred, d_new)
+            if final:  # the predictor alone at λ_c (the corrector's gap 0), as at the end without a tail
+                d_new = torch.where(_row_mask(last, d_new), x_ext, d_new)
         gap = torch.sub(d_new, x_ext, out=x_ext)  # m' (x̂_0' − P(λ')): the new value off the history's extrapolation
         x_corr = unlane(x_pred.addcmul_(row_coef(omega, xl), gap), shape)  # the corrector; x' − x̃ = ω·gap
         if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = |ω| ‖gap‖/δ
@@ -190,6 +222,9 @@ class AdaptiveMultistep(PerSampleAdaptive):
         for always in (forced, last if final else None):  # a step at the budget's bound; the final predictor
             if always is not None:
                 ok |= always
+        if tail and any_last:
+            x_corr, lam_n, tn, m_n, s_n = self._tail_step(sde, t_end, lam_end, last, x_corr, pulled, shape,
+                                                          lam_n, tn, m_n, s_n)
         # accepted among the running rows, and in the batch (no gather when all were accepted)
         sel = self._accept(ok, int(ok.sum()), run, b)
         rest = _not_pushed(sel, b)
@@ -210,6 +245,25 @@ class AdaptiveMultistep(PerSampleAdaptive):
         mem.log_eprev = run.set(mem.log_eprev, torch.where(ok, log_err.clamp_min(_LOG_E_MIN), lp_run))
         mem.h = run.set(mem.h, fac.mul_(ha))
         return self._accepted_mask(run, ok, b)
+
+    @staticmethod
+    def _tail_step(sde, t_end: float, lam_end: float, last: Tensor, x: Tensor, pulled: Tensor, shape,
+                   lam_n: Tensor, tn: Tensor, m_n: Tensor, s_n: Tensor) -> tuple[Tensor, ...]:
+        """The rows ``last`` (at λ_c) to the end by one step of the score form in v = σ̃²:
+        x̃_end = x̃ − ½ (σ̃² − σ̃_end²) g with g = (x̃ − x̂_0)/σ̃² = −s/m held fixed (``pulled`` = m (x̃ − x̂_0)
+        at the evaluated point, lanes view); the other rows and their times as they are."""
+        m_e, s_e = (float(v) for v in sde.marginal(torch.tensor([t_end], dtype=torch.float64)))
+        ratio2 = (s_e / m_e) ** 2 * (m_n / s_n).square()  # σ̃_end² / σ̃²
+        xl = lanes(x)
+        jump = torch.addcmul(xl, row_coef(ratio2.sub(1.0).mul_(0.5), xl), pulled).mul_(row_coef(m_e / m_n, xl))
+        x = unlane(torch.where(_row_mask(last, xl), jump, xl), shape)
+        return (x, torch.where(last, lam_end, lam_n), torch.where(last, t_end, tn), torch.where(last, m_e, m_n),
+                torch.where(last, s_e, s_n))
+
+
+def _row_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """A (B,) bool mask shaped to select ``like``'s rows in ``torch.where``."""
+    return mask.view(mask.shape + (1,) * (like.ndim - 1))
 
 
 def _combine(x: Tensor, hist: list[Tensor], ratio: Tensor, w: list[Tensor], ell: list[Tensor], scale: list[Tensor]
