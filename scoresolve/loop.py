@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .ode import step_limit_error
-from .protocol import Context, Sampler
+from .protocol import Context, Sampler, tail_step
 
 __all__ = ["run", "Solve"]
 
@@ -103,6 +103,13 @@ def run(
             if keep:
                 traj.append(state.x)
         score.step = state.i
+        if ctx.tail is not None:  # here rather than in finish, so that the trajectory reaches the end
+            state = tail_step(ctx, state)
+            accepted += 1
+            if keep:
+                traj.append(state.x)
+            if callback is not None:
+                callback(accepted - 1, state.t, state.x, x0_of() if x0_of else None)
         x = sampler.finish(ctx, state, ctx.denoise)
     finally:
         bar.close()

@@ -81,6 +81,8 @@ class Context:
         final: ``hook(x) -> x`` applied to the samples after the final denoising.
         rows: the batch rows the current evaluation covers (per-sample adaptive solvers
             evaluate the running rows only; None = every row), for hooks with per-row data.
+        tail: (t_c, t_end) when the grid stops at t_c short of the run's end t_end and ``finish``
+            carries the samples there by one score-form step (``tail_step``), else None.
     """
 
     sde: SDE
@@ -90,6 +92,7 @@ class Context:
     post_step: Callable[[Tensor, Any], Tensor] | None = None
     final: Callable[[Tensor], Tensor] | None = None
     rows: Tensor | None = None
+    tail: tuple[float, float] | None = None
 
     def settle(self, x: Tensor, t) -> Tensor:
         """x after the post-step hook (x itself when there is none)."""
@@ -133,6 +136,27 @@ class AdaptiveSampler(Sampler, Protocol):
     def reached(self, state: State, t_end: float) -> bool: ...
 
 
+def tail_factors(m_c, s_c, m_e: float, s_e: float):
+    """(a, c) of the tail step x_end = a (x + c s(x, t_c)) from m, σ at t_c and at the end:
+    a = m_end/m_c, c = ½ (σ_c² − m_c² σ̃_end²) (σ̃ = σ/m); per-row tensors for (B,) m_c, s_c."""
+    return m_e / m_c, 0.5 * (s_c * s_c - (m_c * s_e / m_e) ** 2)
+
+
+def tail_step(ctx: Context, state: State) -> State:
+    """The end of a run whose grid stops at t_c short of its end (``ctx.tail`` = (t_c, t_end)): one
+    step of the probability-flow ODE in v = σ̃² = (σ/m)² with the score held at its value at t_c,
+    dx̃/dv = −s/(2m), x̃ = x/m:  x_end = (m_end/m_c) (x + ½ (σ_c² − m_c² σ̃_end²) s(x, t_c)); 1 NFE.
+    Below the data's scales s·m hardly moves with v (for a Gaussian of std s_d the step is exact to
+    O((σ̃_c/s_d)⁴)), while x̂_0 − x̃ ∝ σ̃² is exponential in λ = −log σ̃, which the exponential
+    integrators' polynomials in λ extrapolate badly.  A state already at t_end is returned as is."""
+    if ctx.tail is None or state.t != ctx.tail[0]:
+        return state
+    t_c, t_end = ctx.tail
+    a, c = tail_factors(*ctx.sde.marginal(t_c), *ctx.sde.marginal(t_end))
+    x = torch.add(state.x, ctx.score(state.x, t_c), alpha=c).mul_(a)
+    return state.advance(ctx.settle(x, t_end), t_end)
+
+
 def tweedie(ctx: Context, x: Tensor, t: float) -> Tensor:
     """E[x_0 | x_t] = (x + σ(t)² s(x, t)) / m(t) (Tweedie's formula): one evaluation."""
     m, s = ctx.sde.marginal(t)
@@ -167,6 +191,7 @@ class SamplerBase:
         return None
 
     def finish(self, ctx: Context, state: State, denoise: bool) -> Tensor:
+        state = tail_step(ctx, state)
         x = state.x
         if denoise and self.denoise_with in ("tweedie", "step"):
             x = tweedie(ctx, x, state.t if not isinstance(state.t, Tensor) else float(state.t.max()))

@@ -61,8 +61,10 @@ SAMPLERS: dict[str, Sampler] = {
     "ode_adaptive_ps": AdaptiveMultistep(),
     "ode_adaptive_rk23": AdaptiveODE(),
     "sde_srk": TorchSDE("srk"),
-    # the names k-diffusion and diffusers users look for (steps in σ̃ = σ/m, x̃ = x/m; Karras grid):
-    "euler": DDIM(default_grid="karras"),  # k-diffusion sample_euler = DDIM: x̃' = x̃ + (σ̃' − σ̃)(x̃ − x̂_0)/σ̃
+    # the names k-diffusion and diffusers users look for (steps in σ̃ = σ/m, x̃ = x/m; Karras grid; their
+    # grids to the end, without our tail below σ̃ = 0.01):
+    # k-diffusion sample_euler = DDIM: x̃' = x̃ + (σ̃' − σ̃)(x̃ − x̂_0)/σ̃
+    "euler": DDIM(default_grid="karras", tail_sigma=None),
     "heun": EDMHeun(),  # k-diffusion sample_heun = EDM Algorithm 1 (= heun_edm)
     "lms": LMS(),  # k-diffusion sample_lms: linear multistep in σ̃, order 4
     "euler_ancestral": EulerAncestral(),  # k-diffusion sample_euler_ancestral (≈ ddim_eta, noise on every step)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -51,6 +52,26 @@ def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
     return int(steps)
 
 
+def _tail_start(sampler, sde: SDE, eps: float) -> float | None:
+    """t_c where the generated grid of a fixed-step sampler with ``tail_sigma`` stops, σ̃(t_c) = σ/m =
+    tail_sigma, when the run ends below it (``protocol.tail_step`` then ends it), else None.
+    Deterministic samplers only, and not with DDIM's ``step_to`` (a reproduction of diffusers'
+    timesteps)."""
+    sigma = getattr(sampler, "tail_sigma", None)
+    if sigma is None or sampler.nfe_per_step is None or sampler.stochastic:  # (ode_adaptive_ps: its own tail)
+        return None
+    if getattr(sampler, "step_to", None) is not None:
+        return None
+
+    def ratio(t: float) -> float:
+        m, s = sde.marginal(t)
+        return float(s) / float(m)
+
+    if not ratio(eps) < sigma < ratio(sde.T):
+        return None
+    return float(sde.t_from_log_snr(-2.0 * math.log(sigma)))
+
+
 def _with_options(sampler, options: dict):
     if not options:
         return sampler
@@ -67,7 +88,8 @@ def _with_options(sampler, options: dict):
 
 class Start(NamedTuple):
     """What ``start`` returns: the sampler, its context (SDE, counted score, noise, hooks), the
-    initial state x at ts[0] and the grid ts (Python floats, T → eps)."""
+    initial state x at ts[0] and the grid ts (Python floats, T → eps; → t_c when ``ctx.tail`` is
+    set, and ``finish`` then takes the tail step to eps)."""
 
     sampler: Sampler
     ctx: Context
@@ -195,7 +217,8 @@ def sample(
     if solve.x.is_cuda:
         torch.cuda.synchronize(solve.x.device)
     wall = time.perf_counter() - wall
-    stats = {"calls": score.calls, "steps": len(s.ts) - 1, "method": type(sampler).__name__,
+    ts = s.ts if s.ctx.tail is None else s.ts + [s.ctx.tail[1]]  # the tail step's end
+    stats = {"calls": score.calls, "steps": len(ts) - 1, "method": type(sampler).__name__,
              "wall_time": wall, "score_time": score.seconds,
              "overhead": wall / score.seconds if score.seconds > 0 else float("nan"), **solve.stats}
     traj = torch.stack(solve.trajectory) if solve.trajectory is not None else None
@@ -203,7 +226,7 @@ def sample(
         raise FloatingPointError(
             f"sampling produced non-finite samples ({type(sampler).__name__}, {len(s.ts) - 1} steps)"
         )
-    return SampleResult(solve.x, score.nfe, torch.tensor(s.ts, dtype=torch.float64), traj, stats)
+    return SampleResult(solve.x, score.nfe, torch.tensor(ts, dtype=torch.float64), traj, stats)
 
 
 def start(
@@ -259,6 +282,7 @@ def start(
     noise = Noise(generator, seeds, device, dtype)
 
     # time grid
+    tail = None
     if grid is not None and not isinstance(grid, str):
         if steps is not None or eps is not None:
             raise ValueError("a grid tensor fixes the steps and eps; do not pass steps/nfe/eps too")
@@ -268,7 +292,13 @@ def start(
         if kind not in GRIDS:
             raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRIDS)}")
         eps = sde.default_eps if eps is None else check_eps(eps, sde)
-        ts = make_grid(kind, sde, steps or sampler.default_steps, float(eps))
+        tail = _tail_start(sampler, sde, float(eps))
+        if tail is not None and nfe is not None:  # the tail's evaluation comes out of the budget
+            if nfe - 1 - sampler.extra_nfe(denoise) >= sampler.nfe_per_step:
+                steps = steps_for_nfe(sampler, nfe - 1, denoise)
+            else:
+                tail = None
+        ts = make_grid(kind, sde, steps or sampler.default_steps, float(eps) if tail is None else tail)
 
     # initial state
     if x_init is not None:
@@ -282,7 +312,7 @@ def start(
         score.prior_check = (float(sde.T), float(sde.std(sde.T)))
     if x0_hook is not None or track_x0:
         score = _X0View(score, sde, x0_hook, track_x0)
-    ctx = Context(sde, score, noise, denoise)
+    ctx = Context(sde, score, noise, denoise, tail=None if tail is None else (ts[-1].item(), float(eps)))
     if isinstance(score, _X0View):
         score.ctx, score.ctx_batch = ctx, shape[0]
     return Start(sampler, ctx, x, ts.tolist())

@@ -61,8 +61,8 @@ def test_callback_once_per_accepted_step_with_x_and_x0(method):
 
 
 @pytest.mark.parametrize("method", FIXED)
-@pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VESDE(sigma_max=20.0)], ids=["vp", "ve"])
-def test_stepping_by_hand_gives_the_samples_of_sample(method, sde):
+@pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VESDE(sigma_max=20.0), ss.SubVPSDE()], ids=["vp", "ve", "subvp"])
+def test_stepping_by_hand_gives_the_samples_of_sample(method, sde):  # sub-VP: the grid stops short, finish ends it
     kw = dict(dtype=F64, **budget(method))
     ref = ss.sample(RING.score_fn(sde), sde, (16, 2), method, generator=gen(3), **kw).samples
     s = ss.start(RING.score_fn(sde), sde, (16, 2), method, generator=gen(3), **kw)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .._compat import renamed
 from ..options import option
-from ..protocol import Context
+from ..protocol import Context, tail_factors
 from ._common import Rows, exp_pc_weights, lanes, row_coef, unlane
 from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0
 
@@ -56,14 +56,11 @@ class AdaptiveMultistep(PerSampleAdaptive):
     corrects it too, 1 more NFE): measured on the mixtures, this costs no accuracy.
     ``per_sample=False`` shares one step (the batch maximum of E) for comparison.
     The tail (``tail_sigma`` = σ̃_c): where the solve ends below σ̃_c = σ/m (sub-VP's default end
-    σ̃ ≈ 1e-4; VP's and VE's defaults end at ≈ 0.01 and keep no tail), the steps stop at σ̃_c and one
-    step of the score form in v = σ̃² ends it: dx̃/dv = g/2 with g = (x̃ − x̂_0)/σ̃² = −s/m, held
-    fixed: x̃_end = x̃ − ½ (σ̃_c² − σ̃_end²) g, 1 NFE at λ_c (its x̂_0).  Below the data's scales g
-    hardly moves (for a Gaussian of std s the step is exact to O((σ̃_c/s)⁴)), while x̂_0 − x̃ ∝ σ̃²
-    is exponential in λ, which the multistep's polynomials in λ extrapolate badly: without the tail
-    the samples come out narrower (16-128-d mixtures under sub-VP, 10k samples: log-density bias
-    +1.6 to +5.8 noise floors at 24.5-27.4 NFE; with the tail −0.6 to +0.9 at 3 NFE fewer, as
-    under VP, whose solve ends at about σ̃_c).
+    σ̃ ≈ 1e-4; VP's and VE's defaults end at ≈ 0.01 and keep no tail), the steps stop at σ̃_c and
+    ``protocol.tail_step``'s score-form step in σ̃² ends it, with the x̂_0 of the step landing at
+    λ_c (1 NFE).  Without it the samples came out narrower (16-128-d mixtures under sub-VP, 10k
+    samples: log-density bias +1.6 to +5.8 noise floors at 24.5-27.4 NFE; with it −0.6 to +0.9 at
+    3 NFE fewer, as under VP, whose solve ends at about σ̃_c).
     With ``denoise`` a final Tweedie step (1 NFE).
     Fixed budget (``nfe_budget=N``, or ``sample(..., nfe=N)``): every sample makes at most N score
     evaluations (the final denoising and the tail's included): with R evaluations left a sample's step is
@@ -249,13 +246,13 @@ class AdaptiveMultistep(PerSampleAdaptive):
     @staticmethod
     def _tail_step(sde, t_end: float, lam_end: float, last: Tensor, x: Tensor, pulled: Tensor, shape,
                    lam_n: Tensor, tn: Tensor, m_n: Tensor, s_n: Tensor) -> tuple[Tensor, ...]:
-        """The rows ``last`` (at λ_c) to the end by one step of the score form in v = σ̃²:
-        x̃_end = x̃ − ½ (σ̃² − σ̃_end²) g with g = (x̃ − x̂_0)/σ̃² = −s/m held fixed (``pulled`` = m (x̃ − x̂_0)
-        at the evaluated point, lanes view); the other rows and their times as they are."""
+        """The rows ``last`` (at λ_c) to the end by ``protocol.tail_step``'s step, x_end = a (x + c s),
+        with σ² s = −``pulled`` = −m (x̃ − x̂_0) at the evaluated point (lanes view); the other rows and
+        their times as they are."""
         m_e, s_e = (float(v) for v in sde.marginal(torch.tensor([t_end], dtype=torch.float64)))
-        ratio2 = (s_e / m_e) ** 2 * (m_n / s_n).square()  # σ̃_end² / σ̃²
+        a, c = tail_factors(m_n, s_n, m_e, s_e)  # x_end = a (x + c s), and σ² s = −pulled
         xl = lanes(x)
-        jump = torch.addcmul(xl, row_coef(ratio2.sub(1.0).mul_(0.5), xl), pulled).mul_(row_coef(m_e / m_n, xl))
+        jump = torch.addcmul(xl, row_coef(c.div_(s_n.square()).neg_(), xl), pulled).mul_(row_coef(a, xl))
         x = unlane(torch.where(_row_mask(last, xl), jump, xl), shape)
         return (x, torch.where(last, lam_end, lam_n), torch.where(last, t_end, tn), torch.where(last, m_e, m_n),
                 torch.where(last, s_e, s_n))

@@ -104,6 +104,7 @@ class DDIM(SamplerBase):
     eta: float = option(0.0, within="[0, 1]")
     hooked_eps: bool = option(True, choices=(True, False))
     step_to: Sequence[float] | Tensor | None = None
+    tail_sigma: float | None = option(0.01, within="(0, inf)", allow_none=True)
     default_grid: str = "log_snr"
     default_steps: int = 50
     nfe_per_step: ClassVar[int] = 1
@@ -180,6 +181,7 @@ class DPMSolver2S(SamplerBase):
     """
 
     r: float = option(0.5, within="(0, 1)")
+    tail_sigma: float | None = option(0.01, within="(0, inf)", allow_none=True)
     default_grid: str = "log_snr"
     default_steps: int = 10
     nfe_per_step: ClassVar[int] = 2
@@ -210,10 +212,15 @@ class Multistep(SamplerBase):
     """Options and state shared by the multistep methods (DPM-Solver++ kM and its SDE variant,
     UniPC): ``solver_order`` past data predictions at most, fewer in the first steps and, with
     ``lower_order_final``, in the last ones (``step_orders``); 1 NFE per step.  The state's
-    memory is (schedule, per-step orders, history of m x̂_0, newest first)."""
+    memory is (schedule, per-step orders, history of m x̂_0, newest first).
+    ``tail_sigma`` (ODE samplers here, DDIM and DPM-Solver++(2S) too): where a generated grid would
+    end below σ̃ = σ/m = tail_sigma (sub-VP's default end, σ̃ ≈ 1e-4), it ends at tail_sigma and
+    ``protocol.tail_step`` (1 NFE, out of an ``nfe`` budget) carries the samples to eps; VP's and
+    VE's default ends lie above 0.01.  None: the grid to eps."""
 
     solver_order: int = 2
     lower_order_final: bool | str = option(True, choices=(True, False, "diffusers"))
+    tail_sigma: float | None = option(0.01, within="(0, inf)", allow_none=True)
     default_grid: str = "log_snr"
     default_steps: int = 20
     nfe_per_step: ClassVar[int] = 1
@@ -266,6 +273,7 @@ class DPMSolverSDE(Multistep):
     solver_order: int = option(2, choices=(1, 2))
     default_steps: int = 25
     eta: float = option(1.0, within="(0, 1]")
+    tail_sigma: None = None  # a reverse-SDE sampler: no deterministic tail
     denoise_with: ClassVar[str] = "none"
     stochastic: ClassVar[bool] = True
 
