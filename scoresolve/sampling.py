@@ -170,7 +170,10 @@ def sample(
             (for "ode_adaptive_ps": every sample stays within it, see ``AdaptiveMultistep.nfe_budget``).
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
             tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
-        eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
+        eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).  Where it lies below
+            σ/m = 0.01 (sub-VP's default), "ode_adaptive_ps" and the deterministic exponential samplers
+            stop there and end with one score-form step (``protocol.tail_step``, 1 NFE; option
+            ``tail_sigma``, None to integrate to eps).
         generator: torch.Generator on ``device``; excludes ``seeds``.
         seeds: one integer per sample (int64 range); excludes ``generator``.  Sample i then
             gets the same noise in any batch, and is bit for bit the same sample in any batch
