@@ -59,8 +59,8 @@ class AdaptiveMultistep(PerSampleAdaptive):
     σ̃ ≈ 1e-4; VP's and VE's defaults end at ≈ 0.01 and keep no tail), the steps stop at σ̃_c and
     ``protocol.tail_step``'s score-form step in σ̃² ends it, with the x̂_0 of the step landing at
     λ_c (1 NFE).  Without it the samples came out narrower (16-128-d mixtures under sub-VP, 10k
-    samples: log-density bias +1.6 to +5.8 noise floors at 24.5-27.4 NFE; with it −0.6 to +0.9 at
-    3 NFE fewer, as under VP, whose solve ends at about σ̃_c).
+    samples, benchmarks/subvp_tail.md: log-density bias +1.6 to +5.4 noise floors at 24.5-27.4 NFE;
+    with it −0.8 to +0.5 at 3 NFE fewer, as under VP, whose solve ends at about σ̃_c).
     With ``denoise`` a final Tweedie step (1 NFE).
     Fixed budget (``nfe_budget=N``, or ``sample(..., nfe=N)``): every sample makes at most N score
     evaluations (the final denoising and the tail's included): with R evaluations left a sample's step is
