@@ -55,12 +55,15 @@ def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
 def _tail_start(sampler, sde: SDE, eps: float) -> float | None:
     """t_c where the generated grid of a fixed-step sampler with ``tail_sigma`` stops, σ̃(t_c) = σ/m =
     tail_sigma, when the run ends below it (``protocol.tail_step`` then ends it), else None.
-    Deterministic samplers only, and not with DDIM's ``step_to`` (a reproduction of diffusers'
-    timesteps)."""
+    Deterministic samplers only; not where the peers are reproduced: DDIM's ``step_to`` (diffusers'
+    timesteps), ``lower_order_final="diffusers"``, and the peers' own schedules (``sde.peer_grids``:
+    KarrasSDE, DiscreteVPSDE)."""
     sigma = getattr(sampler, "tail_sigma", None)
     if sigma is None or sampler.nfe_per_step is None or sampler.stochastic:  # (ode_adaptive_ps: its own tail)
         return None
-    if getattr(sampler, "step_to", None) is not None:
+    if getattr(sampler, "step_to", None) is not None or getattr(sampler, "lower_order_final", None) == "diffusers":
+        return None  # reproductions of diffusers' / k-diffusion's steps
+    if getattr(sde, "peer_grids", False):  # k-diffusion's and diffusers' own schedules: their grids to the end
         return None
 
     def ratio(t: float) -> float:

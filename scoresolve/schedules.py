@@ -78,6 +78,7 @@ class DiscreteVPSDE(SDE):
     """
 
     name = "discrete_vp"
+    peer_grids = True  # diffusers' timesteps to the table's end, without the tail step below σ/m = 0.01
 
     def __init__(self, alphas_cumprod: Tensor | Sequence[float] | None = None, *,
                  betas: Tensor | Sequence[float] | None = None, schedule: str | None = None,
@@ -231,6 +232,7 @@ class KarrasSDE(VarianceExploding):
     """
 
     name = "karras"
+    peer_grids = True  # k-diffusion's grids to σ_min, without the tail step below σ = 0.01
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         if not 0 < sigma_min < sigma_max:

@@ -57,6 +57,9 @@ class SDE(ABC):
     T: float = 1.0
     default_eps: float = 1e-3
     name: str = "sde"
+    # the peers' own schedules (KarrasSDE, DiscreteVPSDE) set this: on them the fixed-step samplers run
+    # their grids to the end as k-diffusion and diffusers do, without ``protocol.tail_step``
+    peer_grids: bool = False
 
     # --- marginal p_t(x | x_0) = N(m(t) x_0, σ(t)² I) -------------------------------------
     @abstractmethod

@@ -170,14 +170,20 @@ def test_fixed_step_tail_on_a_gaussian_is_the_exact_flow_then_the_tail_step():
                                atol=1e-6)
 
 
-def test_fixed_step_tail_leaves_vp_and_ve_unchanged():
+def test_fixed_step_tail_leaves_vp_ve_and_the_peers_schedules_unchanged():
+    """VP's and VE's default ends lie above σ̃ = 0.01; k-diffusion's KarrasSDE (σ_min = 0.002) and a diffusers
+    table ending at σ̃ ≈ 0.003 lie below it but keep the peers' grids, as does lower_order_final="diffusers"."""
     gm = GaussianMixture.ring(8, 2.0, 0.1)
-    for name in ("vp", "ve"):
-        sde = SDES[name]
+    table = ss.schedules.DiscreteVPSDE(schedule="linear", beta_start=1e-5, beta_end=0.02)
+    cases = [(SDES["vp"], {}), (SDES["ve"], {}), (ss.schedules.KarrasSDE(), {}), (table, {}),
+             (SDES["subvp"], {"lower_order_final": "diffusers"})]
+    for sde, kw in cases:
         for method in ("unipc", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "ddim"):
-            runs = [ss.sample(gm.score_fn(sde), sde, (64, 2), method, nfe=15, tail_sigma=c,
+            if "lower_order_final" in kw and method not in ("unipc", "dpmpp_2m", "dpmpp_3m"):
+                continue
+            runs = [ss.sample(gm.score_fn(sde), sde, (64, 2), method, nfe=15, tail_sigma=c, **kw,
                               generator=torch.Generator().manual_seed(0)).samples for c in (0.01, None)]
-            assert torch.equal(*runs), (name, method)
+            assert torch.equal(*runs), (sde, method, kw)
 
 
 def test_fixed_step_tail_brings_subvp_closer_to_the_exact_flow(mix16_subvp):

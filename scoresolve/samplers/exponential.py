@@ -216,7 +216,8 @@ class Multistep(SamplerBase):
     ``tail_sigma`` (ODE samplers here, DDIM and DPM-Solver++(2S) too): where a generated grid would
     end below σ̃ = σ/m = tail_sigma (sub-VP's default end, σ̃ ≈ 1e-4), it ends at tail_sigma and
     ``protocol.tail_step`` (1 NFE, out of an ``nfe`` budget) carries the samples to eps; VP's and
-    VE's default ends lie above 0.01.  None: the grid to eps."""
+    VE's default ends lie above 0.01, and the peers' reproductions keep their grids (KarrasSDE,
+    DiscreteVPSDE, ``lower_order_final="diffusers"``, DDIM's ``step_to``).  None: the grid to eps."""
 
     solver_order: int = 2
     lower_order_final: bool | str = option(True, choices=(True, False, "diffusers"))
