@@ -38,7 +38,9 @@ __all__ = ["sample", "start", "Start", "steps_for_nfe"]
 
 
 def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
-    """The largest step count whose score evaluations fit a budget of ``nfe`` per sample."""
+    """The largest step count whose score evaluations fit a budget of ``nfe`` per sample.  (A run
+    that ends with the tail step, ``protocol.tail_step``, makes one evaluation more than its steps
+    say; ``sample(..., nfe=)`` counts it, this function cannot: it does not know the SDE.)"""
     sampler = resolve("method", method)
     per = sampler.nfe_per_step
     if per is None:
