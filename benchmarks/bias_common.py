@@ -96,3 +96,17 @@ def summary(rs: list[dict]) -> str:
 def line(row: dict) -> str:
     """One run's numbers, for the progress log."""
     return f"NFE {row['nfe']:.1f}, W2 {row['w2']:.2f}, gap {row['gap']:.2f}, bias {row['bias']:+.2f}"
+
+
+def write_report(name: str, title: str, note: str, header: list[str], body: list[str]) -> None:
+    """benchmarks/<name>.md: the title, the command that made it, the protocol (``note`` added to it)
+    and the table (``header`` cells, ``body`` rows)."""
+    root = Path(__file__).resolve().parent
+    lines = [f"# {title}", "",
+             f"`python benchmarks/{name}.py run && python benchmarks/{name}.py report` (protocol in its docstring).  "
+             f"10k samples at eps against the exact p_eps, 1 thread{note}; W2 / gap: per-component W2 and log-density "
+             "gap as multiples of their noise floors (the bar: ≤ 2), means over seeds; bias: signed log-density bias "
+             "in floor units ± its standard error over seeds.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *body]
+    (root / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("wrote", root / f"{name}.md")

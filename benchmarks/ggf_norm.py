@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_common import SAMPLES, append, done, ground, line, measure, problem, rows, summary  # noqa: E402
+from bias_common import SAMPLES, append, done, ground, line, measure, problem, rows, summary, write_report  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
 from scoresolve.samplers import GottaGoFast  # noqa: E402
@@ -60,21 +60,15 @@ def run() -> None:
 
 
 def report() -> None:
-    found = rows(OUT)
-    lines = ["# Gotta Go Fast: noise-relative error norm against the paper's (issue 18)", "",
-             "`python benchmarks/ggf_norm.py run && python benchmarks/ggf_norm.py report` (protocol in its docstring). "
-             "10k samples at eps against the exact p_eps, 1 thread; W2 / gap: per-component W2 and log-density gap as "
-             "multiples of their noise floors (the bar: ≤ 2), means over seeds; bias: signed log-density bias in floor "
-             "units ± its standard error over seeds.", "",
-             "| problem | SDE | configuration | seeds | NFE | W2 | gap | bias |", "|---|---|---|---|---|---|---|---|"]
+    found, body = rows(OUT), []
     for prob, sde_name, _ in CASES:
         for config in CONFIGS:
             rs = [r for r in found if (r["problem"], r["sde"], r["config"]) == (prob, sde_name, config)]
             if rs:
                 cells = " | ".join(summary(rs).split(", "))
-                lines.append(f"| {prob} | {sde_name.upper()} | {config} | {len(rs)} | {cells} |")
-    (ROOT / "ggf_norm.md").write_text("\n".join(lines) + "\n")
-    print("wrote", ROOT / "ggf_norm.md")
+                body.append(f"| {prob} | {sde_name.upper()} | {config} | {len(rs)} | {cells} |")
+    write_report("ggf_norm", "Gotta Go Fast: noise-relative error norm against the paper's (issue 18)", "",
+                 ["problem", "SDE", "configuration", "seeds", "NFE", "W2", "gap", "bias"], body)
 
 
 if __name__ == "__main__":

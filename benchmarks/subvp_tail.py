@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_common import SAMPLES, append, done, ground, line, measure, problem, rows, summary  # noqa: E402
+from bias_common import SAMPLES, append, done, ground, line, measure, problem, rows, summary, write_report  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
 
@@ -65,24 +65,18 @@ def run() -> None:
 
 
 def report() -> None:
-    found = rows(OUT)
-    lines = ["# The tail below σ̃ = 0.01: with and without (issue 17)", "",
-             "`python benchmarks/subvp_tail.py run && python benchmarks/subvp_tail.py report` (protocol in its "
-             "docstring).  10k samples at eps against the exact p_eps, 1 thread, both variants on the same seeds; "
-             "W2 / gap: per-component W2 and log-density gap as multiples of their noise floors (the bar: ≤ 2), "
-             "means over seeds; bias: signed log-density bias in floor units ± its standard error over seeds.", "",
-             "| problem | SDE, eps | configuration | seeds | tail 0.01: NFE, W2, gap, bias "
-             "| no tail: NFE, W2, gap, bias |",
-             "|---|---|---|---|---|---|"]
+    found, body = rows(OUT), []
     for prob, sde_name, eps, seeds, configs in CASES:
         for config in configs:
             cells = [[r for r in found if tuple(r[k] for k in KEYS[:-1]) == (prob, sde_name, eps, config, tail)]
                      for tail in TAILS]
             if any(cells):
                 cells = " | ".join(summary(rs) if rs else "—" for rs in cells)
-                lines.append(f"| {prob} | {sde_name.upper()}, {eps:g} | {config} | {seeds} | {cells} |")
-    (ROOT / "subvp_tail.md").write_text("\n".join(lines) + "\n")
-    print("wrote", ROOT / "subvp_tail.md")
+                body.append(f"| {prob} | {sde_name.upper()}, {eps:g} | {config} | {seeds} | {cells} |")
+    write_report("subvp_tail", "The tail below σ̃ = 0.01: with and without (issue 17)",
+                 ", both variants on the same seeds",
+                 ["problem", "SDE, eps", "configuration", "seeds", "tail 0.01: NFE, W2, gap, bias",
+                  "no tail: NFE, W2, gap, bias"], body)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ per-sample step sizes, ...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -134,6 +135,15 @@ class AdaptiveSampler(Sampler, Protocol):
     def attempt(self, ctx: Context, state: State, t_end: float) -> State: ...
 
     def reached(self, state: State, t_end: float) -> bool: ...
+
+
+def tail_log_snr(sde: SDE, t_from: float, t_to: float, sigma: float | None) -> float | None:
+    """λ_c = −log ``sigma`` when a solve from t_from down to t_to crosses σ/m = sigma (above it at
+    t_from, below at t_to), where a tail step would take over; else None."""
+    if sigma is None:
+        return None
+    lam_c = -math.log(sigma)
+    return lam_c if 0.5 * sde.log_snr(t_from) < lam_c < 0.5 * sde.log_snr(t_to) else None
 
 
 def tail_factors(m_c, s_c, m_e: float, s_e: float):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -27,7 +26,7 @@ from .checks import (
     warn_batch_dependent,
 )
 from .noise import Noise
-from .protocol import Context, Sampler
+from .protocol import Context, Sampler, tail_log_snr
 from .registry import resolve
 from .results import SampleResult
 from .score import CountingScore, ScoreFn, ScoreWrapper, all_finite
@@ -67,14 +66,8 @@ def _tail_start(sampler, sde: SDE, eps: float) -> float | None:
         return None  # reproductions of diffusers' / k-diffusion's steps
     if getattr(sde, "peer_grids", False):  # k-diffusion's and diffusers' own schedules: their grids to the end
         return None
-
-    def ratio(t: float) -> float:
-        m, s = sde.marginal(t)
-        return float(s) / float(m)
-
-    if not ratio(eps) < sigma < ratio(sde.T):
-        return None
-    return float(sde.t_from_log_snr(-2.0 * math.log(sigma)))
+    lam_c = tail_log_snr(sde, sde.T, eps, sigma)
+    return None if lam_c is None else float(sde.t_from_log_snr(2.0 * lam_c))
 
 
 def _with_options(sampler, options: dict):

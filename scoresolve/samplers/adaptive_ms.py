@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .._compat import renamed
 from ..options import option
-from ..protocol import Context, tail_factors
+from ..protocol import Context, tail_factors, tail_log_snr
 from ._common import Rows, exp_pc_weights, lanes, row_coef, unlane
 from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0
 
@@ -128,14 +128,9 @@ class AdaptiveMultistep(PerSampleAdaptive):
         """λ_c = −log ``tail_sigma`` where the last segment's multistep solve stops and the tail step
         takes over, or None: no tail (σ̃ at the end ≥ tail_sigma, the last segment starting past
         λ_c, or a budget without an evaluation to spare for it)."""
-        if self.tail_sigma is None or len(ts) < 2:
-            return None
-        lam_c = -math.log(self.tail_sigma)
-        if not 0.5 * sde.log_snr(ts[-2]) < lam_c < 0.5 * sde.log_snr(ts[-1]):
-            return None
         if self.nfe_budget is not None and self.nfe_budget < 3 + int(denoise):  # start, a step, the tail
             return None
-        return lam_c
+        return tail_log_snr(sde, ts[-2], ts[-1], self.tail_sigma) if len(ts) >= 2 else None
 
     def _running(self, mem, t_end: float) -> Tensor:
         mem.lam_end = 0.5 * mem.sde.log_snr(t_end)
