@@ -280,6 +280,27 @@ def test_per_method_budgets_tolerances_and_the_adaptive_nfe_cap(tmp_path):
     assert rows["em"]["status"] == "ok"
 
 
+def test_fixed_budgets_for_the_adaptive_method_that_has_a_budget_mode(tmp_path):
+    """--extra-nfe gives ode_adaptive_ps nfe=N cells (sample(nfe=N): every sample within N) beside its
+    tolerances; --nfe stays with the fixed-step methods; an adaptive method without a budget mode
+    named there is an error, and an order<= selector passes it by."""
+    from scoresolve.bench.plan import plan_cells
+
+    cfg = _cfg(tmp_path / "p", methods=("em", "ode_adaptive_ps", "gotta_go_fast"), nfes=(10,), tols=(1e-2,),
+               extra_nfe=((("ode_adaptive_ps",), (12,)), (("order<=2",), (30,))))
+    labels = {(c.method, c.budget.label) for g in plan_cells(cfg) for c in g.cells}
+    assert labels == {("em", "nfe=10"), ("em", "nfe=30"), ("ode_adaptive_ps", "tol=0.01"),
+                      ("ode_adaptive_ps", "nfe=12"), ("gotta_go_fast", "tol=0.01")}
+    with pytest.raises(ValueError, match="names adaptive method.*gotta_go_fast.*fixed budgets: ode_adaptive_ps"):
+        plan_cells(_cfg(tmp_path / "p", methods=("gotta_go_fast",), extra_nfe=((("gotta_go_fast",), (12,)),)))
+    out = tmp_path / "ps"
+    run_bench(_cfg(out, methods=("ode_adaptive_ps",), nfes=(), tols=(),
+                   extra_nfe=((("ode_adaptive_ps",), (9,)),)))
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["budget_label"] == "nfe=9"
+    assert 8 < row["nfe"] <= 9 and not row["over_budget"]  # counted, within the budget (the tol run takes ~25)
+
+
 def test_resume_with_different_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     run_bench(_cfg(out))

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rtol = atol sweep of adaptive methods")
     g.add_argument("--extra-nfe", type=_per_method(int), action="append", default=[],
                    metavar="METHODS:BUDGETS", help="more NFE budgets for some fixed-step methods, "
-                   "e.g. em,pc:500,1000 or order<=1:500,1000 (declared order; repeatable)")
+                   "e.g. em,pc:500,1000 or order<=1:500,1000 (declared order; repeatable), and fixed "
+                   "budgets for ode_adaptive_ps (every sample within N), e.g. ode_adaptive_ps:15")
     g.add_argument("--tols-for", type=_per_method(float), action="append", default=[],
                    metavar="METHODS:TOLS", help="tolerance sweep replacing --tols for some adaptive "
                    "methods, e.g. gotta_go_fast:0.1,0.05,0.02 (repeatable)")

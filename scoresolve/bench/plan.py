@@ -2,8 +2,10 @@
 
 A *cell* is one (problem, sde, method, budget, seed, samples).  Fixed-step methods get an NFE
 budget and the largest step count that fits it (``steps_for_nfe``; their NFE per step is a
-declared property); adaptive methods (``nfe_per_step is None``) are swept over tolerances.
-Either way a row records the NFE the score wrapper *counted*.
+declared property); adaptive methods (``nfe_per_step is None``) are swept over tolerances, and
+those with a budget mode (``nfe_budget``: ode_adaptive_ps) also take ``--extra-nfe`` budgets, run as
+``sample(..., nfe=N)`` (every sample within N).  Either way a row records the NFE the score wrapper
+*counted*.
 """
 
 from __future__ import annotations
@@ -128,16 +130,25 @@ def tol_options(name: str, tol: float) -> dict:
     raise ValueError(f"adaptive method {name!r} has no rtol/atol or tol option to sweep")
 
 
+def has_budget_mode(name: str) -> bool:
+    """An adaptive method that can run within a fixed NFE budget (``nfe_budget``)."""
+    return SAMPLERS[name].nfe_per_step is None and hasattr(SAMPLERS[name], "nfe_budget")
+
+
 def budgets_for(name: str, nfes, tols, denoise: bool) -> tuple[list[Budget], list[str]]:
-    """(feasible budgets, messages for NFE budgets below the method's minimum)."""
+    """(feasible budgets, messages for NFE budgets below the method's minimum).  An adaptive
+    method gets its tolerances, and ``nfes`` as budgets if it has a budget mode."""
     sampler = SAMPLERS[name]
+    ok, bad = [], []
     if sampler.nfe_per_step is None:
         tol_options(name, 1e-3)
-        return [Budget("tol", float(t)) for t in tols], []
-    ok, bad = [], []
+        ok = [Budget("tol", float(t)) for t in tols]
     for n in nfes:
         try:
-            steps_for_nfe(name, int(n), denoise)
+            if sampler.nfe_per_step is None:
+                dataclasses.replace(sampler, nfe_budget=int(n))  # its option's bounds
+            else:
+                steps_for_nfe(name, int(n), denoise)
             ok.append(Budget("nfe", int(n)))
         except ValueError as e:
             bad.append(f"{name} at --nfe {n}: {e}")
@@ -151,8 +162,8 @@ def _check_numbers(cfg: BenchConfig) -> None:
         raise ValueError(f"--samples must be >= 2, got {cfg.samples}")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
-    if not cfg.nfes and not cfg.tols:
-        raise ValueError("no budgets: pass --nfe and/or --tols")
+    if not cfg.nfes and not cfg.tols and not cfg.extra_nfe:
+        raise ValueError("no budgets: pass --nfe, --tols and/or --extra-nfe")
     extra = [b for _, bs in cfg.extra_nfe for b in bs]
     if any((not isinstance(n, int)) or n < 1 for n in [*cfg.nfes, *extra]):
         raise ValueError(f"--nfe budgets must be positive integers, got {list(cfg.nfes) + extra}")
@@ -221,7 +232,13 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     methods = resolve_methods(cfg.methods)
     extra = _per_method(cfg.extra_nfe, methods, "--extra-nfe")
     tols = _per_method(cfg.method_tols, methods, "--tols-for")
-    extra = {m: v for m, v in extra.items() if SAMPLERS[m].nfe_per_step is not None}
+    named = {t for names, _ in cfg.extra_nfe for t in names if not t.startswith("order<=")}
+    no_budget = [m for m in extra if SAMPLERS[m].nfe_per_step is None and not has_budget_mode(m)]
+    if named & set(no_budget):
+        raise ValueError(f"--extra-nfe names adaptive method(s) {', '.join(sorted(named & set(no_budget)))} "
+                         "without a fixed-budget mode; sweep their tolerances with --tols-for (fixed budgets: "
+                         f"{', '.join(m for m in SAMPLERS if has_budget_mode(m))})")
+    extra = {m: v for m, v in extra.items() if m not in no_budget}  # an order<= selector passes them by
     bad_tols = [m for m in tols if SAMPLERS[m].nfe_per_step is not None]
     if bad_tols:
         raise ValueError(f"--tols-for names fixed-step method(s) {', '.join(bad_tols)}; use --extra-nfe")
@@ -230,7 +247,8 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     budgets: dict[str, list[Budget]] = {}
     infeasible: list[str] = []
     for m in methods:
-        nfes = sorted(set(cfg.nfes) | set(extra.get(m, ())))
+        fixed = SAMPLERS[m].nfe_per_step is not None  # --nfe is for fixed-step methods only
+        nfes = sorted((set(cfg.nfes) if fixed else set()) | set(extra.get(m, ())))
         ok, bad = budgets_for(m, nfes, sorted(set(tols.get(m, cfg.tols)), reverse=True), cfg.denoise)
         budgets[m] = ok
         infeasible += bad
