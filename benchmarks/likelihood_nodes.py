@@ -74,6 +74,11 @@ def spectrum(g: np.ndarray, ts: np.ndarray) -> list[float]:
     return [float(amp[int(lo * span):max(int(hi * span), int(lo * span) + 1)].max()) for lo, hi in BANDS]
 
 
+def _rms(e: np.ndarray) -> str:
+    """Per-point rms error, and its part common to every point (the mean) beside the spread (sd)."""
+    return f"{np.sqrt((e**2).mean()):.1e} ({e.mean():+.1e} / {e.std():.1e})"
+
+
 def cost(score, gm, sde, n: int = 200, reps: int = 5) -> str:
     """CPU ms of one score forward and of one divergence (forward + d VJPs) at n points: "F / D"."""
     x = points(gm, sde, n)
@@ -109,7 +114,7 @@ def case(kind: str, d: int, n: int, fine: int) -> list[str]:
         s = fine // nodes
         e_simp = simpson(g[::s], h * s) - dense
         e_gl = gauss_legendre(score, sde, x0, eps, T, nodes // 4) - dense
-        errs.append(f"| {kind} | {d} | {nodes} | {np.sqrt((e_simp**2).mean()):.1e} | {np.sqrt((e_gl**2).mean()):.1e} |")
+        errs.append(f"| {kind} | {d} | {nodes} | {_rms(e_simp)} | {_rms(e_gl)} |")
     return rows, errs
 
 
@@ -137,19 +142,25 @@ def main() -> None:
         "| score | d | " + " | ".join(f"{lo}–{hi}" for lo, hi in BANDS)
         + " | CPU ms at 200 points: forward / divergence |",
         "|---|---|" + "---|" * (len(BANDS) + 1), *spec, "",
-        "Per-point rms error of ∫ g dt with N divergence evaluations against the dense integral:", "",
+        "Per-point rms error of ∫ g dt with N divergence evaluations against the dense integral (in brackets: its "
+        "mean over the points / its sd over the points):", "",
         "| score | d | N | composite Simpson | composite 4-point Gauss-Legendre |", "|---|---|---|---|---|", *err, "",
         "Reading: on the trained MLPs the integrand oscillates at 12–175 cycles per unit t with amplitudes "
-        "0.03–0.15 (the mixture's falls below 1e-5 above 80), so the quadrature error falls only once the "
-        "fastest band is resolved: 4-point Gauss-Legendre reaches 1.3e-2 / 3.8e-2 (16-d / 64-d) at 128 "
-        "evaluations, 1.7e-3 / 7.3e-3 at 256.  The reference-style RK45 at 1e-5 reaches 8.2e-3 / 1.1e-2 "
-        "(likelihood_speed.md) with 398 / 332 right-hand sides, each a divergence.  A divergence costs "
-        "one forward and d VJPs (last column), the reference's right-hand side one forward more, so 3× its "
-        "time leaves ~130 (16-d) / ~110 (64-d) divergences for the whole "
-        "integral, where ~180 / ~250 are needed for its accuracy: the ≥ 3× bar of issue 17 cannot be met "
-        "on this network by placing the divergence evaluations better, only by making each cheaper.  The "
-        "mixture's integrand is smooth (64 evaluations: 4e-4), and there the per-step quadrature of "
-        "`likelihood(quadrature=3)` is 3.1–3.4× faster than the reference (likelihood_speed.md).",
+        "0.05–0.4 below 125 (the mixture's falls below 1e-5 above 80), so the quadrature error falls only once "
+        "the fastest band is resolved: 4-point Gauss-Legendre reaches 9.8e-3 / 3.1e-2 (16-d / 64-d) at 128 "
+        "evaluations, 1.1e-3 / 5.3e-3 at 256.  Most of it is common to every point (the mean column: 8.8e-3 / "
+        "3.0e-2 at 128): the time embedding's oscillation is integrated wrongly the same way along every path, "
+        "while the per-point spread (4.2e-3 / 7.4e-3) is already below the reference's whole error.  The "
+        "reference-style RK45 at 1e-5 reaches an rms of 6.6e-3 / 1.45e-2 with 422 / 314 right-hand sides, each "
+        "a divergence and one forward more (likelihood_speed.md, same networks).  Measured there (the decoupled "
+        "rows: N evaluations placed in advance, x from one score-only dopri5 solve at 1e-6): 128 evaluations give "
+        "2.2× / 2.0× its speed at a larger rms (1.0e-2 / 1.5e-2), 192 give 1.9× / 1.4× at a smaller one "
+        "(3.4e-3 / 1.3e-2); interpolated, its rms takes ~150 evaluations on both networks, and with the last "
+        "column's costs 3× its time leaves ~150 (16-d, if the score-only solve is cut to ~1.5 s) and ~100 "
+        "(64-d).  So placing the divergence evaluations better reaches about 3× on the 16-d network at best "
+        "and ~2× on the 64-d one: the ≥ 3× bar of issue 17 needs each divergence to be cheaper (the VJP loop "
+        "is the cheapest exact trace measured on "
+        "CPU, likelihood_crossover.md).  The mixture's integrand is smooth (64 evaluations: 4e-4).",
     ]
     with open(a.out, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -379,9 +379,10 @@ def likelihood(
             attempted one.  Δ is then not under error control: on the mixture scores n = 3 (order 6)
             leaves the error to rtol and ran 3.1-3.4× faster than score_sde's RK45 at 1e-5 at a lower
             per-point error (16-d and 64-d, VP), but a trained MLP's divergence varies faster along
-            the path than x does, and there it needed rtol 1e-6-3e-6 for the reference's accuracy,
-            1.2-1.7× faster (benchmarks/likelihood_speed.md): check it against the default on your
-            network.  Needs an FSAL solver (dopri5, bosh3).
+            the path than x does, and there it needed rtol 1e-6 for the reference's accuracy and was
+            then slower than it (0.87-0.91×, 16-d and 64-d; the default: 1.22× on the 16-d one,
+            benchmarks/likelihood_speed.md): check it against the default on your network.  Needs an
+            FSAL solver (dopri5, bosh3).
         max_steps: budget of attempted (accepted + rejected) solver steps; when it runs out the
             solve stops with a ``StepLimitError`` naming the time reached.
         progress: a tqdm bar of the time reached, eps → T.
