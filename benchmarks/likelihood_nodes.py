@@ -155,10 +155,14 @@ def main() -> None:
         "a divergence and one forward more (likelihood_speed.md, same networks).  Measured there (the decoupled "
         "rows: N evaluations placed in advance, x from one score-only dopri5 solve at 1e-6): 128 evaluations give "
         "2.2× / 2.0× its speed at a larger rms (1.0e-2 / 1.5e-2), 192 give 1.9× / 1.4× at a smaller one "
-        "(3.4e-3 / 1.3e-2); interpolated, its rms takes ~150 evaluations on both networks, and with the last "
-        "column's costs 3× its time leaves ~150 (16-d, if the score-only solve is cut to ~1.5 s) and ~100 "
-        "(64-d).  So placing the divergence evaluations better reaches about 3× on the 16-d network at best "
-        "and ~2× on the 64-d one: the ≥ 3× bar of issue 17 needs each divergence to be cheaper (the VJP loop "
+        "(3.4e-3 / 1.3e-2).  The 64-d rows stop at 1.3e-2 (bias −1.15e-2 at both 192 and 256): the error of "
+        "the score-only solve at rtol 1e-6 (with x at 1e-9, 32 points: mean error +5.5e-3 at 192 "
+        "evaluations, −3.4e-4 at 384, −4e-6 at 768), and that solve feels the oscillation too (16-d: 314 / 788 "
+        "/ 2474 score calls at rtol 1e-5 / 1e-6 / 1e-8).  Interpolated, the reference's rms takes ~150 "
+        "evaluations on both networks, where 3× its time leaves ~150 (16-d) and ~100 (64-d) before the score-only "
+        "solve's 1-8 s: placing the divergence evaluations better gives about 2-2.5× on the 16-d network and "
+        "~2× on the 64-d one at best, so the ≥ 3× bar of issue 17 needs each divergence to be cheaper (the "
+        "VJP loop "
         "is the cheapest exact trace measured on "
         "CPU, likelihood_crossover.md).  The mixture's integrand is smooth (64 evaluations: 4e-4).",
     ]

@@ -12,9 +12,10 @@ Cases: ``mixture``: GaussianMixture.random(d, 10, seed=0) differentiated by plai
 kept, so a re-run does not retrain), error against a dopri5 solve at rtol = atol = 1e-8 closed by the
 SDE's prior like every other row.  Ours at several tolerances, Δ by the solver's stages (the
 default) and by ``quadrature=3``; and "decoupled" rows (``decoupled``): N divergence evaluations
-placed in advance, what better placement alone could buy.  Rows go to a JSON-lines file beside the table as they finish; a
-re-run skips finished rows.  "rms" = √(sd² + bias²) of the per-point error; the last column is the
-speed-up over the reference where our rms is ≤ the reference's (equal or better accuracy).
+placed in advance, what better placement alone could buy.  Rows go to a JSON-lines file beside
+the table as they finish; a re-run skips finished rows.  "rms" = √(sd² + bias²) of the per-point
+error; the last column is the speed-up over the reference where our rms is ≤ the reference's
+(equal or better accuracy).
 """
 
 from __future__ import annotations
