@@ -74,9 +74,9 @@ CHANGED = {
     # ends with one score-form step in σ̃² (tail_sigma): its multistep in λ narrowed the samples there
     # (log-density bias +1.6 to +5.8 floors on held-out 16-128-d mixtures, now as under VP)
     *(f"ode_adaptive_ps/subvp/{c}" for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
-    # issue 17: so do the deterministic exponential samplers' generated grids (protocol.tail_step, 1 NFE of
-    # the budget): on sub-VP a grid to eps spent a third of its steps below 0.01 (paired log-density bias of
-    # unipc at 20 NFE on a 16-d mixture −15.1 floors, now −4.1)
+    # issue 17: so do the deterministic exponential samplers' generated grids (protocol.tail_step, holding
+    # the last evaluation's m·s: no NFE): on sub-VP a grid to eps spent a third of its steps below 0.01
+    # (paired log-density bias of unipc at 20 NFE on a 16-d mixture −15.1 floors, now −4.1)
     *(f"{m}/subvp/{c}" for m in ("ddim", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc")
       for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
 }

@@ -2,8 +2,9 @@
 
 Sub-VP's default end (eps = 1e-3) has σ̃ ≈ 1e-4 (VP's and VE's ≈ 0.01).  With ``tail_sigma=0.01``
 (the default of ode_adaptive_ps and of the deterministic exponential samplers) the solve stops at
-σ̃ = 0.01 and ``scoresolve.protocol.tail_step`` ends it (1 NFE); ``tail_sigma=None`` integrates to
-eps.  Each configuration on each case: 10k samples at eps (no final denoising) against the exact
+σ̃ = 0.01 and one score-form step ends it (``scoresolve.protocol.tail_step``, which holds the last
+evaluation's m·s: no NFE; ode_adaptive_ps evaluates once at σ̃ = 0.01); ``tail_sigma=None``
+integrates to eps.  Each configuration on each case: 10k samples at eps (no final denoising) against the exact
 p_eps, per seed (both variants on the same seeds); reported are the counted NFE, W2 and log-density
 gap as multiples of their noise floors and the signed log-density bias ± its standard error
 (benchmarks/bias_common.py).  Cases: sub-VP on the 8-ring, the 64-d mixture and the held-out 16-,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .options import check_options
-from .sde import SDE
+from .sde import SDE, append_dims
 
 __all__ = ["State", "Context", "Sampler", "AdaptiveSampler", "SamplerBase", "tweedie"]
 
@@ -154,17 +154,30 @@ def tail_factors(m_c, s_c, m_e: float, s_e: float):
 
 def tail_step(ctx: Context, state: State) -> State:
     """The end of a run whose grid stops at t_c short of its end (``ctx.tail`` = (t_c, t_end)): one
-    step of the probability-flow ODE in v = σ̃² = (σ/m)² with the score held at its value at t_c,
-    dx̃/dv = −s/(2m), x̃ = x/m:  x_end = (m_end/m_c) (x + ½ (σ_c² − m_c² σ̃_end²) s(x, t_c)); 1 NFE.
-    Below the data's scales s·m hardly moves with v (for a Gaussian of std s_d the step is exact to
-    O((σ̃_c/s_d)⁴)), while x̂_0 − x̃ ∝ σ̃² is exponential in λ = −log σ̃, which the exponential
-    integrators' polynomials in λ extrapolate badly.  A state already at t_end is returned as is."""
+    step of the probability-flow ODE in v = σ̃² = (σ/m)² with m·s held fixed, dx̃/dv = −s/(2m),
+    x̃ = x/m:  x_end = (m_end/m_c) (x + ½ (σ_c² − m_c² σ̃_end²) s_c).  Below the data's scales m·s
+    hardly moves with v (for a Gaussian of std s_d the step is exact to O((σ̃_c/s_d)⁴) with the score
+    at t_c), while x̂_0 − x̃ ∝ σ̃² is exponential in λ = −log σ̃, which the exponential integrators'
+    polynomials in λ extrapolate badly.  No evaluation: s_c = (m_p/m_c) s_p from the run's latest
+    one (``ctx.score.last`` = (t_p, s_p), the last grid step's, at σ̃_p just above σ̃_c; m·s changes
+    between them by O((σ̃_p² − σ̃_c²)/s_d²)); a score without ``last`` is evaluated at t_c (1 NFE).
+    A state already at t_end is returned as is."""
     if ctx.tail is None or state.t != ctx.tail[0]:
         return state
     t_c, t_end = ctx.tail
-    a, c = tail_factors(*ctx.sde.marginal(t_c), *ctx.sde.marginal(t_end))
-    x = torch.add(state.x, ctx.score(state.x, t_c), alpha=c).mul_(a)
-    return state.advance(ctx.settle(x, t_end), t_end)
+    m_c, s_c = ctx.sde.marginal(t_c)
+    a, c = tail_factors(m_c, s_c, *ctx.sde.marginal(t_end))
+    last = getattr(ctx.score, "last", None)
+    if last is None or last[1].shape != state.x.shape:
+        x = torch.add(state.x, ctx.score(state.x, t_c), alpha=c)
+    else:
+        t_p, s_p = last
+        if isinstance(t_p, Tensor):  # per-row times: the factor per row
+            ratio = append_dims(ctx.sde.mean_scale(t_p.to(torch.float64)) / m_c, s_p.ndim).to(s_p.dtype)
+            x = torch.addcmul(state.x, ratio * c, s_p)
+        else:
+            x = torch.add(state.x, s_p, alpha=c * float(ctx.sde.mean_scale(t_p)) / m_c)
+    return state.advance(ctx.settle(x.mul_(a), t_end), t_end)
 
 
 def tweedie(ctx: Context, x: Tensor, t: float) -> Tensor:

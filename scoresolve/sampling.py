@@ -29,7 +29,7 @@ from .noise import Noise
 from .protocol import Context, Sampler, tail_log_snr
 from .registry import resolve
 from .results import SampleResult
-from .score import CountingScore, ScoreFn, ScoreWrapper, all_finite
+from .score import CountingScore, LastEvaluation, ScoreFn, ScoreWrapper, all_finite
 from .sde import SDE, append_dims
 from .timegrid import GRIDS, check_grid, make_grid
 
@@ -37,9 +37,7 @@ __all__ = ["sample", "start", "Start", "steps_for_nfe"]
 
 
 def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
-    """The largest step count whose score evaluations fit a budget of ``nfe`` per sample.  (A run
-    that ends with the tail step, ``protocol.tail_step``, makes one evaluation more than its steps
-    say; ``sample(..., nfe=)`` counts it, this function cannot: it does not know the SDE.)"""
+    """The largest step count whose score evaluations fit a budget of ``nfe`` per sample."""
     sampler = resolve("method", method)
     per = sampler.nfe_per_step
     if per is None:
@@ -170,8 +168,9 @@ def sample(
             tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
         eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).  Where it lies below
             σ/m = 0.01 (sub-VP's default), "ode_adaptive_ps" and the deterministic exponential samplers
-            stop there and end with one score-form step (``protocol.tail_step``, 1 NFE; option
-            ``tail_sigma``, None to integrate to eps).
+            stop there and end with one score-form step (``protocol.tail_step``; the fixed-step
+            samplers reuse their last evaluation, "ode_adaptive_ps" makes one; option ``tail_sigma``,
+            None to integrate to eps).
         generator: torch.Generator on ``device``; excludes ``seeds``.
         seeds: one integer per sample (int64 range); excludes ``generator``.  Sample i then
             gets the same noise in any batch, and is bit for bit the same sample in any batch
@@ -294,11 +293,6 @@ def start(
             raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRIDS)}")
         eps = sde.default_eps if eps is None else check_eps(eps, sde)
         tail = _tail_start(sampler, sde, float(eps))
-        if tail is not None and nfe is not None:  # the tail's evaluation comes out of the budget
-            if nfe - 1 - sampler.extra_nfe(denoise) >= sampler.nfe_per_step:
-                steps = steps_for_nfe(sampler, nfe - 1, denoise)
-            else:
-                tail = None
         ts = make_grid(kind, sde, steps or sampler.default_steps, float(eps) if tail is None else tail)
 
     # initial state
@@ -316,4 +310,6 @@ def start(
     ctx = Context(sde, score, noise, denoise, tail=None if tail is None else (ts[-1].item(), float(eps)))
     if isinstance(score, _X0View):
         score.ctx, score.ctx_batch = ctx, shape[0]
+    if tail is not None:  # the tail step reuses the last evaluation
+        ctx.score = LastEvaluation(score)
     return Start(sampler, ctx, x, ts.tolist())

@@ -104,6 +104,20 @@ class ScoreWrapper:
             object.__setattr__(self, name, value)
 
 
+class LastEvaluation(ScoreWrapper):
+    """Keeps the latest call's (t, s(x, t)) as ``last``: the tail step (``protocol.tail_step``)
+    reuses it instead of evaluating the score again."""
+
+    def __init__(self, score):
+        super().__init__(score)
+        self.last = None
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        out = self.score(x, t)
+        self.last = (t, out)
+        return out
+
+
 class NonFiniteScoreError(FloatingPointError):
     """The score returned NaN or Inf."""
 

@@ -11,7 +11,9 @@ from helpers import SDES, gaussian_flow_map, loglog_slope
 
 import scoresolve as ss
 from scoresolve.bench.problems import analytic_problem
+from scoresolve.protocol import Context, State, tail_step
 from scoresolve.samplers import AdaptiveMultistep
+from scoresolve.score import CountingScore
 from scoresolve.targets import GaussianMixture
 
 RING_SUBVP = GaussianMixture.ring(8, 2.0, 0.1)
@@ -62,15 +64,21 @@ def test_heldout_mixtures_are_what_the_suite_says():
 
 
 # ---------------------------------------------------------------- the tail below σ̃ = tail_sigma
-def _tail_prediction(gm, sde, x_T, c, eps):
+def _tail_prediction(gm, sde, x_T, c, eps, t_p=None):
     """The exact flow to σ̃ = c, then the documented score-form step to eps:
-    x̃_end = x̃_c − ½ (σ̃_c² − σ̃_end²)(x̃_c − x̂_0(x̃_c))/σ̃_c², with the Gaussian's exact x̂_0."""
+    x̃_end = x̃_c − ½ (σ̃_c² − σ̃_end²) g, with g = (x̃ − x̂_0(x̃))/σ̃² = −m s at t_c (the Gaussian's exact
+    x̂_0), or at t_p on the exact flow (the fixed-step samplers' tail, which holds their last evaluation's)."""
     t_c = float(sde.t_from_log_snr(torch.tensor(-2 * math.log(c), dtype=torch.float64)))
     (m_c, s_c), (m_e, s_e) = sde.marginal(t_c), sde.marginal(eps)
     xt, mu, var = gaussian_flow_map(gm, sde, x_T, t_c) / m_c, gm.means[0], gm.covs[0]
     v_c, v_e = (s_c / m_c) ** 2, (s_e / m_e) ** 2
-    x0 = mu + var / (var + v_c) * (xt - mu)
-    return m_e * (xt - 0.5 * (v_c - v_e) * (xt - x0) / v_c)
+    if t_p is None:
+        g = (xt - (mu + var / (var + v_c) * (xt - mu))) / v_c
+    else:
+        m_p, s_p = sde.marginal(t_p)
+        xp, v_p = gaussian_flow_map(gm, sde, x_T, t_p) / m_p, (s_p / m_p) ** 2
+        g = (xp - (mu + var / (var + v_p) * (xp - mu))) / v_p
+    return m_e * (xt - 0.5 * (v_c - v_e) * g)
 
 
 def test_tail_is_the_score_form_step_and_its_error_falls_as_the_fourth_power_of_tail_sigma():
@@ -141,32 +149,51 @@ def test_subvp_default_has_no_narrowing_log_density_bias(mix16_subvp):
 def test_fixed_step_tail_is_the_grid_to_t_c_then_the_tail_step():
     """Under sub-VP the exponential samplers' grid stops at σ̃ = 0.01 and the tail step ends the run: the
     samples are those of the grid to t_c (tail_sigma=None, eps=t_c) carried by x_end = (m_e/m_c)(x + ½(σ_c² −
-    m_c² σ̃_e²) s(x, t_c)), for one evaluation out of the budget; the trajectory and ts reach eps."""
+    m_c² σ̃_e²) s_c) with s_c = (m_p/m_c) s_p from the run's last evaluation (t_p, s_p): no evaluation more,
+    all of the budget for the grid; the trajectory and ts reach eps.  A score without that record (a
+    hand-built Context) is evaluated at t_c."""
     sde = ss.SubVPSDE()
     eps, score = sde.default_eps, RING_SUBVP.score_fn(sde)
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * sde.prior_std()
     for method in ("unipc", "dpmpp_2m", "dpmpp_2s", "ddim"):
-        res = ss.sample(score, sde, x_T.shape, method, nfe=15, x_init=x_T, denoise=False, return_trajectory=True)
+        calls = []
+
+        def logged(x, t, calls=calls):
+            calls.append((float(t[0]), score(x, t)))
+            return calls[-1][1]
+
+        res = ss.sample(logged, sde, x_T.shape, method, nfe=15, x_init=x_T, denoise=False, return_trajectory=True)
         t_c = float(res.ts[-2])
         (m_c, s_c), (m_e, s_e) = sde.marginal(t_c), sde.marginal(eps)
         assert float(res.ts[-1]) == eps and s_c / m_c == pytest.approx(0.01, rel=1e-9)
         head = ss.sample(score, sde, x_T.shape, method, steps=res.stats["steps"] - 1, eps=t_c, tail_sigma=None,
                          x_init=x_T, denoise=False)
-        x = head.samples
-        want = m_e / m_c * (x + 0.5 * (s_c**2 - (m_c * s_e / m_e) ** 2) * score(x, torch.full((64,), t_c)))
+        t_p, s_p = calls[-1]
+        assert t_p > t_c
+        want = m_e / m_c * (head.samples + 0.5 * (s_c**2 - (m_c * s_e / m_e) ** 2) * sde.mean_scale(t_p) / m_c * s_p)
         torch.testing.assert_close(res.samples, want, rtol=0, atol=1e-10)
-        assert res.nfe == head.nfe + 1 <= 15, method
+        assert res.nfe == head.nfe == len(calls) and 14 <= res.nfe <= 15, method
         assert len(res.trajectory) == len(res.ts) and torch.equal(res.trajectory[-1], res.samples)
+    # no record of the last evaluation: the step evaluates the score at t_c
+    counted = CountingScore(score, 64)
+    ctx = Context(sde, counted, None, denoise=False, tail=(t_c, eps))
+    x = head.samples
+    out = tail_step(ctx, State(x.clone(), t_c))
+    want = m_e / m_c * (x + 0.5 * (s_c**2 - (m_c * s_e / m_e) ** 2) * score(x, torch.full((64,), t_c)))
+    torch.testing.assert_close(out.x, want, rtol=0, atol=1e-10)
+    assert counted.nfe == 1 and out.t == eps
 
 
 def test_fixed_step_tail_on_a_gaussian_is_the_exact_flow_then_the_tail_step():
     """unipc at 200 steps to σ̃_c = 0.02 is the exact flow there (its error ~1e-7), so the samples are the
-    exact flow to σ̃_c followed by the documented step (3.6e-5 from the exact flow to eps)."""
+    exact flow to σ̃_c followed by the documented step with g held from the last evaluation, at the grid's
+    node before t_c (3.6e-5 from the exact flow to eps; 6.5e-6 from the step with g at t_c)."""
     sde = ss.SubVPSDE()
     x_T = DIAG.diffused(sde.T, sde).sample(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, "unipc", steps=200, tail_sigma=0.02, x_init=x_T,
                     denoise=False)
-    torch.testing.assert_close(res.samples, _tail_prediction(DIAG, sde, x_T, 0.02, sde.default_eps), rtol=0,
+    t_p = float(res.ts[-3])  # ts: ..., t_p, t_c, eps
+    torch.testing.assert_close(res.samples, _tail_prediction(DIAG, sde, x_T, 0.02, sde.default_eps, t_p), rtol=0,
                                atol=1e-6)
 
 

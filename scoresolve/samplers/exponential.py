@@ -215,7 +215,7 @@ class Multistep(SamplerBase):
     memory is (schedule, per-step orders, history of m x̂_0, newest first).
     ``tail_sigma`` (ODE samplers here, DDIM and DPM-Solver++(2S) too): where a generated grid would
     end below σ̃ = σ/m = tail_sigma (sub-VP's default end, σ̃ ≈ 1e-4), it ends at tail_sigma and
-    ``protocol.tail_step`` (1 NFE, out of an ``nfe`` budget) carries the samples to eps; VP's and
+    ``protocol.tail_step`` (no evaluation: the last one's m·s held) carries the samples to eps; VP's and
     VE's default ends lie above 0.01, and the peers' reproductions keep their grids (KarrasSDE,
     DiscreteVPSDE, ``lower_order_final="diffusers"``, DDIM's ``step_to``).  None: the grid to eps."""
 
