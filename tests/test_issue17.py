@@ -13,7 +13,7 @@ import scoresolve as ss
 from scoresolve.bench.problems import analytic_problem
 from scoresolve.protocol import Context, State, tail_step
 from scoresolve.samplers import AdaptiveMultistep
-from scoresolve.score import CountingScore
+from scoresolve.score import CountingScore, LastEvaluation
 from scoresolve.targets import GaussianMixture
 
 RING_SUBVP = GaussianMixture.ring(8, 2.0, 0.1)
@@ -182,6 +182,14 @@ def test_fixed_step_tail_is_the_grid_to_t_c_then_the_tail_step():
     want = m_e / m_c * (x + 0.5 * (s_c**2 - (m_c * s_e / m_e) ** 2) * score(x, torch.full((64,), t_c)))
     torch.testing.assert_close(out.x, want, rtol=0, atol=1e-10)
     assert counted.nfe == 1 and out.t == eps
+    # the record with a float time or per-row times gives the same step, and no evaluation
+    recorded = LastEvaluation(CountingScore(score, 64))
+    recorded.last = (t_p, s_p)
+    ctx = Context(sde, recorded, None, denoise=False, tail=(t_c, eps))
+    x_f = tail_step(ctx, State(x.clone(), t_c)).x
+    recorded.last = (torch.full((64,), t_p, dtype=torch.float64), s_p)
+    torch.testing.assert_close(tail_step(ctx, State(x.clone(), t_c)).x, x_f, rtol=0, atol=1e-12)
+    assert recorded.nfe == 0
 
 
 def test_fixed_step_tail_on_a_gaussian_is_the_exact_flow_then_the_tail_step():
