@@ -84,6 +84,28 @@ def run(gm, sde, x, score=None, **kw):
 
 
 # ----------------------------------------------------------------- reference-style baseline
+def pf_path(score, sde, x0, ts, tol):
+    """x at the times ``ts`` along the probability-flow ODE dx/dt = f x − ½ g² s from x0 at ts[0]
+    (dopri5 on the score alone, rtol = atol = ``tol``, dense output)."""
+    import torchdiffeq
+
+    def flow(t, y):
+        tt = float(t)
+        s = score(y, torch.full((y.shape[0],), tt, dtype=y.dtype))
+        return sde.drift_coef(tt) * y - 0.5 * sde.diffusion(tt) ** 2 * s
+
+    with torch.no_grad():
+        return torchdiffeq.odeint(flow, x0, ts, rtol=tol, atol=tol, method="dopri5")
+
+
+def gl4_panels(lo: float, hi: float, panels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of composite 4-point Gauss-Legendre on ``panels`` equal panels of [lo, hi]."""
+    u, w = np.polynomial.legendre.leggauss(4)
+    edges = np.linspace(lo, hi, panels + 1)
+    nodes = np.concatenate([a + (b - a) * (u + 1) / 2 for a, b in zip(edges[:-1], edges[1:])])
+    return nodes, np.tile(w / 2, panels) * (hi - lo) / panels
+
+
 def exact_trace(score, x, t):
     """tr ∇s(x, t) per row by one forward under autograd and d VJPs with the one-hot rows e_i summed
     over the batch (rows are independent), as the reference computes it."""

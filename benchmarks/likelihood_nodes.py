@@ -25,10 +25,9 @@ import time
 
 import numpy as np
 import torch
-import torchdiffeq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from likelihood_bench import autograd_score, exact_trace, points  # noqa: E402
+from likelihood_bench import autograd_score, exact_trace, gl4_panels, pf_path, points  # noqa: E402
 from likelihood_speed import trained_mlp  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
@@ -39,12 +38,7 @@ BANDS = ((0, 12), (12, 40), (40, 80), (80, 125), (125, 175), (175, 250), (250, 6
 
 def integrand(score, sde, x0: torch.Tensor, ts: torch.Tensor) -> np.ndarray:
     """g(t_k) for each point along its probability-flow path, shape (len(ts), B)."""
-    def f(t, y):
-        tt = float(t)
-        s = score(y, torch.full((y.shape[0],), tt, dtype=y.dtype))
-        return sde.drift_coef(tt) * y - 0.5 * sde.diffusion(tt) ** 2 * s
-
-    xs = torchdiffeq.odeint(f, x0, ts, rtol=1e-9, atol=1e-9, method="dopri5")
+    xs = pf_path(score, sde, x0, ts, 1e-9)
     out = []
     for xk, tk in zip(xs, ts.tolist()):
         tr = exact_trace(score, xk, torch.full((xk.shape[0],), tk, dtype=xk.dtype))
@@ -57,12 +51,9 @@ def simpson(g: np.ndarray, h: float) -> np.ndarray:
 
 
 def gauss_legendre(score, sde, x0, eps, T, panels: int) -> np.ndarray:
-    u, w = np.polynomial.legendre.leggauss(4)
-    edges = np.linspace(eps, T, panels + 1)
-    nodes = np.concatenate([lo + (hi - lo) * (u + 1) / 2 for lo, hi in zip(edges[:-1], edges[1:])])
+    nodes, weights = gl4_panels(eps, T, panels)
     ts = torch.tensor(np.concatenate([[eps], nodes]), dtype=torch.float64)
     g = integrand(score, sde, x0, ts)[1:]
-    weights = np.tile(w / 2, panels) * (T - eps) / panels
     return (weights[:, None] * g).sum(0)
 
 

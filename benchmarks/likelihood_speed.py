@@ -29,7 +29,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from likelihood_bench import autograd_score, exact_trace, points, reference_style, timed  # noqa: E402
+from likelihood_bench import autograd_score, exact_trace, gl4_panels, pf_path, points, reference_style, timed  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
 from scoresolve import train  # noqa: E402
@@ -53,22 +53,10 @@ def decoupled(score, sde, x, nodes: int, prior) -> torch.Tensor:
     Σ_j w_j (−½ g(t_j)² tr∇s(x(t_j), t_j)).  Not a library mode: what placing N evaluations in
     advance costs and achieves, against the reference and the adaptive rows."""
     import numpy as np
-    import torchdiffeq
 
     eps, T = sde.default_eps, sde.T
-    u, w = np.polynomial.legendre.leggauss(4)
-    edges = np.linspace(eps, T, nodes // 4 + 1)
-    tn = np.concatenate([lo + (hi - lo) * (u + 1) / 2 for lo, hi in zip(edges[:-1], edges[1:])])
-    wn = np.tile(w / 2, nodes // 4) * (T - eps) / (nodes // 4)
-
-    def flow(t, y):
-        tt = float(t)
-        return sde.drift_coef(tt) * y - 0.5 * sde.diffusion(tt) ** 2 * score(y, torch.full((y.shape[0],), tt,
-                                                                                      dtype=y.dtype))
-
-    ts = torch.tensor(np.concatenate([[eps], tn, [T]]), dtype=x.dtype)
-    with torch.no_grad():
-        xs = torchdiffeq.odeint(flow, x, ts, rtol=1e-6, atol=1e-6, method="dopri5")
+    tn, wn = gl4_panels(eps, T, nodes // 4)
+    xs = pf_path(score, sde, x, torch.tensor(np.concatenate([[eps], tn, [T]]), dtype=x.dtype), 1e-6)
     delta = x.shape[1] * float(sde.log_mean_scale(T) - sde.log_mean_scale(eps))
     for xk, tk, wk in zip(xs[1:-1], tn.tolist(), wn.tolist()):
         tr = exact_trace(score, xk, torch.full((x.shape[0],), tk, dtype=x.dtype))
