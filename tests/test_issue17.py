@@ -36,6 +36,27 @@ def test_budget_caps_every_sample_and_a_tight_tolerance_uses_all_of_it(sde_name,
         assert tight.nfe == n  # exactly n calls for every sample
 
 
+def test_a_step_grown_to_the_remaining_distance_ends_the_solve():
+    """Under a budget a step forced to rem/3, then doubled (max_factor 2), is the remaining 2 rem/3 in exact
+    arithmetic but often an ulp short in floating point: those rows must end there, not take an ulp step
+    next (a wasted evaluation; at λ_c under sub-VP a zero step and NaN samples at 18-22 NFE on the 8-ring)."""
+    from scoresolve.samplers.adaptive import reaches
+
+    lam = torch.linspace(-3.0, 2.5, 4001, dtype=torch.float64)
+    stop = torch.tensor(4.605170185988091, dtype=torch.float64)
+    forced = (stop - lam) / 3
+    after = lam + forced
+    short = 2 * forced < stop - after
+    assert short.any()  # the rounding the check is about happens
+    assert reaches(2 * forced, stop - after).all()
+    assert not reaches(torch.tensor([0.5]), torch.tensor([0.5 + 1e-6])).any()
+    for sde_name in ("subvp", "vp"):
+        sde = SDES[sde_name]
+        res = ss.sample(RING_SUBVP.score_fn(sde), sde, (10_000, 2), "ode_adaptive_ps", nfe=20, denoise=False,
+                        generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(res.samples).all() and float(res.stats["nfe_per_sample"].max()) <= 20
+
+
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_budget_mode_converges_at_the_multistep_order(sde_name):
     """With a tolerance the budget cannot meet, the steps are (λ_end − λ)/(R + 1): error falls at least as N^−p

@@ -56,6 +56,13 @@ def _noise_delta(m: Tensor, s: Tensor, rtol: float, atol: float, data_scale: flo
     return torch.add(m, s, alpha=rtol / a_d).mul_(a_d)
 
 
+def reaches(ha: Tensor, rem: Tensor) -> Tensor:
+    """The rows whose step of ``ha`` (in λ) ends at the stop ``rem`` away: also those short of it by less
+    than 1e-9, which are rounding (a step grown to the remaining distance, 2·rem/3 after a step of
+    rem/3, lands an ulp short) and would leave a step of an ulp to take."""
+    return ha >= rem - 1e-9
+
+
 def _scaled_x0(ctx: Context, y: Tensor, tt: Tensor, s: Tensor, shape: torch.Size) -> Tensor:
     """m x̂_0 = y + σ² s(y, t) on the rows of y (a ``lanes`` view of samples of ``shape``, as is
     the result), at per-row times tt (float64) with σ = σ(tt)."""
@@ -363,7 +370,7 @@ class AdaptiveODE(PerSampleAdaptive):
         xl, da = lanes(xa), lanes(run.of(mem.d0))
         rem = lam_end - la
         ha = torch.minimum(run.of(mem.h), rem)
-        last = ha >= rem
+        last = reaches(ha, rem)
         z = ha * torch.tensor([1 / 3, 2 / 3, 1.0], dtype=ha.dtype, device=ha.device).unsqueeze(1)  # (3, b)
         lam_n = torch.where(last, lam_end, la + ha)
         ts, (m1, m2, mn), (s1, s2, sn) = sde.at_log_snr(2 * (la + z))  # at t_1, t_2, t'

@@ -27,7 +27,7 @@ from .._compat import renamed
 from ..options import option
 from ..protocol import Context, tail_factors, tail_log_snr
 from ._common import Rows, exp_pc_weights, lanes, row_coef, unlane
-from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0
+from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0, reaches
 
 __all__ = ["AdaptiveMultistep"]
 
@@ -150,7 +150,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
             floor_h = rem / (left + 1)
             forced = ha <= floor_h
             ha = torch.maximum(ha, floor_h)
-        last = ha >= rem
+        last = reaches(ha, rem)
         any_last = bool(last.any())
         lam_n = la + ha
         if any_last:  # the end exactly, not λ + (λ_end − λ) rounded
