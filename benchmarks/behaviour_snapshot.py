@@ -72,7 +72,8 @@ CHANGED = {
     "inpaint/ald/ve",
     # issue 17: below σ̃ = σ/m = 0.01 (sub-VP's default end; VP's and VE's end above it) ode_adaptive_ps
     # ends with one score-form step in σ̃² (tail_sigma): its multistep in λ narrowed the samples there
-    # (log-density bias +1.6 to +5.8 floors on held-out 16-128-d mixtures, now as under VP)
+    # (log-density bias +1.6 to +5.8 floors on held-out 16-128-d mixtures, now as under VP), holding m·s
+    # from the sample's newest evaluation (no NFE; it evaluated at σ̃ = 0.01, 1 NFE, before)
     *(f"ode_adaptive_ps/subvp/{c}" for c in ("float64/generator", "float32/generator", "float64/seeds/no-denoise")),
     # issue 17: so do the deterministic exponential samplers' generated grids (protocol.tail_step, holding
     # the last evaluation's m·s: no NFE): on sub-VP a grid to eps spent a third of its steps below 0.01

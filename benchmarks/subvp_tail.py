@@ -3,7 +3,7 @@
 Sub-VP's default end (eps = 1e-3) has σ̃ ≈ 1e-4 (VP's and VE's ≈ 0.01).  With ``tail_sigma=0.01``
 (the default of ode_adaptive_ps and of the deterministic exponential samplers) the solve stops at
 σ̃ = 0.01 and one score-form step ends it (``scoresolve.protocol.tail_step``, which holds the last
-evaluation's m·s: no NFE; ode_adaptive_ps evaluates once at σ̃ = 0.01); ``tail_sigma=None``
+evaluation's m·s: no NFE; ode_adaptive_ps holds each sample's newest one the same way); ``tail_sigma=None``
 integrates to eps.  Each configuration on each case: 10k samples at eps (no final denoising) against the exact
 p_eps, per seed (both variants on the same seeds); reported are the counted NFE, W2 and log-density
 gap as multiples of their noise floors and the signed log-density bias ± its standard error
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "subvp_tail.jsonl"
 CONFIGS = {  # label: (method, options)
     "ode_adaptive_ps (defaults)": ("ode_adaptive_ps", {}),
+    "ode_adaptive_ps, nfe=15": ("ode_adaptive_ps", {"nfe": 15}),
     "unipc, nfe=15": ("unipc", {"nfe": 15}),
     "unipc, nfe=20": ("unipc", {"nfe": 20}),
     "unipc, nfe=25": ("unipc", {"nfe": 25}),
@@ -40,7 +41,7 @@ TAILS = {"tail 0.01": 0.01, "no tail": None}
 # (problem, SDE, eps, seeds, configurations)
 CASES = [("ring8", "subvp", 1e-3, 4, list(CONFIGS)), ("gmm64", "subvp", 1e-3, 2, list(CONFIGS)),
          ("mix16s104", "subvp", 1e-3, 3, list(CONFIGS)), ("mix32s105", "subvp", 1e-3, 3, list(CONFIGS)),
-         ("mix128s106", "subvp", 1e-3, 2, ["ode_adaptive_ps (defaults)", "unipc, nfe=20"]),
+         ("mix128s106", "subvp", 1e-3, 2, ["ode_adaptive_ps (defaults)", "ode_adaptive_ps, nfe=15", "unipc, nfe=20"]),
          ("mix16s104", "vp", 1e-5, 3, ["ode_adaptive_ps (defaults)", "unipc, nfe=20"])]
 KEYS = ("problem", "sde", "eps", "config", "tail", "seed")
 

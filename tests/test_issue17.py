@@ -57,6 +57,17 @@ def test_a_step_grown_to_the_remaining_distance_ends_the_solve():
         assert torch.isfinite(res.samples).all() and float(res.stats["nfe_per_sample"].max()) <= 20
 
 
+def test_a_budget_below_what_the_run_needs_names_it():
+    """Start + final denoising + an evaluated last step (``correct_last``) need 3; the tail needs none."""
+    sde = ss.SubVPSDE()
+    with pytest.raises(ValueError, match=r"nfe_budget=2 is below the 3 evaluations.*correct_last"):
+        ss.sample(RING_SUBVP.score_fn(sde), sde, (8, 2), AdaptiveMultistep(correct_last=True, nfe_budget=2))
+    for opts, denoise in ((dict(correct_last=True), False), ({}, True)):
+        res = ss.sample(RING_SUBVP.score_fn(sde), sde, (64, 2), AdaptiveMultistep(nfe_budget=2, **opts),
+                        denoise=denoise, generator=torch.Generator().manual_seed(0))
+        assert res.nfe == 2 and torch.isfinite(res.samples).all()
+
+
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_budget_mode_converges_at_the_multistep_order(sde_name):
     """With a tolerance the budget cannot meet, the steps are (λ_end − λ)/(R + 1): error falls at least as N^−p
@@ -103,27 +114,42 @@ def _tail_prediction(gm, sde, x_T, c, eps, t_p=None):
 
 
 def test_tail_is_the_score_form_step_and_its_error_falls_as_the_fourth_power_of_tail_sigma():
-    """Under sub-VP (σ̃ ends at 1e-4) the solve stops at σ̃_c and takes the documented step: at a tight
-    tolerance the samples are the exact flow to σ̃_c followed by that step, and their error against the
-    exact flow to eps falls as σ̃_c⁴ (for a Gaussian the step is exact to O((σ̃_c/s)⁴); a step that
-    contracted by the whole x̃ − x̂_0 (DDIM's), or none, would leave O(σ̃_c²))."""
+    """Under sub-VP (σ̃ ends at 1e-4) the solve stops at σ̃_c and takes the documented step.  At a tight
+    tolerance the samples are the exact flow to σ̃_c followed by that step with m·s held from the sample's
+    last evaluation (at t_p, just above t_c; ``correct_last=True``: evaluated at t_c), and their error
+    against the exact flow to eps falls as σ̃_c⁴ (for a Gaussian the step is exact to O((σ̃_c/s)⁴); a step
+    that contracted by the whole x̃ − x̂_0 (DDIM's), or none, would leave O(σ̃_c²)).  Holding m·s from t_c
+    instead of t_p is 6e-6 off here, the history's extrapolation of x̂_0 to σ̃_c 1e-8."""
     sde = ss.SubVPSDE()
-    eps = sde.default_eps
+    eps, tol = sde.default_eps, dict(rtol=1e-10, atol=1e-10)
     x_T = DIAG.diffused(sde.T, sde).sample(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = gaussian_flow_map(DIAG, sde, x_T, eps)
     cs, errs = [0.04, 0.02, 0.01], []
     for c in cs:
-        res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, AdaptiveMultistep(rtol=1e-9, atol=1e-9, tail_sigma=c),
-                        x_init=x_T, denoise=False)
-        torch.testing.assert_close(res.samples, _tail_prediction(DIAG, sde, x_T, c, eps), rtol=0, atol=1e-9)
+        res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, AdaptiveMultistep(tail_sigma=c, **tol), x_init=x_T,
+                        denoise=False)
         errs.append(float((res.samples - exact).abs().max()))
+        evaluated = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, AdaptiveMultistep(tail_sigma=c, correct_last=True,
+                              **tol), x_init=x_T, denoise=False)
+        torch.testing.assert_close(evaluated.samples, _tail_prediction(DIAG, sde, x_T, c, eps), rtol=0, atol=5e-9)
+        for i in range(3):  # one sample per run (the steps are per sample): its last evaluation's time is t_p
+            times = []
+
+            def score(x, t, times=times):
+                times.append(float(t.flatten()[0]))
+                return DIAG.score_fn(sde)(x, t)
+
+            one = ss.sample(score, sde, (1, 2), AdaptiveMultistep(tail_sigma=c, **tol), x_init=x_T[i:i + 1],
+                            denoise=False)
+            torch.testing.assert_close(one.samples, _tail_prediction(DIAG, sde, x_T[i:i + 1], c, eps, times[-1]),
+                                       rtol=0, atol=5e-9)
     assert 3.5 < loglog_slope(cs, errs) < 4.5, errs  # error ∝ σ̃_c^slope
 
 
-def test_tail_applies_only_below_tail_sigma_and_costs_one_evaluation():
+def test_tail_applies_only_below_tail_sigma_and_costs_no_evaluation():
     """VP's and VE's default ends (σ̃ ≈ 0.0105, 0.0100009) lie above 0.01: the same samples as without a
-    tail.  Under sub-VP the step that lands at σ̃_c is evaluated (the tail's x̂_0), so it is not free:
-    NFE = 1 (start) + accepted + rejected proposals."""
+    tail.  Under sub-VP the step that lands at σ̃_c is the predictor alone (the tail's x̂_0 extrapolated),
+    so, as without a tail, NFE = 1 (start) + accepted + rejected − 1 (the last step)."""
     gm = GaussianMixture.ring(8, 2.0, 0.1)
     runs = {}
     for name in ("vp", "ve", "subvp"):
@@ -134,7 +160,7 @@ def test_tail_applies_only_below_tail_sigma_and_costs_one_evaluation():
         assert torch.equal(runs[name][0].samples, runs[name][1].samples)
     tail, plain = runs["subvp"]
     assert not torch.equal(tail.samples, plain.samples)
-    assert tail.nfe == pytest.approx(1 + tail.stats["accepted"] + tail.stats["rejected"], rel=1e-12)
+    assert tail.nfe == pytest.approx(tail.stats["accepted"] + tail.stats["rejected"], rel=1e-12)
     assert plain.nfe == pytest.approx(plain.stats["accepted"] + plain.stats["rejected"], rel=1e-12)  # the last free
 
 

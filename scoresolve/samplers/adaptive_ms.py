@@ -57,15 +57,19 @@ class AdaptiveMultistep(PerSampleAdaptive):
     ``per_sample=False`` shares one step (the batch maximum of E) for comparison.
     The tail (``tail_sigma`` = σ̃_c): where the solve ends below σ̃_c = σ/m (sub-VP's default end
     σ̃ ≈ 1e-4; VP's and VE's defaults end at ≈ 0.01 and keep no tail), the steps stop at σ̃_c and
-    ``protocol.tail_step``'s score-form step in σ̃² ends it, with the x̂_0 of the step landing at
-    λ_c (1 NFE).  Without it the samples came out narrower (16-128-d mixtures under sub-VP, 10k
-    samples, benchmarks/subvp_tail.md: log-density bias +1.6 to +5.4 noise floors at 24.5-27.4 NFE;
-    with it −0.8 to +0.5 at 3 NFE fewer, as under VP, whose solve ends at about σ̃_c).
+    ``protocol.tail_step``'s score-form step in σ̃² ends it.  As that step holds m·s, the step landing
+    at λ_c is the predictor alone, like the last one without a tail, and the tail takes
+    s_c = (m_p/m_c) s_p from the sample's newest evaluation, σ_p² s_p = D_0 − x (no NFE;
+    ``correct_last=True`` evaluates at λ_c).  Without the tail the samples came out narrower
+    (16-128-d mixtures under sub-VP, 10k samples, benchmarks/subvp_tail.md: log-density bias +1.6
+    to +5.4 noise floors at 24.5-27.4 NFE; with it −0.7 to +1.3 at 4 NFE fewer, as under VP,
+    whose solve ends at about σ̃_c).  Taking the history's extrapolation P(λ_c) for x̂_0 there
+    instead narrowed the samples as much as no tail at all.
     With ``denoise`` a final Tweedie step (1 NFE).
     Fixed budget (``nfe_budget=N``, or ``sample(..., nfe=N)``): every sample makes at most N score
-    evaluations (the final denoising and the tail's included): with R evaluations left a sample's step is
+    evaluations (the final denoising included): with R evaluations left a sample's step is
     at least (λ_end − λ)/(R + 1) (the final predictor-only step costs none; with a tail λ_c replaces
-    λ_end and its evaluation is set aside), and a step taken at that bound
+    λ_end), and a step taken at that bound
     is accepted whatever its error, so the solve always ends within N; with a tolerance tighter
     than the budget allows it uses exactly N.
     Reference: Zhao et al. 2023 (UniPC) for the predictor-corrector pair; Hairer, Nørsett &
@@ -121,16 +125,15 @@ class AdaptiveMultistep(PerSampleAdaptive):
         mem.n_hist = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
         mem.full = p == 1  # on the host: every row holds p entries (all at full order)
         mem.log_eprev = torch.zeros_like(mem.t)  # log of the last accepted error (E_prev = 1 at the start)
-        mem.lam_tail = self._tail_start(sde, ts, ctx.denoise)
+        # λ_c = −log tail_sigma, where the last segment's steps stop and the tail step takes over (None: the
+        # end's σ̃ ≥ tail_sigma, or the last segment starts past λ_c)
+        mem.lam_tail = tail_log_snr(sde, ts[-2], ts[-1], self.tail_sigma) if len(ts) >= 2 else None
+        need = 1 + int(ctx.denoise) + int(self.correct_last)
+        if self.nfe_budget is not None and self.nfe_budget < need:
+            raise ValueError(f"nfe_budget={self.nfe_budget} is below the {need} evaluations a run needs here (the "
+                             "start, the final denoising, an evaluated last step with correct_last=True); raise "
+                             "nfe_budget, or pass denoise=False / correct_last=False")
         return mem
-
-    def _tail_start(self, sde, ts: list[float], denoise: bool) -> float | None:
-        """λ_c = −log ``tail_sigma`` where the last segment's multistep solve stops and the tail step
-        takes over, or None: no tail (σ̃ at the end ≥ tail_sigma, the last segment starting past
-        λ_c, or a budget without an evaluation to spare for it)."""
-        if self.nfe_budget is not None and self.nfe_budget < 3 + int(denoise):  # start, a step, the tail
-            return None
-        return tail_log_snr(sde, ts[-2], ts[-1], self.tail_sigma) if len(ts) >= 2 else None
 
     def _running(self, mem, t_end: float) -> Tensor:
         mem.lam_end = 0.5 * mem.sde.log_snr(t_end)
@@ -145,7 +148,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
         ha = torch.minimum(run.of(mem.h), rem)
         forced = None
         if self.nfe_budget is not None:  # at least (λ_stop − λ)/(R + 1) with R evaluations left
-            reserved = int(ctx.denoise) + int(mem.lam_tail is not None)  # the final denoising, the tail step
+            reserved = int(ctx.denoise) + int(self.correct_last)  # the final denoising, an evaluated last step
             left = (self.nfe_budget - reserved - run.of(mem.rows)).clamp_min(0)
             floor_h = rem / (left + 1)
             forced = ha <= floor_h
@@ -183,8 +186,8 @@ class AdaptiveMultistep(PerSampleAdaptive):
                 for buf, val in ((x_pred, xp), (x_ext, xe), (omega, om)):
                     grp.write(buf, val)
         final = not self.correct_last and t_end == mem.t_last and any_last
-        if final and not tail:  # the rows whose step ends the solve take the predictor: their new value is set to
-            # the history's extrapolation (no evaluation), so the gap is 0 and the corrector leaves them
+        if final:  # the rows whose step ends the solve (or lands at λ_c) take the predictor: their new value is
+            # set to the history's extrapolation (no evaluation), so the gap is 0 and the corrector leaves them
             d_new, keep = x_ext.clone(), (~last).nonzero().squeeze(1)
             if keep.numel():
                 part = Rows(idx.index_select(0, keep), b)
@@ -195,10 +198,12 @@ class AdaptiveMultistep(PerSampleAdaptive):
         else:
             d_new = _scaled_x0(ctx, x_pred, tn, s_n, shape)
             run.add(mem.rows, 1.0)
-        if tail and any_last:  # the tail step needs x̃ − x̂_0 at the landing point: keep both
-            pulled = torch.sub(x_pred, d_new)
-            if final:  # the predictor alone at λ_c (the corrector's gap 0), as at the end without a tail
-                d_new = torch.where(_row_mask(last, d_new), x_ext, d_new)
+        if tail and any_last:  # the tail step's σ_c² s_c = −pulled at λ_c: evaluated with ``correct_last``,
+            if final:  # else m s held from the newest entry: σ_c² (m_p/m_c) s_p with σ_p² s_p = D_p − x_p
+                coef = s_n.square().mul_(run.of(mem.hm[0])).div_(run.of(mem.sig).square().mul_(m_n))
+                pulled = torch.sub(xl, hist[0]).mul_(row_coef(coef, xl))
+            else:
+                pulled = torch.sub(x_pred, d_new)
         gap = torch.sub(d_new, x_ext, out=x_ext)  # m' (x̂_0' − P(λ')): the new value off the history's extrapolation
         x_corr = unlane(x_pred.addcmul_(row_coef(omega, xl), gap), shape)  # the corrector; x' − x̃ = ω·gap
         if self.error_norm == "noise":  # δ is one number per row: ‖diff/δ‖ = |ω| ‖gap‖/δ
