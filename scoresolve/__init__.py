@@ -18,6 +18,7 @@ from .control import (
     linear_inverse,
 )
 from .diffusers_match import match_scheduler
+from .gridfit import FittedGrid, fit_grid
 from .likelihood import LikelihoodResult, bits_per_dim, likelihood
 from .noise import Noise
 from .ode import StepLimitError
@@ -74,7 +75,8 @@ __all__ = [
     "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "NonFiniteStateError", "from_epsilon", "from_denoiser",
-    "from_sigma_model", "Noise", "GRIDS", "make_grid", "targets", "metrics", "ncsn", "train", "distributed",
+    "from_sigma_model", "Noise", "GRIDS", "make_grid", "fit_grid", "FittedGrid", "targets", "metrics", "ncsn",
+    "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",
     "DiscreteVPSDE", "KarrasSDE", "spaced_timesteps", "timestep_grid", "ddim_step_to", "grid_from_sigmas",

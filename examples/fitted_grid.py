@@ -1,0 +1,47 @@
+"""A 15-evaluation grid fitted to a pilot batch, against the log-SNR-uniform one (about a minute on CPU).
+
+    python examples/fitted_grid.py        # writes examples/outputs/fitted_grid.png
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+import scoresolve as ss  # noqa: E402
+
+sde = ss.VPSDE()
+target = ss.targets.GaussianMixture.ring(k=8, radius=2.0, std=0.1)
+score_fn = target.score_fn(sde)
+truth = target.diffused(sde.default_eps, sde)  # p_eps: the samples end at eps, no final denoising
+metrics = ("component_w2", "logp_gap")
+floor = ss.metrics.noise_floor(truth, 10_000, repeats=3, metrics=metrics)
+
+# once per score: 512 prior draws, their flow solved tightly, the grid searched (its cost is reported)
+fit = ss.fit_grid(score_fn, sde, (512, 2), "unipc", nfe=15, generator=torch.Generator().manual_seed(0))
+print(f"fit: the pilot's median squared error {fit.median_error_start:.2e} -> {fit.median_error:.2e}, "
+      f"{fit.pilot_nfe:.0f} score evaluations per "
+      f"pilot sample over {fit.evaluations} pilot solves")
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 5), sharex=True, sharey=True, layout="constrained")
+for ax, (name, grid) in zip(axes, [("log-SNR grid", dict(nfe=15)), ("fitted grid", dict(grid=fit.ts))]):
+    ratios = {k: 0.0 for k in metrics}
+    for seed in range(3):  # each metric's noise is its floor: the mean of three runs reads steadier than one
+        res = ss.sample(score_fn, sde, (10_000, 2), "unipc", denoise=False,
+                        generator=torch.Generator().manual_seed(seed), **grid)
+        q = ss.metrics.evaluate(res.samples, truth, metrics=metrics, generator=torch.Generator().manual_seed(10 + seed))
+        ratios = {k: ratios[k] + q[k] / floor[k][0] / 3 for k in metrics}
+    print(f"{name:>12}: NFE {res.nfe:.0f}, W2 {ratios['component_w2']:.2f}x floor, "
+          f"log-density gap {ratios['logp_gap']:.2f}x floor (means of 3 runs)")
+    ax.scatter(*res.samples[:3000].T, s=1, alpha=0.4)
+    ax.set_title(f"unipc, {name}, {res.nfe:.0f} NFE\nW2 {ratios['component_w2']:.1f}x, "
+                 f"log p gap {ratios['logp_gap']:.1f}x floor", fontsize=10)
+    ax.set_aspect("equal")
+
+out = Path(__file__).resolve().parent / "outputs" / "fitted_grid.png"
+out.parent.mkdir(exist_ok=True)
+fig.savefig(out, dpi=120, bbox_inches="tight")
+print("wrote", out)

@@ -1,0 +1,89 @@
+"""fit_grid: a fixed-step sampler's grid fitted on a pilot batch against the probability-flow paths
+(ground truth: ode_adaptive_ps at rtol 1e-7 on the exact mixture score, from the same prior draws)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import scoresolve as ss
+from scoresolve.samplers import AdaptiveMultistep
+from scoresolve.targets import GaussianMixture
+from scoresolve.timegrid import check_grid
+
+RING = GaussianMixture.ring(8, 2.0, 0.1)
+SDE = ss.VPSDE()
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300,
+                       generator=torch.Generator().manual_seed(0), progress=False)
+
+
+def _endpoint_errors(x_T: torch.Tensor, **grid) -> tuple[torch.Tensor, float]:
+    """Squared endpoint errors against the exact flow of x_T, and the NFE."""
+    exact = ss.sample(RING.score_fn(SDE), SDE, x_T.shape, AdaptiveMultistep(rtol=1e-7, atol=1e-7, tail_sigma=None),
+                      x_init=x_T, denoise=False).samples
+    out = ss.sample(RING.score_fn(SDE), SDE, x_T.shape, "unipc", x_init=x_T, denoise=False, **grid)
+    return (out.samples.double() - exact.double()).square().sum(1), out.nfe
+
+
+def test_the_fitted_grid_is_closer_to_the_flow_on_samples_it_was_not_fitted_on(fitted):
+    """On 1000 fresh prior draws the fitted 8-step grid's squared endpoint errors against the exact
+    flow, mean and median, are below a tenth of the log-SNR-uniform grid's (measured 1.7e-5 vs 0.025
+    and 3.0e-6 vs 0.017; the pilot's medians 2.9e-6 vs 0.017): the search places the steps for the
+    paths, not for its 256 pilot draws."""
+    x_T = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1)) * SDE.prior_std()
+    fit_err, fit_nfe = _endpoint_errors(x_T, grid=fitted.ts)
+    uniform_err, uniform_nfe = _endpoint_errors(x_T, nfe=8)
+    assert fit_nfe == uniform_nfe == 8
+    assert fit_err.mean() < uniform_err.mean() / 10 and fit_err.median() < uniform_err.median() / 10
+    assert fitted.median_error < fitted.median_error_start / 10 and fitted.loss < fitted.loss_start
+
+
+def test_the_grid_runs_from_T_to_eps_and_the_cost_is_counted(fitted):
+    ts = fitted.ts
+    assert ts.dtype == torch.float64 and len(ts) == 9
+    assert ts[0] == SDE.T and ts[-1] == SDE.default_eps and bool((ts.diff() < 0).all())
+    assert 2 <= fitted.evaluations <= 300
+    # the reference solve of the pilot, then 8 evaluations per pilot solve
+    assert fitted.pilot_nfe > 8 * fitted.evaluations + 50
+
+
+def test_any_search_point_is_a_strictly_decreasing_grid():
+    """The search may push increments to nothing (softmax of θ ~ ±50): every time still strictly below the last."""
+    from scoresolve.gridfit import _grid
+
+    lam0, lam1 = (0.5 * float(SDE.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (SDE.T, SDE.default_eps))
+    for theta in (np.array([60.0, -60.0, -60.0, 0.0, -60.0]), np.zeros(5), np.array([-60.0] * 4 + [60.0])):
+        ts = _grid(theta, lam0, lam1, SDE, SDE.T, SDE.default_eps)
+        assert bool((ts.diff() < 0).all()) and ts[0] == SDE.T and ts[-1] == SDE.default_eps
+        assert torch.equal(check_grid(ts, SDE), ts)
+
+
+def test_fitting_is_reproducible_bit_for_bit(fitted):
+    again = ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300,
+                        generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(again.ts, fitted.ts) and again.loss == fitted.loss
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(method="em"), r"method='em' has no fixed deterministic grid.*valid choices: .*unipc"),
+    (dict(method="ode_adaptive_ps"), r"no fixed deterministic grid"),
+    (dict(start="cosine"), r"unknown start='cosine'; valid choices: .*log_snr"),
+    (dict(nfe=1), r"nfe=1 leaves unipc one step"),
+    (dict(max_evals=0), r"max_evals must be an integer >= 2"),
+])
+def test_bad_arguments_are_named(kw, match):
+    args = dict(method="unipc", nfe=8) | kw
+    with pytest.raises(ValueError, match=match):
+        ss.fit_grid(RING.score_fn(SDE), SDE, (16, 2), args.pop("method"), args.pop("nfe"), progress=False, **args)
+
+
+def test_a_run_ending_below_the_tail_level_is_warned_about():
+    """Sub-VP's default end (σ/m ≈ 1e-4): generated grids end with the tail step, a fitted one would not."""
+    sub = ss.SubVPSDE()
+    with pytest.warns(UserWarning, match=r"ends below σ/m = 0.01 .*without it"):
+        ss.fit_grid(RING.score_fn(sub), sub, (16, 2), "unipc", 6, max_evals=3, progress=False)
