@@ -1,13 +1,13 @@
 """Fitted grids (issue 17, ≤ 15 NFE): unipc at 15 NFE on its log-SNR-uniform grid and on a grid
 fitted by ``scoresolve.fit_grid`` to a pilot batch, on the repository's problems and the held-out
-mixtures (seeds 101-106, which no default was tuned on), VP and VE (sub-VP on the first four).
+mixtures (seeds 101-106, which no default was tuned on), VP, VE and sub-VP.
 
 Per (problem, SDE): one fit, pilot of ``PILOT`` prior draws from seed 12345 (not an evaluation seed),
 ``MAX_EVALS`` pilot solves, reference ode_adaptive_ps at 1e-7; its grid and cost are kept in
 ``results/fitted_grid_fits.jsonl``.  Then each grid samples 10k fresh draws per evaluation seed
 (0, 1, 2) at eps without final denoising, measured against the exact p_eps (benchmarks/bias_common.py:
-W2 and log-density gap as multiples of their floors, the signed bias).  A fitted grid runs to eps
-(under sub-VP without the tail step of the generated grids).
+W2 and log-density gap as multiples of their floors, the signed bias).  Under sub-VP both grids
+end at σ/m = 0.01 and the tail step carries the samples to eps.
 
     python benchmarks/fitted_grid.py run       # appends to benchmarks/results/fitted_grid*.jsonl (resumes)
     python benchmarks/fitted_grid.py report    # writes benchmarks/fitted_grid.md
@@ -31,37 +31,37 @@ OUT, FITS = ROOT / "results" / "fitted_grid.jsonl", ROOT / "results" / "fitted_g
 METHOD, NFE, PILOT, MAX_EVALS, PILOT_SEED, SEEDS = "unipc", 15, 1024, 1500, 12345, 3
 PROBLEMS = ["ring8", "gmm64", "mix2s101", "mix4s102", "mix8s103", "mix16s104", "mix32s105", "mix128s106"]
 SDES = ["vp", "ve", "subvp"]
-SUBVP = PROBLEMS[:4]  # a fitted grid runs to eps without the tail step: worse under sub-VP on two of these four
 GRIDS = ("log_snr", "fitted")
 
 
-def fit(prob: str, sde_name: str, tgt, sde) -> torch.Tensor:
-    """The fitted grid of (prob, sde), fitted now or read back."""
+def fit(prob: str, sde_name: str, tgt, sde) -> dict:
+    """The fitted grid of (prob, sde) as ``sample`` options, fitted now or read back."""
     for r in rows(FITS) if FITS.exists() else []:
         if (r["problem"], r["sde"]) == (prob, sde_name):
-            return torch.tensor(r["ts"], dtype=torch.float64)
+            ts = torch.tensor(r["ts"], dtype=torch.float64)
+            return {"grid": ts} if r.get("eps") is None else {"grid": ts, "eps": r["eps"]}
     t0 = time.perf_counter()
     f = ss.fit_grid(tgt.score_fn(sde), sde, (PILOT, tgt.dim), METHOD, NFE, max_evals=MAX_EVALS,
                     generator=torch.Generator().manual_seed(PILOT_SEED), progress=False)
-    append(FITS, dict(problem=prob, sde=sde_name, ts=f.ts.tolist(), loss=f.loss, loss_start=f.loss_start,
+    append(FITS, dict(problem=prob, sde=sde_name, ts=f.ts.tolist(), eps=f.eps, loss=f.loss, loss_start=f.loss_start,
                       median_error=f.median_error, median_error_start=f.median_error_start, pilot_nfe=f.pilot_nfe,
                       evaluations=f.evaluations, seconds=time.perf_counter() - t0))
     print(f"fit {prob} {sde_name}: median squared error {f.median_error_start:.3g} -> {f.median_error:.3g}, "
           f"{f.pilot_nfe:.0f} evaluations per pilot sample, {time.perf_counter() - t0:.0f} s", flush=True)
-    return f.ts
+    return f.sample_options
 
 
 def run() -> None:
     torch.set_num_threads(1)
     finished = done(OUT, ("problem", "sde", "grid", "seed"))
     for prob in PROBLEMS:
-        for sde_name in (s for s in SDES if s != "subvp" or prob in SUBVP):
+        for sde_name in SDES:
             todo = [(g, s) for g in GRIDS for s in range(SEEDS) if (prob, sde_name, g, s) not in finished]
             if not todo:
                 continue
             tgt, sde = problem(prob), ss.SDES[sde_name]()
             gr, score = ground(tgt, sde, sde.default_eps), tgt.score_fn(sde)
-            grids = {"log_snr": dict(nfe=NFE), "fitted": dict(grid=fit(prob, sde_name, tgt, sde))}
+            grids = {"log_snr": dict(nfe=NFE), "fitted": fit(prob, sde_name, tgt, sde)}
             for g, seed in todo:
                 res = ss.sample(score, sde, (SAMPLES, tgt.dim), METHOD, denoise=False,
                                 generator=torch.Generator().manual_seed(seed), progress=False, **grids[g])

@@ -27,7 +27,7 @@ print(f"fit: the pilot's median squared error {fit.median_error_start:.2e} -> {f
       f"pilot sample over {fit.evaluations} pilot solves")
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 5), sharex=True, sharey=True, layout="constrained")
-for ax, (name, grid) in zip(axes, [("log-SNR grid", dict(nfe=15)), ("fitted grid", dict(grid=fit.ts))]):
+for ax, (name, grid) in zip(axes, [("log-SNR grid", dict(nfe=15)), ("fitted grid", fit.sample_options)]):
     ratios = {k: 0.0 for k in metrics}
     for seed in range(3):  # each metric's noise is its floor: the mean of three runs reads steadier than one
         res = ss.sample(score_fn, sde, (10_000, 2), "unipc", denoise=False,

@@ -14,9 +14,11 @@ by Powell's derivative-free search (scipy).  The loss is quadratic for typical e
 logarithmic for the few samples that end in another mode than their reference (near a boundary
 between modes the endpoint is a discrete choice, and the distribution does not mind which
 samples cross): with the plain mean squared error those crossings drove the search on a 64-d
-mixture to a grid worse than the start on both quality metrics.  The search costs ``max_evals`` solves of the pilot:
-``pilot_nfe`` in the result counts every score evaluation per pilot sample, the reference's
-included.  A grid fitted once serves every later batch: ``sample(..., grid=fit.ts,
+mixture to a grid worse than the start on both quality metrics.  The search costs ``max_evals``
+solves of the pilot: ``pilot_nfe`` in the result counts every score evaluation per pilot sample,
+the reference's included.  Where the run ends below σ/m = ``tail_sigma`` (sub-VP's default end),
+the grid ends there and the sampler's tail step carries the samples to eps, as on its generated
+grids.  A grid fitted once serves every later batch: ``sample(..., **fit.sample_options,
 denoise=False)`` makes exactly ``nfe`` evaluations per sample (the final denoising adds one).
 
 The same idea, with other objectives and searches: Sabour et al. 2024, "Align Your Steps"
@@ -28,7 +30,6 @@ Sampling" (GITS: dynamic programming against a teacher trajectory); Xue et al. 2
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_eps, check_generator
-from .protocol import tail_log_snr
 from .registry import SAMPLERS, resolve
-from .sampling import sample, steps_for_nfe
+from .sampling import _tail_start, _with_options, sample, steps_for_nfe
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
 
@@ -50,13 +50,17 @@ __all__ = ["FittedGrid", "fit_grid"]
 class FittedGrid:
     """A fitted grid and what fitting it cost.
 
-    ts: the grid T → eps (pass ``grid=ts``); loss / loss_start: the search's loss (module docstring)
-    on this grid and on the starting one; median_error / median_error_start: the pilot's median
+    ts: the grid T → eps, or T → t_c where the run ends below σ/m = ``tail_sigma`` (sub-VP's default
+    end; then ``eps`` is set and the tail step carries the samples from t_c to it, as on generated
+    grids): pass ``**sample_options`` (``grid=ts``, and ``eps``) to ``sample`` with the method and
+    its options; loss / loss_start: the search's loss (module docstring) on this grid and on the
+    starting one; median_error / median_error_start: the pilot's median
     squared endpoint error against the reference flow on each;
     pilot_nfe: score evaluations per pilot sample spent (reference solve and search);
     evaluations: pilot solves made by the search."""
 
     ts: Tensor
+    eps: float | None
     method: str
     nfe: int
     loss: float
@@ -65,6 +69,11 @@ class FittedGrid:
     median_error_start: float
     pilot_nfe: float
     evaluations: int
+
+    @property
+    def sample_options(self) -> dict:
+        """``grid`` (and ``eps``, with a tail) for ``sample``."""
+        return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
 
 
 def _grid(theta: np.ndarray, lam0: float, lam1: float, sde: SDE, t0: float, t1: float) -> Tensor:
@@ -92,7 +101,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
 
     from .samplers import AdaptiveMultistep
 
-    sampler = resolve("method", method)
+    sampler = _with_options(resolve("method", method), options)
     if sampler.nfe_per_step is None or sampler.stochastic:
         valid = [n for n, s in SAMPLERS.items() if s.nfe_per_step is not None and not s.stochastic]
         raise ValueError(f"method={method!r} has no fixed deterministic grid to fit; valid choices: "
@@ -105,11 +114,8 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
         need = 2 * sampler.nfe_per_step + sampler.extra_nfe(False)
         raise ValueError(f"nfe={nfe} leaves {method} one step: no grid to place (nfe >= {need} needed)")
     eps = check_eps(sde.default_eps if eps is None else eps, sde)
-    if tail_log_snr(sde, float(sde.T), eps, 0.01) is not None:
-        warnings.warn(f"the run ends below σ/m = 0.01 (eps={eps:g} under {type(sde).__name__}), where generated grids "
-                      "end with the tail step (protocol.tail_step); a fitted grid runs to eps without it and measured "
-                      "worse than the log-SNR grid with it on sub-VP mixtures (benchmarks/fitted_grid.md)",
-                      stacklevel=2)
+    t_c = _tail_start(sampler, sde, eps)  # the grid ends there and the tail step carries on to eps
+    tail = {} if t_c is None else {"eps": eps}
     check_generator(generator)
     if x_init is None:
         dev = torch.device(device) if device is not None else (generator.device if generator is not None
@@ -118,8 +124,8 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     ref = sample(score_fn, sde, x_init.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
                  tail_sigma=None), x_init=x_init, eps=eps, denoise=False, progress=False)
     x_ref = ref.samples.double()
-    t0, t1 = float(sde.T), eps
-    first = make_grid(start, sde, steps, eps).to(torch.float64)
+    t0, t1 = float(sde.T), eps if t_c is None else t_c
+    first = make_grid(start, sde, steps, t1).to(torch.float64)
     lam = 0.5 * sde.log_snr(first)
     lam0, lam1 = float(lam[0]), float(lam[-1])
     dl = torch.diff(lam)
@@ -132,7 +138,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
         bar.update(1)
         spent[1] += 1
         res = sample(score_fn, sde, x_init.shape, sampler, grid=_grid(theta, lam0, lam1, sde, t0, t1),
-                     x_init=x_init, denoise=False, progress=False, **options)
+                     x_init=x_init, denoise=False, progress=False, **tail)
         spent[0] += res.nfe
         return (res.samples.double() - x_ref).flatten(1).square().sum(1)
 
@@ -152,7 +158,8 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     best = found.x if found.fun < loss_start else theta0
     e_best = errors(best)
     bar.close()
-    return FittedGrid(ts=_grid(best, lam0, lam1, sde, t0, t1), method=method if isinstance(method, str)
-                      else type(sampler).__name__, nfe=int(nfe), loss=min(float(found.fun), loss_start),
+    name = method if isinstance(method, str) else type(sampler).__name__
+    return FittedGrid(ts=_grid(best, lam0, lam1, sde, t0, t1), eps=None if t_c is None else eps, method=name,
+                      nfe=int(nfe), loss=min(float(found.fun), loss_start),
                       loss_start=loss_start, median_error=float(e_best.median()),
                       median_error_start=float(e_start.median()), pilot_nfe=spent[0], evaluations=spent[1])

@@ -165,7 +165,9 @@ def sample(
         nfe: budget of score evaluations per sample (integer); the step count is derived from it
             (for "ode_adaptive_ps": every sample stays within it, see ``AdaptiveMultistep.nfe_budget``).
         grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
-            tensor of times from T to eps (then ``steps`` and ``eps`` come from it).
+            tensor of times from T to eps (then ``steps`` and ``eps`` come from it; with ``eps``
+            below its end, the deterministic fixed-step samplers end with the tail step from the
+            grid's end to eps, as on their generated grids: ``fit_grid``'s sub-VP grids).
         eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).  Where it lies below
             σ/m = 0.01 (sub-VP's default), "ode_adaptive_ps" and the deterministic exponential samplers
             stop there and end with one score-form step (``protocol.tail_step``; the fixed-step
@@ -284,9 +286,18 @@ def start(
     # time grid
     tail = None
     if grid is not None and not isinstance(grid, str):
-        if steps is not None or eps is not None:
-            raise ValueError("a grid tensor fixes the steps and eps; do not pass steps/nfe/eps too")
+        if steps is not None:
+            raise ValueError("a grid tensor fixes the steps; do not pass steps/nfe too")
         ts = check_grid(grid, sde)
+        if eps is not None:  # the grid ends at t_c, the tail step carries the samples to eps
+            eps = check_eps(eps, sde)
+            if not eps < float(ts[-1]):
+                raise ValueError(f"eps={eps:g} with a grid tensor must lie below the grid's end "
+                                 f"({float(ts[-1]):g}): the tail step goes from there to eps")
+            if sampler.nfe_per_step is None or sampler.stochastic:
+                raise ValueError(f"eps with a grid tensor adds the tail step (protocol.tail_step), which "
+                                 f"{type(sampler).__name__} does not take: deterministic fixed-step samplers only")
+            tail = float(ts[-1])
     else:
         kind = grid or sampler.default_grid
         if kind not in GRIDS:
