@@ -116,3 +116,10 @@ def test_a_sub_vp_fit_ends_at_the_tail_and_beats_the_generated_grid_on_fresh_dra
         assert res.nfe == 8 and res.ts[-1] == eps
         errs[name] = (res.samples.double() - exact).square().sum(1)
     assert errs["fitted"].median() < errs["generated"].median() / 10, errs
+
+
+def test_a_pilot_given_as_x_init_is_the_pilot(fitted):
+    """The same prior draws passed as x_init give the same fit as drawing them from the generator."""
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * SDE.prior_std()
+    given = ss.fit_grid(RING.score_fn(SDE), SDE, None, "unipc", 8, max_evals=300, x_init=x_T, progress=False)
+    assert torch.equal(given.ts, fitted.ts) and given.pilot_nfe == fitted.pilot_nfe
