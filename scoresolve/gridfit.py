@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_count, check_eps, check_generator
 from .registry import SAMPLERS, resolve
-from .sampling import _tail_start, _with_options, sample, steps_for_nfe
+from .sampling import _fixed_step_ode, _tail_start, _with_options, sample, steps_for_nfe
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
 
@@ -102,8 +102,8 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     from .samplers import AdaptiveMultistep
 
     sampler = _with_options(resolve("method", method), options)
-    if sampler.nfe_per_step is None or sampler.stochastic:
-        valid = [n for n, s in SAMPLERS.items() if s.nfe_per_step is not None and not s.stochastic]
+    if not _fixed_step_ode(sampler):
+        valid = [n for n, s in SAMPLERS.items() if _fixed_step_ode(s)]
         raise ValueError(f"method={method!r} has no fixed deterministic grid to fit; valid choices: "
                          f"{', '.join(valid)}")
     if start not in GRIDS:

@@ -51,6 +51,11 @@ def steps_for_nfe(method, nfe: int, denoise: bool = True) -> int:
     return int(steps)
 
 
+def _fixed_step_ode(sampler) -> bool:
+    """A deterministic fixed-step sampler: one whose grid can end with the tail step (and be fitted)."""
+    return sampler.nfe_per_step is not None and not sampler.stochastic
+
+
 def _tail_start(sampler, sde: SDE, eps: float) -> float | None:
     """t_c where the generated grid of a fixed-step sampler with ``tail_sigma`` stops, σ̃(t_c) = σ/m =
     tail_sigma, when the run ends below it (``protocol.tail_step`` then ends it), else None.
@@ -58,7 +63,7 @@ def _tail_start(sampler, sde: SDE, eps: float) -> float | None:
     timesteps), ``lower_order_final="diffusers"``, and the peers' own schedules (``sde.peer_grids``:
     KarrasSDE, DiscreteVPSDE)."""
     sigma = getattr(sampler, "tail_sigma", None)
-    if sigma is None or sampler.nfe_per_step is None or sampler.stochastic:  # (ode_adaptive_ps: its own tail)
+    if sigma is None or not _fixed_step_ode(sampler):  # (ode_adaptive_ps: its own tail)
         return None
     if getattr(sampler, "step_to", None) is not None or getattr(sampler, "lower_order_final", None) == "diffusers":
         return None  # reproductions of diffusers' / k-diffusion's steps
@@ -170,9 +175,8 @@ def sample(
             grid's end to eps, as on their generated grids: ``fit_grid``'s sub-VP grids).
         eps: end time (default ``sde.default_eps``: 1e-3 VP/sub-VP, 1e-5 VE).  Where it lies below
             σ/m = 0.01 (sub-VP's default), "ode_adaptive_ps" and the deterministic exponential samplers
-            stop there and end with one score-form step (``protocol.tail_step``; the fixed-step
-            samplers reuse their last evaluation, "ode_adaptive_ps" makes one; option ``tail_sigma``,
-            None to integrate to eps).
+            stop there and end with one score-form step (``protocol.tail_step``, reusing the last
+            evaluation: no NFE; option ``tail_sigma``, None to integrate to eps).
         generator: torch.Generator on ``device``; excludes ``seeds``.
         seeds: one integer per sample (int64 range); excludes ``generator``.  Sample i then
             gets the same noise in any batch, and is bit for bit the same sample in any batch
@@ -294,7 +298,7 @@ def start(
             if not eps < float(ts[-1]):
                 raise ValueError(f"eps={eps:g} with a grid tensor must lie below the grid's end "
                                  f"({float(ts[-1]):g}): the tail step goes from there to eps")
-            if sampler.nfe_per_step is None or sampler.stochastic:
+            if not _fixed_step_ode(sampler):
                 raise ValueError(f"eps with a grid tensor adds the tail step (protocol.tail_step), which "
                                  f"{type(sampler).__name__} does not take: deterministic fixed-step samplers only")
             tail = float(ts[-1])
