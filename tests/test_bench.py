@@ -301,6 +301,54 @@ def test_fixed_budgets_for_the_adaptive_method_that_has_a_budget_mode(tmp_path):
     assert 8 < row["nfe"] <= 9 and not row["over_budget"]  # counted, within the budget (the tol run takes ~25)
 
 
+def test_fitted_grid_cells_fit_once_count_their_nfe_and_beat_the_default_grid(tmp_path, capsys):
+    """--fit-grid: a 'fitted nfe=N' cell runs the method on a grid fitted once (cached in OUT/fits,
+    reused by every seed and on resume), makes exactly N counted evaluations with the final
+    denoising, and on the 8-ring at 8 NFE lands much nearer the truth than the default grid
+    (measured: component W2 8.3x -> 2.1x floor at 400 samples, seeds 0-1, a pilot of 32)."""
+    from scoresolve.bench.cli import build_parser, config_from_args
+    from scoresolve.bench.plan import plan_cells
+
+    cfg = config_from_args(build_parser().parse_args(
+        ["--problem", "ring8", "--methods", "unipc,em", "--nfe", "8", "--fit-grid", "unipc:8,12",
+         "--fit-pilot", "32", "--fit-evals", "30", "--out", "x"]))
+    assert (cfg.fit_grid, cfg.fit_pilot, cfg.fit_evals) == (((("unipc",), (8, 12)),), 32, 30)
+    labels = {(c.method, c.budget.label) for g in plan_cells(cfg) for c in g.cells}
+    assert labels == {("unipc", "nfe=8"), ("unipc", "fitted nfe=8"), ("unipc", "fitted nfe=12"), ("em", "nfe=8")}
+    with pytest.raises(ValueError, match="--fit-grid names em, which has no fixed deterministic grid to fit; "
+                                         "valid choices: .*unipc"):
+        plan_cells(_cfg(tmp_path / "p", methods=("em",), fit_grid=((("em",), (8,)),)))
+    with pytest.raises(ValueError, match="unipc at --fit-grid 2: nfe=2 leaves unipc fewer than two steps"):
+        plan_cells(_cfg(tmp_path / "p", methods=("unipc",), fit_grid=((("unipc",), (2,)),)))
+    with pytest.raises(ValueError, match="--fit-pilot and --fit-evals must be >= 2"):
+        plan_cells(_cfg(tmp_path / "p", methods=("unipc",), fit_grid=((("unipc",), (8,)),), fit_pilot=1))
+
+    out = tmp_path / "fit"
+    cfg = _cfg(out, methods=("unipc",), nfes=(8,), seeds=2, fit_grid=((("unipc",), (8,)),), fit_pilot=32,
+               fit_evals=30)
+    run_bench(cfg)
+    rows = _rows(out)
+    fitted = [r for r in rows if r["budget_kind"] == "fit"]
+    plain = [r for r in rows if r["budget_kind"] == "nfe"]
+    assert len(fitted) == len(plain) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["nfe"] == 8 and not r["over_budget"] for r in rows)  # counted, denoising included
+    (fit_file,) = (out / "fits").glob("*.json")
+    assert fitted[0]["fit"] == fitted[1]["fit"]  # one fit for both seeds
+    fit = fitted[0]["fit"]
+    assert fit["fit_nfe"] == 7 and fit["evaluations"] <= 30 and fit["pilot_nfe"] > 7 and fit["loss"] < fit["loss_start"]
+    w2 = {r["budget_kind"]: sum(q["ratio"]["component_w2"] for q in rows if q["budget_kind"] == r["budget_kind"])
+          for r in rows}
+    assert w2["fit"] < 0.5 * w2["nfe"], w2
+    before = (fit_file.read_bytes(), fit_file.stat().st_mtime_ns)
+    (out / "results.jsonl").unlink()  # re-run every cell: the fit is read back, not made again
+    run_bench(cfg)
+    assert (fit_file.read_bytes(), fit_file.stat().st_mtime_ns) == before
+    again = [r for r in _rows(out) if r["budget_kind"] == "fit"]
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in fitted]
+    assert main(["report", str(out)]) == 0
+    assert "| unipc (fitted grid) | fitted nfe=8 | 8 |" in (out / "report.md").read_text()
+
+
 def test_resume_with_different_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     run_bench(_cfg(out))

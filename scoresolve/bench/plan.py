@@ -4,8 +4,10 @@ A *cell* is one (problem, sde, method, budget, seed, samples).  Fixed-step metho
 budget and the largest step count that fits it (``steps_for_nfe``; their NFE per step is a
 declared property); adaptive methods (``nfe_per_step is None``) are swept over tolerances, and
 those with a budget mode (``nfe_budget``: ode_adaptive_ps) also take ``--extra-nfe`` budgets, run as
-``sample(..., nfe=N)`` (every sample within N).  Either way a row records the NFE the score wrapper
-*counted*.
+``sample(..., nfe=N)`` (every sample within N).  ``--fit-grid`` budgets run a deterministic
+fixed-step method on a grid fitted once per (problem, sde, method, budget) to a pilot batch
+(``scoresolve.fit_grid``, see ``bench.fitcells``).  Either way a row records the NFE the score
+wrapper *counted*.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..registry import SAMPLERS
-from ..sampling import steps_for_nfe
+from ..sampling import _fixed_step_ode, steps_for_nfe
 from ..sde import SDE
 from .problems import Problem
 from .quality import check_metrics
@@ -29,14 +31,16 @@ __all__ = ["Budget", "Cell", "Group", "BenchConfig", "resolve_methods", "budgets
 
 @dataclass(frozen=True)
 class Budget:
-    """An NFE budget (fixed-step methods) or a tolerance rtol = atol (adaptive methods)."""
+    """An NFE budget (fixed-step methods), the same on a fitted grid, or a tolerance rtol = atol
+    (adaptive methods)."""
 
-    kind: str  # "nfe" | "tol"
+    kind: str  # "nfe" | "fit" | "tol"
     value: float
 
     @property
     def label(self) -> str:
-        return f"nfe={int(self.value)}" if self.kind == "nfe" else f"tol={self.value:g}"
+        return {"nfe": f"nfe={int(self.value)}", "fit": f"fitted nfe={int(self.value)}"}.get(
+            self.kind, f"tol={self.value:g}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ class BenchConfig:
     their own SDE); ``methods`` are names from ``SAMPLERS``; ``batch_size=None`` sizes batches
     to the device; ``metrics=None`` computes every available metric.  ``extra_nfe`` adds
     budgets for some methods ((methods, budgets) pairs), ``method_tols`` replaces the
-    tolerance sweep for some adaptive methods; ``max_nfe`` stops an adaptive cell whose counted
+    tolerance sweep for some adaptive methods; ``fit_grid`` ((methods, budgets) pairs) adds cells
+    on grids fitted to a pilot of ``fit_pilot`` draws by at most ``fit_evals`` pilot solves;
+    ``max_nfe`` stops an adaptive cell whose counted
     NFE passes it (default: twice the largest NFE budget, at least 1000)."""
 
     problems: tuple[Problem, ...]
@@ -93,6 +99,9 @@ class BenchConfig:
     mmd_samples: int = 2000
     extra_nfe: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
     method_tols: tuple[tuple[tuple[str, ...], tuple[float, ...]], ...] = ()
+    fit_grid: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
+    fit_pilot: int = 256
+    fit_evals: int = 400
     max_nfe: int | None = None
     save_samples: int | None = None
     bare_max_calls: int | None = None
@@ -155,6 +164,17 @@ def budgets_for(name: str, nfes, tols, denoise: bool) -> tuple[list[Budget], lis
     return ok, bad
 
 
+def fit_nfe(name: str, n: int, denoise: bool) -> int:
+    """The evaluations ``fit_grid`` fits for (it fits without the final denoising) so that the
+    cell's counted NFE is ``n``; ValueError if that leaves fewer than two steps."""
+    sampler = SAMPLERS[name]
+    nfe = n - sampler.extra_nfe(denoise) + sampler.extra_nfe(False)
+    if (nfe - sampler.extra_nfe(False)) // sampler.nfe_per_step < 2:
+        raise ValueError(f"nfe={n} leaves {name} fewer than two steps: no grid to fit "
+                         f"(nfe >= {2 * sampler.nfe_per_step + sampler.extra_nfe(denoise)} needed)")
+    return nfe
+
+
 def _check_numbers(cfg: BenchConfig) -> None:
     if not cfg.problems:
         raise ValueError("no problem given: pass --problem NAME, --score module:function or --run DIR")
@@ -164,9 +184,11 @@ def _check_numbers(cfg: BenchConfig) -> None:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
     if not cfg.nfes and not cfg.tols and not cfg.extra_nfe:
         raise ValueError("no budgets: pass --nfe, --tols and/or --extra-nfe")
-    extra = [b for _, bs in cfg.extra_nfe for b in bs]
+    extra = [b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid) for b in bs]
     if any((not isinstance(n, int)) or n < 1 for n in [*cfg.nfes, *extra]):
         raise ValueError(f"--nfe budgets must be positive integers, got {list(cfg.nfes) + extra}")
+    if cfg.fit_grid and (cfg.fit_pilot < 2 or cfg.fit_evals < 2):
+        raise ValueError(f"--fit-pilot and --fit-evals must be >= 2, got {cfg.fit_pilot} and {cfg.fit_evals}")
     if cfg.mmd_samples < 10:
         raise ValueError(f"--mmd-samples must be >= 10, got {cfg.mmd_samples}")
     if cfg.max_nfe is not None and cfg.max_nfe < 1:
@@ -222,7 +244,7 @@ def max_nfe(cfg: BenchConfig) -> int:
     """The counted-NFE cap of adaptive cells."""
     if cfg.max_nfe is not None:
         return cfg.max_nfe
-    top = max([*cfg.nfes, *(b for _, bs in cfg.extra_nfe for b in bs)], default=0)
+    top = max([*cfg.nfes, *(b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid) for b in bs)], default=0)
     return max(1000, 2 * top)
 
 
@@ -232,6 +254,13 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     methods = resolve_methods(cfg.methods)
     extra = _per_method(cfg.extra_nfe, methods, "--extra-nfe")
     tols = _per_method(cfg.method_tols, methods, "--tols-for")
+    fits = _per_method(cfg.fit_grid, methods, "--fit-grid")
+    no_grid = sorted({t for names, _ in cfg.fit_grid for t in names if not t.startswith("order<=")
+                      and not _fixed_step_ode(SAMPLERS[t])})
+    if no_grid:
+        raise ValueError(f"--fit-grid names {', '.join(no_grid)}, which has no fixed deterministic grid to fit; "
+                         f"valid choices: {', '.join(m for m, s in SAMPLERS.items() if _fixed_step_ode(s))}")
+    fits = {m: v for m, v in fits.items() if _fixed_step_ode(SAMPLERS[m])}  # an order<= selector passes them by
     named = {t for names, _ in cfg.extra_nfe for t in names if not t.startswith("order<=")}
     no_budget = [m for m in extra if SAMPLERS[m].nfe_per_step is None and not has_budget_mode(m)]
     if named & set(no_budget):
@@ -250,6 +279,12 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
         fixed = SAMPLERS[m].nfe_per_step is not None  # --nfe is for fixed-step methods only
         nfes = sorted((set(cfg.nfes) if fixed else set()) | set(extra.get(m, ())))
         ok, bad = budgets_for(m, nfes, sorted(set(tols.get(m, cfg.tols)), reverse=True), cfg.denoise)
+        for n in sorted(set(fits.get(m, ()))):
+            try:
+                fit_nfe(m, n, cfg.denoise)
+                ok.append(Budget("fit", n))
+            except ValueError as e:
+                bad.append(f"{m} at --fit-grid {n}: {e}")
         budgets[m] = ok
         infeasible += bad
     if infeasible and not cfg.skip_infeasible:
@@ -280,15 +315,18 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
 
 def settings(cfg: BenchConfig) -> dict:
     """The options that change the numbers but are not in a cell key (checked on resume)."""
-    return {"denoise": cfg.denoise, "eps": cfg.eps, "dtype": str(cfg.dtype).replace("torch.", ""),
-            "grid": cfg.grid, "floor_repeats": cfg.floor_repeats, "mmd_samples": cfg.mmd_samples}
+    out = {"denoise": cfg.denoise, "eps": cfg.eps, "dtype": str(cfg.dtype).replace("torch.", ""),
+           "grid": cfg.grid, "floor_repeats": cfg.floor_repeats, "mmd_samples": cfg.mmd_samples}
+    if cfg.fit_grid:  # (only then: a directory of earlier runs may gain fitted cells)
+        out["fit"] = {"pilot": cfg.fit_pilot, "evals": cfg.fit_evals}
+    return out
 
 
 def check_settings(out: Path, cfg: BenchConfig, stored: dict | None) -> None:
     if stored is None:
         return
     new = settings(cfg)
-    diff = {k: (stored.get(k), v) for k, v in new.items() if stored.get(k) != v}
+    diff = {k: (stored.get(k), v) for k, v in new.items() if stored.get(k) != v and (k != "fit" or k in stored)}
     if diff:
         what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
         raise ValueError(f"{out} holds results made with {what}; resume with the same options or "

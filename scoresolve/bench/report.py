@@ -25,6 +25,12 @@ KEY_METRICS = ("component_w2", "logp_gap", "mode_tv", "gauss_w2", "gauss_kl", "s
 WITHIN = 2.0
 
 
+def display_method(row: dict) -> str:
+    """The method as the report names it: ``unipc (fitted grid)`` for ``--fit-grid`` cells, a series
+    of its own beside the method on its default grid."""
+    return f"{row['method']} (fitted grid)" if row.get("budget_kind") == "fit" else row["method"]
+
+
 def _mean(vals):
     vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else None
@@ -34,7 +40,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """One entry per (method, budget): seed-averaged metrics, ratios, NFE and timings."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        cells[(r["method"], r["budget_kind"], r["budget"])].append(r)
+        cells[(display_method(r), r["budget_kind"], r["budget"])].append(r)
     out = []
     for (method, kind, budget), rs in cells.items():
         ok = [r for r in rs if r.get("status") == "ok"]
@@ -162,7 +168,7 @@ def _plot_scatter(aggs, exact_file: Path, root: Path, title, path: Path) -> bool
     if not exact_file.exists():
         return False
     exact = np.load(exact_file)
-    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] == "nfe"})
+    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] in ("nfe", "fit")})
     nfes = sorted(a["nfe"] for a in aggs if a["nfe"] is not None)
     if budgets:
         picks = sorted(set([budgets[0], budgets[len(budgets) // 2], budgets[-1]]))
@@ -230,7 +236,7 @@ def _section(rows: list[dict], root: Path) -> str:
     body = []
     for meth in methods:
         a_m = [a for a in aggs if a["method"] == meth and a["seeds"]]
-        info = next((r["method_info"] for r in rows if r["method"] == meth), {})
+        info = next((r["method_info"] for r in rows if display_method(r) == meth), {})
         reach = []
         for m in key:
             n = nfe_to_reach(a_m, m)
@@ -245,7 +251,7 @@ def _section(rows: list[dict], root: Path) -> str:
               "larger budget measured; overhead = sampler wall time / time spent inside the score "
               "during that run (synchronised; ≥ 1 by construction).", "", _table(head, body), ""]
 
-    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] == "nfe"})
+    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] in ("nfe", "fit")})
     body = []
     for b in budgets:
         cells = []

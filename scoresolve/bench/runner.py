@@ -4,7 +4,8 @@ For every (problem, sde) the noise floor is computed once (cached in ``floors.js
 each pending cell draws its samples in device-sized batches (a generator per seed and batch),
 times them with synchronisation together with the time spent inside the score during that very
 run (``CountingScore.seconds``, synchronised on CUDA), so the overhead wall ÷ score time is ≥ 1 by
-construction, scores the samples, and appends its row atomically.  A cell that fails (non-finite samples,
+construction, scores the samples, and appends its row atomically (``fitted`` cells first fit their
+grid once, ``bench.fitcells``).  A cell that fails (non-finite samples,
 an exception) is recorded with its error and the run goes on; a re-run skips every key
 already in the file.  Under torchrun the cells are spread over the ranks (see ``run_bench``).
 """
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from ..distributed import barrier, broadcast, dist_info, gather
 from ..sampling import sample
 from . import timing
+from .fitcells import fitted_options
 from .plan import (
     BenchConfig,
     Cell,
@@ -118,9 +120,12 @@ def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchCon
     device = torch.device(cfg.device)
     score = group.problem.score_for(group.sde)
     info = method_info(cell.method, cfg.denoise)
-    opts = tol_options(cell.method, cell.budget.value) if cell.budget.kind == "tol" else {
-        "nfe": int(cell.budget.value)}
-    eps = judge.eps
+    eps, fit = judge.eps, None
+    if cell.budget.kind == "fit":  # eps: the fitted grid's tail (None: the grid ends at eps)
+        opts, fit = fitted_options(cell, group, cfg, eps, out)
+    else:
+        opts = {"eps": eps, "grid": cfg.grid, **(tol_options(cell.method, cell.budget.value)
+                                                if cell.budget.kind == "tol" else {"nfe": int(cell.budget.value)})}
     xs, wall, inside, bare, timed, rows, calls, steps, n_batches = [], 0.0, 0.0, 0.0, 0, 0.0, 0, 0, 0
     with timing.PeakMemory(device) as mem, torch.no_grad():
         done = 0
@@ -130,9 +135,8 @@ def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchCon
             run_score = _Guard(score, bs, max_nfe(cfg)) if cell.budget.kind == "tol" else score
             timing.sync(device)
             start = time.perf_counter()
-            res = sample(run_score, group.sde, (bs, *group.problem.shape), cell.method, eps=eps,
-                         grid=cfg.grid, generator=g, device=device, dtype=cfg.dtype,
-                         denoise=cfg.denoise, check=cfg.check, **opts)
+            res = sample(run_score, group.sde, (bs, *group.problem.shape), cell.method, generator=g,
+                         device=device, dtype=cfg.dtype, denoise=cfg.denoise, check=cfg.check, **opts)
             timing.sync(device)
             wall += time.perf_counter() - start
             inside += res.stats.get("score_time", 0.0)  # timed inside the run: overhead >= 1 by construction
@@ -157,7 +161,7 @@ def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchCon
     nfe = rows / cell.samples
     return {
         "status": "ok", "error": None, "nfe": nfe, "steps": steps, "calls": calls,
-        "over_budget": cell.budget.kind == "nfe" and nfe > cell.budget.value + 1e-9,
+        "over_budget": cell.budget.kind in ("nfe", "fit") and nfe > cell.budget.value + 1e-9, "fit": fit,
         "method_info": info, "metrics": values, "floor": floor,
         "ratio": {m: r for m, (r, _) in ratios.items()},
         "ratio_basis": {m: b for m, (_, b) in ratios.items()},

@@ -1,0 +1,54 @@
+"""Fitted grids of ``--fit-grid`` cells: fitted once per (problem, sde, method, budget), kept on disk.
+
+A cell ``fitted nfe=N`` runs its method on the grid ``scoresolve.fit_grid`` fits to a pilot of
+``--fit-pilot`` prior draws (a generator seeded ``PILOT_SEED``, which no cell's batches use, so
+the cell's samples are fresh draws the grid was not fitted on).  The fit is written atomically to
+``OUT/fits/<problem|sde|method|N|...>.json`` (times in full float64, its statistics and its cost)
+and read back by every seed and on resume: an interrupted run fits no grid twice.  Its cost is a
+one-off outside the cell's timings; rows carry it (``fit``: score evaluations per pilot sample,
+pilot solves, seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..gridfit import fit_grid
+from .plan import BenchConfig, Cell, Group, fit_nfe
+from .store import atomic_write_json, read_json
+from .store import safe_name as _safe
+
+__all__ = ["fitted_options", "PILOT_SEED"]
+
+PILOT_SEED = 2**31 - 1  # cells seed their batches with seed * 1_000_003 + batch: never this
+
+
+def _fit_file(out: Path, cell: Cell, cfg: BenchConfig, eps: float) -> Path:
+    key = (f"{cell.problem}|{cell.sde}|{cell.method}|nfe={int(cell.budget.value)}|denoise={cfg.denoise}"
+           f"|eps={eps:g}|pilot={cfg.fit_pilot}|evals={cfg.fit_evals}|{str(cfg.dtype).replace('torch.', '')}")
+    return out / "fits" / f"{_safe(key)}.json"
+
+
+def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: Path) -> tuple[dict, dict]:
+    """(``sample`` options: ``grid`` and ``eps``; the fit's record) of a ``fitted`` cell, fitting the
+    grid if no earlier run has."""
+    path = _fit_file(out, cell, cfg, eps)
+    record = read_json(path, None)
+    if record is None:
+        device = torch.device(cfg.device)
+        start = time.perf_counter()
+        fit = fit_grid(group.problem.score_for(group.sde), group.sde, (cfg.fit_pilot, *group.problem.shape),
+                       cell.method, fit_nfe(cell.method, int(cell.budget.value), cfg.denoise), eps=eps,
+                       max_evals=cfg.fit_evals, generator=torch.Generator(device=device).manual_seed(PILOT_SEED),
+                       device=device, dtype=cfg.dtype, progress=False)
+        record = {"ts": fit.ts.tolist(), "eps": fit.eps, "fit_nfe": fit.nfe, "loss": fit.loss,
+                  "loss_start": fit.loss_start, "median_error": fit.median_error,
+                  "median_error_start": fit.median_error_start, "pilot_nfe": fit.pilot_nfe,
+                  "evaluations": fit.evaluations, "seconds": time.perf_counter() - start,
+                  "pilot": cfg.fit_pilot, "max_evals": cfg.fit_evals, "pilot_seed": PILOT_SEED}
+        atomic_write_json(path, record)
+    opts = {"grid": torch.tensor(record["ts"], dtype=torch.float64), "eps": record["eps"]}
+    return opts, {k: v for k, v in record.items() if k != "ts"}
