@@ -35,7 +35,8 @@ Sampling" (GITS: dynamic programming against a teacher trajectory); Xue et al. 2
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -62,7 +63,9 @@ class FittedGrid:
     starting one; median_error / median_error_start: the pilot's median
     squared endpoint error against the reference flow on each;
     pilot_nfe: score evaluations per pilot sample spent (reference solve and search);
-    evaluations: pilot solves made by the search."""
+    evaluations: pilot solves made by the search; seconds: the fit's wall time.  ``save`` /
+    ``FittedGrid.load`` keep it in a JSON file (the times as float64, exactly), to fit once per
+    score and reuse it in later sessions."""
 
     ts: Tensor
     eps: float | None
@@ -74,6 +77,35 @@ class FittedGrid:
     median_error_start: float
     pilot_nfe: float
     evaluations: int
+    seconds: float = math.nan
+
+    def to_dict(self) -> dict:
+        """Its fields as JSON-ready values (``ts`` a list of float64 numbers)."""
+        return {f.name: (self.ts.tolist() if f.name == "ts" else getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> FittedGrid:
+        """The inverse of ``to_dict``; keys that are not fields (a caller's own notes) are ignored."""
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(record) - {"seconds"})
+        if missing:
+            raise ValueError(f"not a FittedGrid record: missing {', '.join(missing)}")
+        kept = {k: v for k, v in record.items() if k in names}
+        return cls(**{**kept, "ts": torch.tensor(record["ts"], dtype=torch.float64)})
+
+    def save(self, path) -> None:
+        """Write ``to_dict()`` as JSON to ``path``, atomically (a temporary file renamed over it)."""
+        from .bench.store import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> FittedGrid:
+        """A fit written by ``save``."""
+        import json
+        from pathlib import Path
+
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     @property
     def sample_options(self) -> dict:
@@ -127,6 +159,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
         dev = torch.device(device) if device is not None else (generator.device if generator is not None
                                                                  else torch.device("cpu"))
         x_init = torch.randn(tuple(shape), generator=generator, device=dev, dtype=dtype) * sde.prior_std()
+    began = time.perf_counter()
     ref = sample(score_fn, sde, x_init.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
                  tail_sigma=None), x_init=x_init, eps=eps, denoise=False, progress=False)
     x_ref = ref.samples.double()
@@ -168,4 +201,5 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     return FittedGrid(ts=_grid(best, lam0, lam1, sde, t0, t1), eps=None if t_c is None else eps, method=name,
                       nfe=int(nfe), loss=min(float(found.fun), loss_start),
                       loss_start=loss_start, median_error=float(e_best.median()),
-                      median_error_start=float(e_start.median()), pilot_nfe=spent[0], evaluations=spent[1])
+                      median_error_start=float(e_start.median()), pilot_nfe=spent[0], evaluations=spent[1],
+                      seconds=time.perf_counter() - began)

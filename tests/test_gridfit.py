@@ -69,6 +69,25 @@ def test_fitting_is_reproducible_bit_for_bit(fitted):
     assert torch.equal(again.ts, fitted.ts) and again.loss == fitted.loss
 
 
+def test_a_saved_fit_loads_as_the_same_grid_and_samples_the_same(fitted, tmp_path):
+    """save / load: every field back, the times bit for bit (float64 through JSON), so a later
+    session samples exactly what this one does; a record missing fields is refused by name."""
+    path = tmp_path / "fit.json"
+    fitted.save(path)
+    back = ss.FittedGrid.load(path)
+    assert back.ts.dtype == torch.float64 and torch.equal(back.ts, fitted.ts)
+    assert {k: v for k, v in back.to_dict().items() if k != "ts"} == {k: v for k, v in fitted.to_dict().items()
+                                                                       if k != "ts"}
+    assert fitted.seconds > 0
+    a, b = (ss.sample(RING.score_fn(SDE), SDE, (64, 2), "unipc", denoise=False,
+                      generator=torch.Generator().manual_seed(3), **f.sample_options).samples for f in (fitted, back))
+    assert torch.equal(a, b)
+    record = fitted.to_dict()
+    del record["method"], record["nfe"]
+    with pytest.raises(ValueError, match="not a FittedGrid record: missing method, nfe"):
+        ss.FittedGrid.from_dict(record)
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(method="em"), r"method='em' has no fixed deterministic grid.*valid choices: .*unipc"),
     (dict(method="ode_adaptive_ps"), r"no fixed deterministic grid"),

@@ -11,14 +11,12 @@ pilot solves, seconds).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
-from ..gridfit import fit_grid
+from ..gridfit import FittedGrid, fit_grid
 from .plan import BenchConfig, Cell, Group, fit_nfe
-from .store import atomic_write_json, read_json
 from .store import safe_name as _safe
 
 __all__ = ["fitted_options", "PILOT_SEED"]
@@ -36,19 +34,14 @@ def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: 
     """(``sample`` options: ``grid`` and ``eps``; the fit's record) of a ``fitted`` cell, fitting the
     grid if no earlier run has."""
     path = _fit_file(out, cell, cfg, eps)
-    record = read_json(path, None)
-    if record is None:
+    if path.exists():
+        fit = FittedGrid.load(path)
+    else:
         device = torch.device(cfg.device)
-        start = time.perf_counter()
         fit = fit_grid(group.problem.score_for(group.sde), group.sde, (cfg.fit_pilot, *group.problem.shape),
                        cell.method, fit_nfe(cell.method, int(cell.budget.value), cfg.denoise), eps=eps,
                        max_evals=cfg.fit_evals, generator=torch.Generator(device=device).manual_seed(PILOT_SEED),
                        device=device, dtype=cfg.dtype, progress=False)
-        record = {"ts": fit.ts.tolist(), "eps": fit.eps, "fit_nfe": fit.nfe, "loss": fit.loss,
-                  "loss_start": fit.loss_start, "median_error": fit.median_error,
-                  "median_error_start": fit.median_error_start, "pilot_nfe": fit.pilot_nfe,
-                  "evaluations": fit.evaluations, "seconds": time.perf_counter() - start,
-                  "pilot": cfg.fit_pilot, "max_evals": cfg.fit_evals, "pilot_seed": PILOT_SEED}
-        atomic_write_json(path, record)
-    opts = {"grid": torch.tensor(record["ts"], dtype=torch.float64), "eps": record["eps"]}
-    return opts, {k: v for k, v in record.items() if k != "ts"}
+        fit.save(path)
+    record = {k: v for k, v in fit.to_dict().items() if k != "ts"}
+    return fit.sample_options, {**record, "pilot": cfg.fit_pilot, "max_evals": cfg.fit_evals, "pilot_seed": PILOT_SEED}
