@@ -57,11 +57,13 @@ def ground(target: GaussianMixture, sde, eps: float) -> Ground:
 
 
 def measure(x: torch.Tensor, gr: Ground, seed: int) -> dict:
-    """w2, gap (× floor) and the signed bias (floor units) of samples x."""
+    """w2, gap (× floor) and the signed bias (floor units) of samples x; the log-density gap's floor in
+    closed form (``metrics.logp_gap_floor``, through ``noise_floor``; rows without ``logp_floor`` were
+    divided by the mean of 4 exact repeats, benchmarks/refloor.py rescales them)."""
     x = x.double()
     ref = gr.truth.sample(SAMPLES, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
     return dict(w2=component_w2(x, gr.truth) / gr.w2_floor, gap=logp_gap(x, gr.truth, ref) / gr.gap_floor,
-                bias=(float(gr.truth.log_prob(x).mean()) - gr.e_logp) / gr.gap_floor)
+                bias=(float(gr.truth.log_prob(x).mean()) - gr.e_logp) / gr.gap_floor, logp_floor="closed-form")
 
 
 def done(path: Path, keys: tuple[str, ...]) -> set[tuple]:

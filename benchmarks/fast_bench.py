@@ -234,8 +234,8 @@ def report() -> None:
              "Adaptive methods are listed per tolerance at their counted (mean per-sample) NFE.", ""]
     any_rows = next((r for c in CASES for r in _rows(*c)), None)
     if any_rows:
-        lines.append(f"Samples per cell: {any_rows['samples']}; floors over 8 exact sets; CPU, 1 thread, "
-                     f"{any_rows['torch']}.")
+        lines.append(f"Samples per cell: {any_rows['samples']}; floors over 8 exact sets (the log-density "
+                     f"gap's in closed form, `metrics.logp_gap_floor`); CPU, 1 thread, {any_rows['torch']}.")
         lines.append("")
         lines.append("| case | floor logp_gap | floor component_w2 | seeds |")
         lines.append("|---|---|---|---|")
@@ -291,9 +291,10 @@ def report() -> None:
         lines += ["", "## Held-out mixtures (default tolerance 0.01, and 0.015)", "",
                   "`GaussianMixture.random(d, 10, seed=0)` for d = 8, 16, 32, 128 (other means, covariances and "
                   "weights) and `grid` (25 isotropic components on a 5×5 grid in 2-D), none used to choose the "
-                  "defaults; same protocol.  At the default the log-density and W2 ratios stay ≤ 1.75 "
+                  "defaults; same protocol.  At the default the log-density and W2 ratios stay ≤ 1.87 "
                   "everywhere, but the 2-D grid (25 modes) and gmm8 VP take 25.8–26.3 NFE; at tol 0.015 every "
-                  "case is ≤ 24.6 NFE with ratios ≤ 1.98.  Paired against the exact flow from the same x_T "
+                  "case is ≤ 24.6 NFE with ratios ≤ 1.90 but gmm128 VE's log-density gap (2.12).  Paired against "
+                  "the exact flow from the same x_T "
                   "(10k samples, dopri5 at 1e-6), the default's log-density bias is −0.36 … −0.87 floors on "
                   "grid/gmm8/gmm16 (−1.19 … −1.63 at 0.015), so 0.015 trades margin for NFE.  Sweeping the "
                   "controller (safety 0.75/0.9, predictive 0.5/1, h_init 0.5/1, max_factor 2/3, predictor "

@@ -18,8 +18,8 @@ mixture to a grid worse than the start on both quality metrics.  The search cost
 solves of the pilot: ``pilot_nfe`` in the result counts every score evaluation per pilot sample, the
 reference's included.  Pilot size against solves (benchmarks/fitted_grid_cost.md, seven mixtures,
 three pilot draws each): 256 draws and the default 400 solves (~6,400 evaluations per pilot sample,
-1.6M in all at 15 NFE) reached the same mean log-density gap as 1024 × 1500 (23M; 2.03× against
-2.01× the floor), with a wider spread over pilot draws (8-ring 1.39–2.29× against 1.37–1.58×): a
+1.6M in all at 15 NFE) reached the same mean log-density gap as 1024 × 1500 (23M; 2.27× against
+2.26× the floor), with a wider spread over pilot draws (8-ring 1.49–2.45× against 1.46–1.69×): a
 larger pilot buys consistency more than quality. Where the run ends below σ/m = ``tail_sigma``
 (sub-VP's default end), the grid ends there and the sampler's tail step carries the samples to eps,
 as on its generated grids.  A grid fitted once serves every later batch: ``sample(...,

@@ -171,7 +171,8 @@ class Judge:
 
     def floor(self, repeats: int = 8, seed: int = 12345) -> dict[str, tuple[float, float]]:
         """{metric: (mean, sd)} over ``repeats`` exact sample sets of size n, each against an
-        independent exact reference set of the same size."""
+        independent exact reference set of the same size; ``logp_gap``'s in closed form
+        (``metrics.logp_gap_floor``)."""
         if repeats < 2:
             raise ValueError(f"floor repeats must be >= 2 (for an sd), got {repeats}")
         g = torch.Generator().manual_seed(seed)
@@ -189,4 +190,6 @@ class Judge:
         for k, v in vals.items():
             t = torch.tensor(v, dtype=torch.float64)
             out[k] = (float(t.mean()), float(t.std()))
+        if "logp_gap" in out and self.truth is not None:  # closed form: the repeats' mean is off by ~27 %
+            out["logp_gap"] = M.logp_gap_floor(self.truth, self.n)
         return out

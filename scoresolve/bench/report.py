@@ -223,7 +223,8 @@ def _section(rows: list[dict], root: Path) -> str:
              f"{r0.get('problem_desc', '')}; SDE `{r0.get('sde_repr', sde)}`; {r0['samples']} samples × "
              f"{len(seeds)} seed(s); device {r0.get('device')}, {r0.get('dtype')}, {r0.get('threads')} "
              f"thread(s); eps {r0.get('eps')}; truth: {truth}.", ""]
-    lines += ["**Noise floors** (metric of exact samples of the same size; mean ± sd):", "",
+    lines += ["**Noise floors** (metric of exact samples of the same size; mean ± sd; the log-density gap's "
+              "in closed form):", "",
               _table(["metric", "floor mean", "floor sd"],
                      [[m, _fmt(floors[m][0]), _fmt(floors[m][1])] for m in metrics if m in floors]), ""]
 

@@ -89,7 +89,7 @@ def _validate_score(group: Group, device: torch.device, dtype: torch.dtype) -> N
 
 def _floor(out: Path, group: Group, judge: Judge, cfg: BenchConfig) -> dict:
     key = (f"{group.problem.name}|{group.sde_label}|n={cfg.samples}|denoise={cfg.denoise}"
-           f"|eps={judge.eps:g}|repeats={cfg.floor_repeats}|mmd_samples={cfg.mmd_samples}")
+           f"|eps={judge.eps:g}|repeats={cfg.floor_repeats}|mmd_samples={cfg.mmd_samples}|logp_gap=closed-form")
     floors = read_json(out / "floors.json", {})
     have = floors.get(key, {})
     if not all(m in have for m in judge.metrics):
