@@ -320,6 +320,8 @@ def test_fitted_grid_cells_fit_once_count_their_nfe_and_beat_the_default_grid(tm
         plan_cells(_cfg(tmp_path / "p", methods=("em",), fit_grid=((("em",), (8,)),)))
     with pytest.raises(ValueError, match="unipc at --fit-grid 2: nfe=2 leaves unipc fewer than two steps"):
         plan_cells(_cfg(tmp_path / "p", methods=("unipc",), fit_grid=((("unipc",), (2,)),)))
+    only = plan_cells(_cfg(tmp_path / "p", methods=("unipc",), nfes=(), fit_grid=((("unipc",), (8,)),)))
+    assert [c.budget.label for g in only for c in g.cells] == ["fitted nfe=8"]  # fitted budgets alone suffice
     with pytest.raises(ValueError, match="--fit-pilot and --fit-evals must be >= 2"):
         plan_cells(_cfg(tmp_path / "p", methods=("unipc",), fit_grid=((("unipc",), (8,)),), fit_pilot=1))
 

@@ -182,8 +182,8 @@ def _check_numbers(cfg: BenchConfig) -> None:
         raise ValueError(f"--samples must be >= 2, got {cfg.samples}")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
-    if not cfg.nfes and not cfg.tols and not cfg.extra_nfe:
-        raise ValueError("no budgets: pass --nfe, --tols and/or --extra-nfe")
+    if not cfg.nfes and not cfg.tols and not cfg.extra_nfe and not cfg.fit_grid:
+        raise ValueError("no budgets: pass --nfe, --tols, --extra-nfe and/or --fit-grid")
     extra = [b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid) for b in bs]
     if any((not isinstance(n, int)) or n < 1 for n in [*cfg.nfes, *extra]):
         raise ValueError(f"--nfe budgets must be positive integers, got {list(cfg.nfes) + extra}")
