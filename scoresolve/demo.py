@@ -10,12 +10,13 @@ import os
 import torch
 
 from . import metrics
+from .gridfit import fit_grid, fit_nfe
 from .sampling import sample
 from .sde import SDES
 from .targets import GaussianMixture
 
 # classical samplers at --steps, then the fast ones at their own budgets ("name:key=value;...")
-DEFAULT_METHODS = "pc,em,ode,ode_heun,unipc:nfe=20,ode_adaptive_ps"
+DEFAULT_METHODS = "pc,em,ode,ode_heun,unipc:nfe=20,unipc:fit=10,ode_adaptive_ps"
 METRICS = ("component_w2", "logp_gap")
 
 
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated sampler names, each optionally with options, e.g. unipc:nfe=20 or "
                         "ode_adaptive_ps:rtol=0.005;atol=0.005 (a fixed-step method without steps/nfe runs "
-                        "at --steps; an adaptive one at its default tolerance)")
+                        "at --steps; an adaptive one at its default tolerance); fit=N runs a deterministic "
+                        "fixed-step method at N evaluations on a grid fitted to this score first "
+                        "(scoresolve.fit_grid, a 256-draw pilot; its cost is printed)")
     p.add_argument("--steps", type=int, default=200, help="steps of the classical samplers")
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
@@ -66,20 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     fw, fl = floor["component_w2"][0], floor["logp_gap"][0]
     print(f"8-ring, {a.sde.upper()} SDE, {a.samples} samples; noise floor: component W2 {fw:.4f}, "
           f"log-density gap {fl:.4f} (exact samples of the same size)")
-    print(f"  {'method':>18}  {'NFE':>6}  {'W2/floor':>8}  {'logp-gap/floor':>14}  {'wall s':>7}")
+    print(f"  {'method':>28}  {'NFE':>6}  {'W2/floor':>8}  {'logp-gap/floor':>14}  {'wall s':>7}")
     panels = [("exact", exact, "data distribution")]
     for name, opts in specs:
-        if SAMPLERS[name].nfe_per_step is not None and not {"steps", "nfe"} & set(opts):
-            opts = {**opts, "steps": a.steps}
+        run, fitted = dict(opts), None
+        if "fit" in run:  # a grid fitted to the score at N evaluations, denoising included
+            fitted = fit_grid(target.score_fn(sde), sde, (256, 2), name, fit_nfe(name, int(run.pop("fit")), True),
+                              generator=torch.Generator().manual_seed(a.seed + 1), progress=not a.no_progress)
+            run.update(fitted.sample_options)
+        elif SAMPLERS[name].nfe_per_step is not None and not {"steps", "nfe"} & set(run):
+            opts = run = {**run, "steps": a.steps}
         res = sample(target.score_fn(sde), sde, (a.samples, 2), name, generator=torch.Generator().manual_seed(a.seed),
-                     progress=not a.no_progress, **opts)
+                     progress=not a.no_progress, **run)
         ev = metrics.evaluate(res.samples, target, exact, metrics=METRICS)
         rw, rl = ev["component_w2"] / fw, ev["logp_gap"] / fl
         nfe = f"{res.nfe:.1f}" if isinstance(res.nfe, float) else str(res.nfe)
         label = name + ("" if not opts or "steps" in opts and len(opts) == 1 else
                         " (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")")
-        print(f"  {label:>18}  {nfe:>6}  {rw:>8.2f}  {rl:>14.2f}  {res.stats['wall_time']:>7.2f}")
-        panels.append((label, res.samples, f"NFE {nfe}, {res.stats['wall_time']:.2f} s\n"
+        label = label.replace("fit=", "fitted grid, nfe=")
+        print(f"  {label:>28}  {nfe:>6}  {rw:>8.2f}  {rl:>14.2f}  {res.stats['wall_time']:>7.2f}")
+        if fitted is not None:
+            print(f"  {'':>28}  (the fit, once per score: {fitted.pilot_nfe * 256 / 1e6:.1f}M evaluations, "
+                  f"{fitted.seconds:.1f} s)")
+        cost = "" if fitted is None else f" (+ {fitted.seconds:.1f} s to fit, once)"
+        panels.append((label, res.samples, f"NFE {nfe}, {res.stats['wall_time']:.2f} s{cost}\n"
                                            f"W2 {rw:.1f}× floor, logp gap {rl:.1f}× floor"))
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)

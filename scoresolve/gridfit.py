@@ -49,7 +49,7 @@ from .sampling import _fixed_step_ode, _tail_start, _with_options, sample, steps
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
 
-__all__ = ["FittedGrid", "fit_grid"]
+__all__ = ["FittedGrid", "fit_grid", "fit_nfe"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,18 @@ class FittedGrid:
     def sample_options(self) -> dict:
         """``grid`` (and ``eps``, with a tail) for ``sample``."""
         return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
+
+
+def fit_nfe(method: str, nfe: int, denoise: bool) -> int:
+    """The ``nfe`` to fit ``method``'s grid for (``fit_grid`` fits without the final denoising) so
+    that sampling on it with ``denoise`` counts exactly ``nfe``; ValueError if that leaves fewer
+    than two steps."""
+    sampler = resolve("method", method)
+    fit = nfe - sampler.extra_nfe(denoise) + sampler.extra_nfe(False)
+    if (fit - sampler.extra_nfe(False)) // sampler.nfe_per_step < 2:
+        raise ValueError(f"nfe={nfe} leaves {method} fewer than two steps: no grid to fit "
+                         f"(nfe >= {2 * sampler.nfe_per_step + sampler.extra_nfe(denoise)} needed)")
+    return fit
 
 
 def _grid(theta: np.ndarray, lam0: float, lam1: float, sde: SDE, t0: float, t1: float) -> Tensor:

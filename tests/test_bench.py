@@ -423,9 +423,11 @@ def test_demo_shows_a_fast_sampler_beside_the_classical_ones(tmp_path, capsys):
     from scoresolve.demo import main
 
     out = tmp_path / "d.png"
-    assert main(["--samples", "300", "--steps", "20", "--methods", "em,ode_adaptive_ps,unipc:nfe=12",
+    assert main(["--samples", "300", "--steps", "20", "--methods", "em,ode_adaptive_ps,unipc:nfe=12,unipc:fit=8",
                  "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert out.stat().st_size > 0 and "ode_adaptive_ps" in text and "unipc (nfe=12)" in text
-    row = next(line for line in text.splitlines() if "unipc" in line).split()
+    row = next(line for line in text.splitlines() if "unipc (nfe=12)" in line).split()
     assert row[2] == "12"  # counted NFE of the fixed budget
+    row = next(line for line in text.splitlines() if "unipc (fitted grid, nfe=8)" in line).split()
+    assert row[4] == "8" and "(the fit, once per score:" in text  # counted with the denoising; its cost shown

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..gridfit import FittedGrid, fit_grid
-from .plan import BenchConfig, Cell, Group, fit_nfe
+from ..gridfit import FittedGrid, fit_grid, fit_nfe
+from .plan import BenchConfig, Cell, Group
 from .store import safe_name as _safe
 
 __all__ = ["fitted_options", "PILOT_SEED"]

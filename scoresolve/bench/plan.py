@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..gridfit import fit_nfe
 from ..registry import SAMPLERS
 from ..sampling import _fixed_step_ode, steps_for_nfe
 from ..sde import SDE
@@ -162,17 +163,6 @@ def budgets_for(name: str, nfes, tols, denoise: bool) -> tuple[list[Budget], lis
         except ValueError as e:
             bad.append(f"{name} at --nfe {n}: {e}")
     return ok, bad
-
-
-def fit_nfe(name: str, n: int, denoise: bool) -> int:
-    """The evaluations ``fit_grid`` fits for (it fits without the final denoising) so that the
-    cell's counted NFE is ``n``; ValueError if that leaves fewer than two steps."""
-    sampler = SAMPLERS[name]
-    nfe = n - sampler.extra_nfe(denoise) + sampler.extra_nfe(False)
-    if (nfe - sampler.extra_nfe(False)) // sampler.nfe_per_step < 2:
-        raise ValueError(f"nfe={n} leaves {name} fewer than two steps: no grid to fit "
-                         f"(nfe >= {2 * sampler.nfe_per_step + sampler.extra_nfe(denoise)} needed)")
-    return nfe
 
 
 def _check_numbers(cfg: BenchConfig) -> None:
