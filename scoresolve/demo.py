@@ -74,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, opts in specs:
         run, fitted = dict(opts), None
         if "fit" in run:  # a grid fitted to the score at N evaluations, denoising included
-            fitted = fit_grid(target.score_fn(sde), sde, (256, 2), name, fit_nfe(name, int(run.pop("fit")), True),
-                              generator=torch.Generator().manual_seed(a.seed + 1), progress=not a.no_progress)
+            try:
+                fitted = fit_grid(target.score_fn(sde), sde, (256, 2), name, fit_nfe(name, int(run.pop("fit")), True),
+                                  generator=torch.Generator().manual_seed(a.seed + 1), progress=not a.no_progress)
+            except ValueError as e:  # a method without a grid to fit, a budget too small for one
+                p.error(f"--methods {name}:fit=...: {e}")
             run.update(fitted.sample_options)
         elif SAMPLERS[name].nfe_per_step is not None and not {"steps", "nfe"} & set(run):
             opts = run = {**run, "steps": a.steps}

@@ -113,11 +113,20 @@ class FittedGrid:
         return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
 
 
+def _check_fittable(method, sampler):
+    """``sampler`` if it is a deterministic fixed-step one (a grid to fit), else ValueError naming the choices."""
+    if not _fixed_step_ode(sampler):
+        valid = [n for n, s in SAMPLERS.items() if _fixed_step_ode(s)]
+        raise ValueError(f"method={method!r} has no fixed deterministic grid to fit; valid choices: "
+                         f"{', '.join(valid)}")
+    return sampler
+
+
 def fit_nfe(method: str, nfe: int, denoise: bool) -> int:
     """The ``nfe`` to fit ``method``'s grid for (``fit_grid`` fits without the final denoising) so
     that sampling on it with ``denoise`` counts exactly ``nfe``; ValueError if that leaves fewer
     than two steps."""
-    sampler = resolve("method", method)
+    sampler = _check_fittable(method, resolve("method", method))
     fit = nfe - sampler.extra_nfe(denoise) + sampler.extra_nfe(False)
     if (fit - sampler.extra_nfe(False)) // sampler.nfe_per_step < 2:
         raise ValueError(f"nfe={nfe} leaves {method} fewer than two steps: no grid to fit "
@@ -151,11 +160,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
 
     from .samplers import AdaptiveMultistep
 
-    sampler = _with_options(resolve("method", method), options)
-    if not _fixed_step_ode(sampler):
-        valid = [n for n, s in SAMPLERS.items() if _fixed_step_ode(s)]
-        raise ValueError(f"method={method!r} has no fixed deterministic grid to fit; valid choices: "
-                         f"{', '.join(valid)}")
+    sampler = _check_fittable(method, _with_options(resolve("method", method), options))
     if start not in GRIDS:
         raise ValueError(f"unknown start={start!r}; valid choices: {', '.join(GRIDS)}")
     max_evals = check_count("max_evals", max_evals, lo=2)

@@ -431,3 +431,6 @@ def test_demo_shows_a_fast_sampler_beside_the_classical_ones(tmp_path, capsys):
     assert row[2] == "12"  # counted NFE of the fixed budget
     row = next(line for line in text.splitlines() if "unipc (fitted grid, nfe=8)" in line).split()
     assert row[4] == "8" and "(the fit, once per score:" in text  # counted with the denoising; its cost shown
+    with pytest.raises(SystemExit):
+        main(["--methods", "ode_adaptive_ps:fit=10", "--out", str(out), "--no-progress"])
+    assert "ode_adaptive_ps' has no fixed deterministic grid to fit; valid choices: " in capsys.readouterr().err
