@@ -18,6 +18,7 @@ from .targets import GaussianMixture
 # classical samplers at --steps, then the fast ones at their own budgets ("name:key=value;...")
 DEFAULT_METHODS = "pc,em,ode,ode_heun,unipc:nfe=20,unipc:fit=10,ode_adaptive_ps"
 METRICS = ("component_w2", "logp_gap")
+PILOT = 256  # prior draws a fit=N grid is fitted to
 
 
 def _parse(spec: str) -> tuple[str, dict]:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ode_adaptive_ps:rtol=0.005;atol=0.005 (a fixed-step method without steps/nfe runs "
                         "at --steps; an adaptive one at its default tolerance); fit=N runs a deterministic "
                         "fixed-step method at N evaluations on a grid fitted to this score first "
-                        "(scoresolve.fit_grid, a 256-draw pilot; its cost is printed)")
+                        f"(scoresolve.fit_grid, a {PILOT}-draw pilot; its cost is printed)")
     p.add_argument("--steps", type=int, default=200, help="steps of the classical samplers")
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         run, fitted = dict(opts), None
         if "fit" in run:  # a grid fitted to the score at N evaluations, denoising included
             try:
-                fitted = fit_grid(target.score_fn(sde), sde, (256, 2), name, fit_nfe(name, int(run.pop("fit")), True),
+                fitted = fit_grid(target.score_fn(sde), sde, (PILOT, 2), name, fit_nfe(name, int(run.pop("fit")), True),
                                   generator=torch.Generator().manual_seed(a.seed + 1), progress=not a.no_progress)
             except ValueError as e:  # a method without a grid to fit, a budget too small for one
                 p.error(f"--methods {name}:fit=...: {e}")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         label = label.replace("fit=", "fitted grid, nfe=")
         print(f"  {label:>28}  {nfe:>6}  {rw:>8.2f}  {rl:>14.2f}  {res.stats['wall_time']:>7.2f}")
         if fitted is not None:
-            print(f"  {'':>28}  (the fit, once per score: {fitted.pilot_nfe * 256 / 1e6:.1f}M evaluations, "
+            print(f"  {'':>28}  (the fit, once per score: {fitted.pilot_nfe * PILOT / 1e6:.1f}M evaluations, "
                   f"{fitted.seconds:.1f} s)")
         cost = "" if fitted is None else f" (+ {fitted.seconds:.1f} s to fit, once)"
         panels.append((label, res.samples, f"NFE {nfe}, {res.stats['wall_time']:.2f} s{cost}\n"

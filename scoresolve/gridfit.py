@@ -49,7 +49,7 @@ from .sampling import _fixed_step_ode, _tail_start, _with_options, sample, steps
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
 
-__all__ = ["FittedGrid", "fit_grid", "fit_nfe"]
+__all__ = ["FittedGrid", "fit_grid", "fit_nfe", "fittable_methods"]
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,16 @@ class FittedGrid:
         return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
 
 
+def fittable_methods() -> list[str]:
+    """The registered deterministic fixed-step samplers: those with a grid to fit."""
+    return [n for n, s in SAMPLERS.items() if _fixed_step_ode(s)]
+
+
 def _check_fittable(method, sampler):
     """``sampler`` if it is a deterministic fixed-step one (a grid to fit), else ValueError naming the choices."""
     if not _fixed_step_ode(sampler):
-        valid = [n for n, s in SAMPLERS.items() if _fixed_step_ode(s)]
         raise ValueError(f"method={method!r} has no fixed deterministic grid to fit; valid choices: "
-                         f"{', '.join(valid)}")
+                         f"{', '.join(fittable_methods())}")
     return sampler
 
 

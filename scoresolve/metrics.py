@@ -185,16 +185,21 @@ def noise_floor(
     """Each metric for exact samples of size n (against an independent exact reference for
     the two-sample metrics): {metric: (mean, sd)} over ``repeats`` draws; ``logp_gap``'s in closed
     form (``logp_gap_floor``: a mean over a few repeats of it is off by 27 % at 8)."""
+    names = metrics or TARGET_METRICS + TWO_SAMPLE_METRICS
+    rest = tuple(m for m in names if m != "logp_gap")  # (its floor in closed form below)
     g = torch.Generator().manual_seed(seed)
-    vals: dict[str, list[float]] = {}
+    vals: dict[str, list[float]] = {m: [] for m in rest}
     for _ in range(repeats):
         x = target.sample(n, generator=g, dtype=torch.float64)
-        for k, v in evaluate(x, target, metrics=metrics, generator=g).items():
-            vals.setdefault(k, []).append(v)
+        # the reference drawn as evaluate() draws it, so the other floors keep their draws
+        two = any(m in TWO_SAMPLE_METRICS for m in names)
+        ref = target.sample(n, generator=g, dtype=torch.float64) if two else None
+        for k, v in (evaluate(x, target, ref, metrics=rest, generator=g) if rest else {}).items():
+            vals[k].append(v)
     out = {}
     for k, v in vals.items():
         t = torch.tensor(v, dtype=torch.float64)
         out[k] = (float(t.mean()), float(t.std()) if len(v) > 1 else math.nan)
-    if "logp_gap" in out:
+    if "logp_gap" in names:
         out["logp_gap"] = logp_gap_floor(target, n)
-    return out
+    return {m: out[m] for m in names}

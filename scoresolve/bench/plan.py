@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..gridfit import fit_nfe
+from ..gridfit import fit_nfe, fittable_methods
 from ..registry import SAMPLERS
-from ..sampling import _fixed_step_ode, steps_for_nfe
+from ..sampling import steps_for_nfe
 from ..sde import SDE
 from .problems import Problem
 from .quality import check_metrics
@@ -245,12 +245,13 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     extra = _per_method(cfg.extra_nfe, methods, "--extra-nfe")
     tols = _per_method(cfg.method_tols, methods, "--tols-for")
     fits = _per_method(cfg.fit_grid, methods, "--fit-grid")
-    no_grid = sorted({t for names, _ in cfg.fit_grid for t in names if not t.startswith("order<=")
-                      and not _fixed_step_ode(SAMPLERS[t])})
+    fittable = fittable_methods()
+    no_grid = sorted({t for names, _ in cfg.fit_grid for t in names
+                      if not t.startswith("order<=") and t not in fittable})
     if no_grid:
         raise ValueError(f"--fit-grid names {', '.join(no_grid)}, which has no fixed deterministic grid to fit; "
-                         f"valid choices: {', '.join(m for m, s in SAMPLERS.items() if _fixed_step_ode(s))}")
-    fits = {m: v for m, v in fits.items() if _fixed_step_ode(SAMPLERS[m])}  # an order<= selector passes them by
+                         f"valid choices: {', '.join(fittable)}")
+    fits = {m: v for m, v in fits.items() if m in fittable}  # an order<= selector passes the others by
     named = {t for names, _ in cfg.extra_nfe for t in names if not t.startswith("order<=")}
     no_budget = [m for m in extra if SAMPLERS[m].nfe_per_step is None and not has_budget_mode(m)]
     if named & set(no_budget):
