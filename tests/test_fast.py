@@ -24,6 +24,7 @@ from scoresolve.samplers import (
     EDMHeun,
     GottaGoFast,
     TorchSDE,
+    adaptive_ms,
 )
 from scoresolve.samplers._common import (
     Rows,
@@ -38,7 +39,7 @@ from scoresolve.samplers._common import (
     unlane,
 )
 from scoresolve.samplers.adaptive import PerSampleAdaptive, improved_euler_step
-from scoresolve.samplers.adaptive_ms import _not_pushed, _push
+from scoresolve.samplers.adaptive_ms import _compact, _not_pushed, _push
 from scoresolve.samplers.exponential import step_orders
 from scoresolve.targets import GaussianMixture
 
@@ -157,6 +158,39 @@ def test_per_sample_history_push_moves_only_the_accepted_rows(case):
             torch.testing.assert_close(g, w_, rtol=0, atol=0)
         if alias:  # the shared tensor is copied before any row moves, never written
             torch.testing.assert_close(hist[0], first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"nfe": 20}, {"correct_last": True, "denoise": False}])
+def test_per_sample_compacted_memory_changes_nothing(monkeypatch, options):
+    """``ode_adaptive_ps`` drops the rows that ended from its step memory (``COMPACT_AT``): compacting
+    at every ending, at the default share, or never gives the same samples, counts, evaluations and
+    callback states and x̂_0's, bit for bit (the callback's x̂_0 is written row by row through the
+    evaluated rows' batch indices, so a compacted memory's own indices would show there).  Sub-VP:
+    its tail step ends the rows at λ_c."""
+    target, sde = GaussianMixture.ring(8, 2.0, 0.1), ss.SubVPSDE()
+    base = target.score_fn(sde)
+
+    def run(share):
+        monkeypatch.setattr(adaptive_ms, "COMPACT_AT", share)
+        compactions, sizes, seen = [], [], []
+        monkeypatch.setattr(adaptive_ms, "_compact",
+                            lambda mem, keep, f=_compact: compactions.append(1) or f(mem, keep))
+        res = ss.sample(lambda x, t: sizes.append(x.shape[0]) or base(x, t), sde, (600, 2), "ode_adaptive_ps",
+                        generator=torch.Generator().manual_seed(4),
+                        callback=lambda i, t, x, x0: seen.append((t.clone(), x.clone(), x0.clone())), **options)
+        return res, sizes, seen, len(compactions)
+
+    every, default, never = run(0.0), run(0.125), run(2.0)
+    assert every[3] > default[3] > 0 == never[3]  # the three paths differ
+    for res, sizes, seen, _ in (every, default):
+        assert torch.equal(res.samples, never[0].samples) and res.nfe == never[0].nfe and sizes == never[1]
+        assert torch.equal(res.stats["nfe_per_sample"], never[0].stats["nfe_per_sample"])
+        for k in ("accepted", "rejected"):
+            assert res.stats[k] == never[0].stats[k]
+        assert len(seen) == len(never[2])
+        for a, b in zip(seen, never[2]):
+            for u, v in zip(a, b):
+                assert torch.equal(u.nan_to_num(-7.0), v.nan_to_num(-7.0))
 
 
 def test_rows_add_counts_on_the_selected_rows_only():

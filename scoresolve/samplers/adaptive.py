@@ -132,6 +132,15 @@ class Accepted:
         return old
 
 
+def batch_rows(mem, run: Rows) -> Rows:
+    """The batch rows of ``run`` (rows of the solver's memory): the same rows unless the memory was
+    compacted to the samples still running (``mem.active``: their batch indices)."""
+    active = getattr(mem, "active", None)
+    if active is None:
+        return run
+    return Rows(active if run.all else active.index_select(0, run.idx), mem.x.shape[0])
+
+
 @dataclass(frozen=True)
 class PerSampleAdaptive(SamplerBase):
     """The skeleton of a solver with a step size per sample.
@@ -140,7 +149,10 @@ class PerSampleAdaptive(SamplerBase):
     ``t`` (times), ``h`` (step sizes), ``rows`` (evaluations per sample), ``acc_n``/``rej_n``
     (accepted/rejected proposals per sample) and the solver's own.  ``reached`` finds the rows
     still running towards t_end; ``attempt`` proposes one step for exactly those rows
-    (``_propose``, which writes the accepted ones and returns the acceptance mask).
+    (``_propose``, which writes the accepted ones and returns the acceptance mask).  ``every`` indexes
+    the memory's rows; a subclass may drop the rows that ended from its own per-row tensors
+    (``active``: the batch rows of the memory's rows; ``batch_rows`` maps them), x, t and the
+    counters staying the batch's.
     Subclasses implement ``_start(ctx, x, ts) -> memory``, ``_running(mem, t_end) -> (B,) bool``
     and ``_propose(ctx, mem, run, t_end) -> (B,) bool accepted``.
     """
@@ -173,9 +185,9 @@ class PerSampleAdaptive(SamplerBase):
         return True
 
     def attempt(self, ctx: Context, state: State, t_end: float) -> State:
-        mem, b = state.memory, state.memory.x.shape[0]
-        run = Rows(mem.idx, b)
-        ctx.rows = None if run.all else mem.idx
+        mem = state.memory
+        run = Rows(mem.idx, mem.every.numel())
+        ctx.rows = batch_rows(mem, run).idx if getattr(mem, "active", None) is not None or not run.all else None
         ok = self._propose(ctx, mem, run, t_end)
         ctx.rows = None
         mem.x = ctx.settle(mem.x, mem.t)

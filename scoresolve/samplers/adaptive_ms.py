@@ -26,12 +26,15 @@ from torch import Tensor
 from .._compat import renamed
 from ..options import option
 from ..protocol import Context, tail_factors, tail_log_snr
-from ._common import Rows, exp_pc_weights, lanes, row_coef, unlane
-from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0, reaches
+from ._common import Rows, exp_pc_weights, gather_rows, lanes, row_coef, unlane
+from .adaptive import Accepted, PerSampleAdaptive, _noise_delta, _rms, _scaled_x0, batch_rows, reaches
 
 __all__ = ["AdaptiveMultistep"]
 
 _LOG_E_MIN = math.log(1e-4)  # the predictive factor reads errors clamped at 1e-4
+# the share of the memory's rows that must have ended before it is compacted to the running ones (a
+# compaction gathers every per-row tensor once; the rows it drops are no longer gathered at each step)
+COMPACT_AT = 0.125
 
 
 @renamed(predictor_order="solver_order", norm="error_norm", max_iters="max_steps")
@@ -54,7 +57,9 @@ class AdaptiveMultistep(PerSampleAdaptive):
     starts at ``h_init`` in λ; the history builds up one order per accepted step.  The step that
     reaches eps is the predictor alone (as in UniPC; ``correct_last=True`` evaluates and
     corrects it too, 1 more NFE): measured on the mixtures, this costs no accuracy.
-    ``per_sample=False`` shares one step (the batch maximum of E) for comparison.
+    ``per_sample=False`` shares one step (the batch maximum of E) for comparison.  Once a share
+    ``COMPACT_AT`` of the rows have ended, the step memory keeps the running rows only (bit for bit the
+    same samples; fewer gathers and scatters per step while the rows end over many steps).
     The tail (``tail_sigma`` = σ̃_c): where the solve ends below σ̃_c = σ/m (sub-VP's default end
     σ̃ ≈ 1e-4; VP's and VE's defaults end at ≈ 0.01 and keep no tail), the steps stop at σ̃_c and
     ``protocol.tail_step``'s score-form step in σ̃² ends it.  As that step holds m·s, the step landing
@@ -123,6 +128,7 @@ class AdaptiveMultistep(PerSampleAdaptive):
         mem.hist = [unlane(_scaled_x0(ctx, lanes(x), mem.t, s0, x.shape[1:]), x.shape[1:])] * p
         mem.hlam, mem.hm = [mem.lam.clone()] * p, [m0] * p
         mem.n_hist = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+        mem.active = None  # the batch rows of the memory's rows, once compacted (``_compact``)
         mem.full = p == 1  # on the host: every row holds p entries (all at full order)
         mem.log_eprev = torch.zeros_like(mem.t)  # log of the last accepted error (E_prev = 1 at the start)
         # λ_c = −log tail_sigma, where the last segment's steps stop and the tail step takes over (None: the
@@ -137,19 +143,27 @@ class AdaptiveMultistep(PerSampleAdaptive):
 
     def _running(self, mem, t_end: float) -> Tensor:
         mem.lam_end = 0.5 * mem.sde.log_snr(t_end)
-        return mem.lam < mem.lam_end
+        running = mem.lam < mem.lam_end
+        if t_end == mem.t_last:  # once enough rows have ended, drop them from the step memory
+            n, left = running.numel(), int(running.sum())
+            if left and n - left >= max(1.0, COMPACT_AT * n):
+                _compact(mem, running.nonzero().squeeze(1))
+                running = running.new_ones(left)
+        return running
 
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
-        p, sde, x, b, idx, lam_end = self.solver_order, ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
+        p, sde, x, lam_end = self.solver_order, ctx.sde, mem.x, mem.lam_end
+        b, bm, idx = x.shape[0], mem.every.numel(), run.idx  # batch rows, memory rows (fewer once compacted)
+        frun = batch_rows(mem, run)  # the running rows in the batch (x, t and the counters are the batch's)
         tail = mem.lam_tail is not None and t_end == mem.t_last  # the steps stop at λ_c, the tail step ends
         lam_stop = mem.lam_tail if tail else lam_end
-        xa, la = run.of(x), run.of(mem.lam)
+        xa, la = frun.of(x), run.of(mem.lam)
         rem = lam_stop - la
         ha = torch.minimum(run.of(mem.h), rem)
         forced = None
         if self.nfe_budget is not None:  # at least (λ_stop − λ)/(R + 1) with R evaluations left
             reserved = int(ctx.denoise) + int(self.correct_last)  # the final denoising, an evaluated last step
-            left = (self.nfe_budget - reserved - run.of(mem.rows)).clamp_min(0)
+            left = (self.nfe_budget - reserved - frun.of(mem.rows)).clamp_min(0)
             floor_h = rem / (left + 1)
             forced = ha <= floor_h
             ha = torch.maximum(ha, floor_h)
@@ -190,14 +204,14 @@ class AdaptiveMultistep(PerSampleAdaptive):
             # set to the history's extrapolation (no evaluation), so the gap is 0 and the corrector leaves them
             d_new, keep = x_ext.clone(), (~last).nonzero().squeeze(1)
             if keep.numel():
-                part = Rows(idx.index_select(0, keep), b)
+                part = Rows(frun.idx.index_select(0, keep), b)
                 ctx.rows = part.idx
                 d_new[keep] = _scaled_x0(ctx, x_pred.index_select(0, keep), tn.index_select(0, keep),
                                          s_n.index_select(0, keep), shape)
                 part.add(mem.rows, 1.0)
         else:
             d_new = _scaled_x0(ctx, x_pred, tn, s_n, shape)
-            run.add(mem.rows, 1.0)
+            frun.add(mem.rows, 1.0)
         if tail and any_last:  # the tail step's σ_c² s_c = −pulled at λ_c: evaluated with ``correct_last``,
             if final:  # else m s held from the newest entry: σ_c² (m_p/m_c) s_p with σ_p² s_p = D_p − x_p
                 coef = s_n.square().mul_(run.of(mem.hm[0])).div_(run.of(mem.sig).square().mul_(m_n))
@@ -223,25 +237,27 @@ class AdaptiveMultistep(PerSampleAdaptive):
             x_corr, lam_n, tn, m_n, s_n = self._tail_step(sde, t_end, lam_end, last, x_corr, pulled, shape,
                                                           lam_n, tn, m_n, s_n)
         # accepted among the running rows, and in the batch (no gather when all were accepted)
-        sel = self._accept(ok, int(ok.sum()), run, b)
-        rest = _not_pushed(sel, b)
+        n_ok = int(ok.sum())
+        sel = self._accept(ok, n_ok, run, bm)
+        sel_b = sel if frun is run else self._accept(ok, n_ok, frun, b)
+        rest = _not_pushed(sel, bm)
         mem.hlam = _push(mem.hlam, lam_n.clone(), sel, rest)
         mem.hist = _push(mem.hist, unlane(d_new, shape), sel, rest)
         mem.hm = _push(mem.hm, m_n, sel, rest)
-        mem.x = sel.merge(x, x_corr)
+        mem.x = sel_b.merge(x, x_corr)
         mem.lam = sel.merge(mem.lam, lam_n)
-        mem.t = sel.merge(mem.t, tn)
+        mem.t = sel_b.merge(mem.t, tn)
         mem.sig = sel.merge(mem.sig, s_n)
         if not mem.full:  # the history's depth matters until every row is at full order
             sel.acc.add(mem.n_hist, 1)
-        run.add(mem.acc_n, ok.double())
-        run.add(mem.rej_n, (~ok).double())
+        frun.add(mem.acc_n, ok.double())
+        frun.add(mem.rej_n, (~ok).double())
         lp_run = run.of(mem.log_eprev)
         q = float(p + 1) if k is None else k.double() + 1
         fac = self._factor(log_err, lp_run, q, ok)
         mem.log_eprev = run.set(mem.log_eprev, torch.where(ok, log_err.clamp_min(_LOG_E_MIN), lp_run))
         mem.h = run.set(mem.h, fac.mul_(ha))
-        return self._accepted_mask(run, ok, b)
+        return self._accepted_mask(frun, ok, b)
 
     @staticmethod
     def _tail_step(sde, t_end: float, lam_end: float, last: Tensor, x: Tensor, pulled: Tensor, shape,
@@ -256,6 +272,18 @@ class AdaptiveMultistep(PerSampleAdaptive):
         x = unlane(torch.where(_row_mask(last, xl), jump, xl), shape)
         return (x, torch.where(last, lam_end, lam_n), torch.where(last, t_end, tn), torch.where(last, m_e, m_n),
                 torch.where(last, s_e, s_n))
+
+
+def _compact(mem, keep: Tensor) -> None:
+    """The step memory (λ, σ, h, the history, ...) of the rows ``keep`` only: the rows that ended stop
+    costing a gather and a scatter of every per-row tensor at every later step.  ``mem.active`` maps
+    memory rows to batch rows (x, t and the counters stay the batch's)."""
+    for name in ("lam", "sig", "h", "n_hist", "log_eprev"):
+        setattr(mem, name, getattr(mem, name).index_select(0, keep))
+    for name in ("hist", "hlam", "hm"):
+        setattr(mem, name, [gather_rows(v, keep) for v in getattr(mem, name)])
+    mem.active = keep if mem.active is None else mem.active.index_select(0, keep)
+    mem.every = torch.arange(keep.numel(), device=keep.device)
 
 
 def _row_mask(mask: Tensor, like: Tensor) -> Tensor:
