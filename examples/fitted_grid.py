@@ -1,4 +1,5 @@
-"""A 15-evaluation grid fitted to a pilot batch, against the log-SNR-uniform one (about ten seconds on CPU).
+"""A 15-evaluation grid fitted to a pilot batch, and one from the data's scale (one evaluation of 256 prior
+draws), against the log-SNR-uniform one (about ten seconds on CPU).
 
     python examples/fitted_grid.py        # writes examples/outputs/fitted_grid.png
 """
@@ -26,8 +27,13 @@ print(f"fit: the pilot's median squared error {fit.median_error_start:.2e} -> {f
       f"{fit.pilot_nfe:.0f} score evaluations per "
       f"pilot sample over {fit.evaluations} pilot solves")
 
-fig, axes = plt.subplots(1, 2, figsize=(9, 5), sharex=True, sharey=True, layout="constrained")
-for ax, (name, grid) in zip(axes, [("log-SNR grid", dict(nfe=15)), ("fitted grid", fit.sample_options)]):
+# no search: one evaluation of 256 prior draws reads the data's scale off the score at T
+scaled = ss.scale_grid(score_fn, sde, (256, 2), "unipc", nfe=15, generator=torch.Generator().manual_seed(0))
+print(f"scale grid: data scale {scaled.scale:.2f}, first step to sigma/m = {scaled.first_sigma:.1f}")
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 5), sharex=True, sharey=True, layout="constrained")
+grids = [("log-SNR grid", dict(nfe=15)), ("scale grid", scaled.sample_options), ("fitted grid", fit.sample_options)]
+for ax, (name, grid) in zip(axes, grids):
     ratios = {k: 0.0 for k in metrics}
     for seed in range(3):  # each metric's noise is its floor: the mean of three runs reads steadier than one
         res = ss.sample(score_fn, sde, (10_000, 2), "unipc", denoise=False,

@@ -43,6 +43,7 @@ from .samplers import (
     grid_steps,
 )
 from .sampling import Start, sample, start, steps_for_nfe
+from .scalegrid import ScaleGrid, data_scale, scale_grid
 from .schedules import DiscreteVPSDE, KarrasSDE, ddim_step_to, grid_from_sigmas, spaced_timesteps, timestep_grid
 from .score import (
     CountingScore,
@@ -75,7 +76,8 @@ __all__ = [
     "GottaGoFast", "AdaptiveODE", "AdaptiveMultistep", "TorchSDE",
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "NonFiniteStateError", "from_epsilon", "from_denoiser",
-    "from_sigma_model", "Noise", "GRIDS", "make_grid", "fit_grid", "FittedGrid", "targets", "metrics", "ncsn",
+    "from_sigma_model", "Noise", "GRIDS", "make_grid", "fit_grid", "FittedGrid",
+    "scale_grid", "ScaleGrid", "data_scale", "targets", "metrics", "ncsn",
     "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",

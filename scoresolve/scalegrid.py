@@ -1,0 +1,113 @@
+"""``scale_grid``: a grid for a fixed-step ODE sampler from the data's scale, read off the score at T.
+
+Far above the data's scale the probability-flow paths are straight (x̂_0 barely moves); the grids
+that ``fit_grid`` fits at ~15 NFE all spend one long first step there and the rest nearly uniformly
+in log-SNR (benchmarks/low_nfe_grids.md).  Where that first step should end depends on the data's
+scale: one fixed end helps at one scale and hurts at another.  The scale is in the score at T: for
+data of covariance Σ and y = x/m ~ the prior, x̂_0(x_T) ≈ μ + Σ (y − μ)/σ̃_T² (σ̃ = σ/m), so over
+prior draws Var x̂_0 ≈ Σ²/σ̃_T², and
+
+    ŝ = (σ̃_T² · mean over coordinates of Var x̂_0(x_T))^{1/4}   (→ (tr Σ²/d)^{1/4}; s for data N(μ, s² I))
+
+from one evaluation on a pilot of prior draws.  The grid: T, then λ_1 = −log(``factor`` · ŝ) (half
+log-SNR, λ = log(m/σ)), then the other steps uniform in λ to the end; λ_1 is kept between the
+log-SNR grid's own first point (the grid is then that grid) and half the range.  A score's own error
+at T (a network's) adds to the variance, so ŝ errs high and the first step short: towards the
+log-SNR grid, which measured no worse than jumping too far (benchmarks/low_nfe_grids.md).
+
+``factor`` = 4 was chosen among 2.5, 4 and 7 on six mixtures (2-128-d, VP and VE) at three data scales.
+Measured (``unipc`` at 15 NFE, 10k samples × 2 seeds at p_eps, log-density gap × its floor, geometric
+mean over the cases; benchmarks/low_nfe_grids.md): on eight mixtures it was not chosen on (the 8-ring,
+the 64-d one, six new random ones; VP and VE) 6.42 → 3.57 against the log-SNR grid, largest 21.1 →
+10.5, both metrics within 2× in 5 of 16 cases (1 of 16); on the six it was chosen on 6.17 → 3.69 at
+their scale, 14.9 → 3.76 shrunk ×0.25, 8.37 → 6.60 grown ×4.  A grid fitted with ``fit_grid`` (1.6M
+evaluations) reaches ≈ 2.7 on the same six.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .checks import check_count, check_eps, check_generator
+from .gridfit import _check_fittable
+from .registry import resolve
+from .sampling import _tail_start, steps_for_nfe
+from .score import CountingScore
+from .sde import SDE
+
+__all__ = ["ScaleGrid", "data_scale", "scale_grid"]
+
+FACTOR = 4.0  # σ̃ at the first step's end = FACTOR · ŝ (chosen on the held-out mixtures, see the docstring)
+
+
+@dataclass(frozen=True)
+class ScaleGrid:
+    """A grid from ``scale_grid``: ``ts`` (T → eps, or T → t_c with the tail step on to ``eps``, as
+    ``FittedGrid``; pass ``**sample_options`` to ``sample``), ``scale`` ŝ, ``first_sigma`` the σ/m at
+    the first step's end, ``pilot_nfe`` the score evaluations per pilot sample (1)."""
+
+    ts: Tensor
+    eps: float | None
+    method: str
+    nfe: int
+    scale: float
+    first_sigma: float
+    pilot_nfe: float = 1.0
+
+    @property
+    def sample_options(self) -> dict:
+        """``grid`` (and ``eps``, with a tail) for ``sample``."""
+        return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
+
+
+def data_scale(score_fn, sde: SDE, shape, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> float:
+    """ŝ = (σ̃_T² · mean_coords Var x̂_0(x_T))^{1/4} over ``shape[0]`` prior draws x_T of shape ``shape``
+    (one score evaluation each): the data's scale as the score at T sees it (module docstring)."""
+    check_generator(generator)
+    if len(shape) < 2 or shape[0] < 2:
+        raise ValueError(f"shape must be (pilot, *sample_shape) with a pilot of at least 2 draws, got {tuple(shape)}")
+    dev = torch.device(device) if device is not None else (generator.device if generator is not None
+                                                             else torch.device("cpu"))
+    x = torch.randn(tuple(shape), generator=generator, device=dev, dtype=dtype) * sde.prior_std()
+    m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+    with torch.no_grad():
+        s = CountingScore(score_fn, shape[0])(x, sde.T)
+    x0 = (x.double() + sig * sig * s.double()) / m
+    var = float(x0.flatten(1).var(0).mean())
+    return ((sig / m) ** 2 * var) ** 0.25
+
+
+def scale_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *, eps: float | None = None,
+               factor: float = FACTOR, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> ScaleGrid:
+    """The grid of ``method`` (a deterministic fixed-step sampler) at ``nfe`` evaluations (without the
+    final denoising, as ``fit_grid``) whose first step ends at σ/m = ``factor`` · ŝ (``data_scale`` on a
+    pilot of ``shape``: (pilot, *sample_shape), 256 draws a sound start) and whose other steps are
+    uniform in log-SNR.  Costs one evaluation per pilot sample."""
+    sampler = _check_fittable(method, resolve("method", method))
+    steps = steps_for_nfe(sampler, check_count("nfe", nfe), denoise=False)
+    if steps < 2:
+        raise ValueError(f"nfe={nfe} leaves {method} one step: no first step to place "
+                         f"(nfe >= {2 * sampler.nfe_per_step + sampler.extra_nfe(False)} needed)")
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be a positive number, got {factor!r}")
+    eps = check_eps(sde.default_eps if eps is None else eps, sde)
+    t_c = _tail_start(sampler, sde, eps)
+    t1 = eps if t_c is None else t_c
+    s_hat = data_scale(score_fn, sde, shape, generator=generator, device=device, dtype=dtype)
+    lam0, lam_end = (0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (sde.T, t1))
+    span = lam_end - lam0
+    lam1 = -math.log(factor * s_hat) if s_hat > 0 else math.inf
+    lam1 = min(max(lam1, lam0 + span / steps), lam0 + span / 2)
+    lam = torch.tensor([lam0] + [lam1 + (lam_end - lam1) * i / (steps - 1) for i in range(steps)],
+                       dtype=torch.float64)
+    ts = sde.t_from_log_snr(2.0 * lam).to(torch.float64)
+    ts[0], ts[-1] = sde.T, t1
+    name = method if isinstance(method, str) else type(sampler).__name__
+    return ScaleGrid(ts=ts, eps=None if t_c is None else eps, method=name, nfe=int(nfe), scale=s_hat,
+                     first_sigma=math.exp(-lam1))
