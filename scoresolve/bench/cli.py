@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="METHODS:BUDGETS", help="also run these deterministic fixed-step methods at these "
                    "NFE budgets on a grid fitted once to a pilot batch (scoresolve.fit_grid; cells 'fitted "
                    "nfe=N', the fit cached in OUT/fits), e.g. unipc:15 (repeatable)")
+    g.add_argument("--scale-grid", type=_per_method(int), action="append", default=[],
+                   metavar="METHODS:BUDGETS", help="also run these deterministic fixed-step methods at these "
+                   "NFE budgets on a grid from the data's scale (scoresolve.scale_grid: one evaluation of 256 "
+                   "prior draws; cells 'scale-grid nfe=N'), e.g. unipc:15 (repeatable)")
     g.add_argument("--fit-pilot", type=int, default=256, help="pilot draws per fitted grid (default 256)")
     g.add_argument("--fit-evals", type=int, default=400,
                    help="at most this many pilot solves per fitted grid (default 400)")
@@ -174,7 +178,7 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
         metrics=tuple(a.metrics) if a.metrics else None, denoise=not a.no_denoise, eps=a.eps,
         grid=a.grid, floor_repeats=a.floor_repeats, mmd_samples=a.mmd_samples,
         extra_nfe=tuple(a.extra_nfe), method_tols=tuple(a.tols_for), max_nfe=a.max_nfe,
-        fit_grid=tuple(a.fit_grid), fit_pilot=a.fit_pilot, fit_evals=a.fit_evals,
+        fit_grid=tuple(a.fit_grid), scale_grid=tuple(a.scale_grid), fit_pilot=a.fit_pilot, fit_evals=a.fit_evals,
         save_samples=a.save_samples,
         bare_max_calls=a.bare_max_calls, retry_failed=a.retry_failed,
         skip_infeasible=a.skip_infeasible or a.nfe is None, check=a.check, progress=not a.no_progress)

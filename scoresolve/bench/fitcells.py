@@ -1,4 +1,5 @@
-"""Fitted grids of ``--fit-grid`` cells: fitted once per (problem, sde, method, budget), kept on disk.
+"""Fitted grids of ``--fit-grid`` cells: fitted once per (problem, sde, method, budget), kept on disk;
+and the grids of ``--scale-grid`` cells (``scoresolve.scale_grid``: one evaluation of a pilot).
 
 A cell ``fitted nfe=N`` runs its method on the grid ``scoresolve.fit_grid`` fits to a pilot of
 ``--fit-pilot`` prior draws (a generator seeded ``PILOT_SEED``, which no cell's batches use, so
@@ -6,7 +7,8 @@ the cell's samples are fresh draws the grid was not fitted on).  The fit is writ
 ``OUT/fits/<problem|sde|method|N|...>.json`` (times in full float64, its statistics and its cost)
 and read back by every seed and on resume: an interrupted run fits no grid twice.  Its cost is a
 one-off outside the cell's timings; rows carry it (``fit``: score evaluations per pilot sample,
-pilot solves, seconds).
+pilot solves, seconds).  A ``scale-grid nfe=N`` cell's grid costs one evaluation of ``SCALE_PILOT``
+prior draws (the same ``PILOT_SEED``): made again for every seed, the same grid; rows carry the scale.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pathlib import Path
 import torch
 
 from ..gridfit import FittedGrid, fit_grid, fit_nfe
+from ..scalegrid import scale_grid
 from .plan import BenchConfig, Cell, Group
 from .store import safe_name as _safe
 
-__all__ = ["fitted_options", "PILOT_SEED"]
+__all__ = ["fitted_options", "scaled_options", "PILOT_SEED", "SCALE_PILOT"]
 
 PILOT_SEED = 2**31 - 1  # cells seed their batches with seed * 1_000_003 + batch: never this
+SCALE_PILOT = 256  # prior draws whose one evaluation at T gives a scale grid's data scale
 
 
 def _fit_file(out: Path, cell: Cell, cfg: BenchConfig, eps: float) -> Path:
@@ -45,3 +49,13 @@ def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: 
         fit.save(path)
     record = {k: v for k, v in fit.to_dict().items() if k != "ts"}
     return fit.sample_options, {**record, "pilot": cfg.fit_pilot, "max_evals": cfg.fit_evals, "pilot_seed": PILOT_SEED}
+
+
+def scaled_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float) -> tuple[dict, dict]:
+    """(``sample`` options, the grid's record) of a ``scale-grid`` cell."""
+    device = torch.device(cfg.device)
+    g = scale_grid(group.problem.score_for(group.sde), group.sde, (SCALE_PILOT, *group.problem.shape), cell.method,
+                   fit_nfe(cell.method, int(cell.budget.value), cfg.denoise), eps=eps,
+                   generator=torch.Generator(device=device).manual_seed(PILOT_SEED), device=device, dtype=cfg.dtype)
+    return g.sample_options, {"method": g.method, "nfe": g.nfe, "scale": g.scale, "first_sigma": g.first_sigma,
+                              "pilot_nfe": g.pilot_nfe, "pilot": SCALE_PILOT, "pilot_seed": PILOT_SEED}

@@ -32,16 +32,16 @@ __all__ = ["Budget", "Cell", "Group", "BenchConfig", "resolve_methods", "budgets
 
 @dataclass(frozen=True)
 class Budget:
-    """An NFE budget (fixed-step methods), the same on a fitted grid, or a tolerance rtol = atol
-    (adaptive methods)."""
+    """An NFE budget (fixed-step methods), the same on a fitted grid or on a grid from the data's
+    scale, or a tolerance rtol = atol (adaptive methods)."""
 
-    kind: str  # "nfe" | "fit" | "tol"
+    kind: str  # "nfe" | "fit" | "scale" | "tol"
     value: float
 
     @property
     def label(self) -> str:
-        return {"nfe": f"nfe={int(self.value)}", "fit": f"fitted nfe={int(self.value)}"}.get(
-            self.kind, f"tol={self.value:g}")
+        return {"nfe": f"nfe={int(self.value)}", "fit": f"fitted nfe={int(self.value)}",
+                "scale": f"scale-grid nfe={int(self.value)}"}.get(self.kind, f"tol={self.value:g}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class BenchConfig:
     extra_nfe: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
     method_tols: tuple[tuple[tuple[str, ...], tuple[float, ...]], ...] = ()
     fit_grid: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
+    scale_grid: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
     fit_pilot: int = 256
     fit_evals: int = 400
     max_nfe: int | None = None
@@ -172,9 +173,9 @@ def _check_numbers(cfg: BenchConfig) -> None:
         raise ValueError(f"--samples must be >= 2, got {cfg.samples}")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
-    if not cfg.nfes and not cfg.tols and not cfg.extra_nfe and not cfg.fit_grid:
-        raise ValueError("no budgets: pass --nfe, --tols, --extra-nfe and/or --fit-grid")
-    extra = [b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid) for b in bs]
+    if not cfg.nfes and not cfg.tols and not cfg.extra_nfe and not cfg.fit_grid and not cfg.scale_grid:
+        raise ValueError("no budgets: pass --nfe, --tols, --extra-nfe, --fit-grid and/or --scale-grid")
+    extra = [b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid, *cfg.scale_grid) for b in bs]
     if any((not isinstance(n, int)) or n < 1 for n in [*cfg.nfes, *extra]):
         raise ValueError(f"--nfe budgets must be positive integers, got {list(cfg.nfes) + extra}")
     if cfg.fit_grid and (cfg.fit_pilot < 2 or cfg.fit_evals < 2):
@@ -234,7 +235,8 @@ def max_nfe(cfg: BenchConfig) -> int:
     """The counted-NFE cap of adaptive cells."""
     if cfg.max_nfe is not None:
         return cfg.max_nfe
-    top = max([*cfg.nfes, *(b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid) for b in bs)], default=0)
+    top = max([*cfg.nfes, *(b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid, *cfg.scale_grid) for b in bs)],
+              default=0)
     return max(1000, 2 * top)
 
 
@@ -244,14 +246,15 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     methods = resolve_methods(cfg.methods)
     extra = _per_method(cfg.extra_nfe, methods, "--extra-nfe")
     tols = _per_method(cfg.method_tols, methods, "--tols-for")
-    fits = _per_method(cfg.fit_grid, methods, "--fit-grid")
     fittable = fittable_methods()
-    no_grid = sorted({t for names, _ in cfg.fit_grid for t in names
-                      if not t.startswith("order<=") and t not in fittable})
-    if no_grid:
-        raise ValueError(f"--fit-grid names {', '.join(no_grid)}, which has no fixed deterministic grid to fit; "
-                         f"valid choices: {', '.join(fittable)}")
-    fits = {m: v for m, v in fits.items() if m in fittable}  # an order<= selector passes the others by
+    grids = {}  # budget kind -> {method: budgets} of the fitted and the scale grids
+    for kind, flag, given in (("fit", "--fit-grid", cfg.fit_grid), ("scale", "--scale-grid", cfg.scale_grid)):
+        no_grid = sorted({t for names, _ in given for t in names if not t.startswith("order<=") and t not in fittable})
+        if no_grid:
+            raise ValueError(f"{flag} names {', '.join(no_grid)}, which has no fixed deterministic grid to fit; "
+                             f"valid choices: {', '.join(fittable)}")
+        # (an order<= selector passes the others by)
+        grids[kind] = {m: v for m, v in _per_method(given, methods, flag).items() if m in fittable}
     named = {t for names, _ in cfg.extra_nfe for t in names if not t.startswith("order<=")}
     no_budget = [m for m in extra if SAMPLERS[m].nfe_per_step is None and not has_budget_mode(m)]
     if named & set(no_budget):
@@ -270,12 +273,13 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
         fixed = SAMPLERS[m].nfe_per_step is not None  # --nfe is for fixed-step methods only
         nfes = sorted((set(cfg.nfes) if fixed else set()) | set(extra.get(m, ())))
         ok, bad = budgets_for(m, nfes, sorted(set(tols.get(m, cfg.tols)), reverse=True), cfg.denoise)
-        for n in sorted(set(fits.get(m, ()))):
-            try:
-                fit_nfe(m, n, cfg.denoise)
-                ok.append(Budget("fit", n))
-            except ValueError as e:
-                bad.append(f"{m} at --fit-grid {n}: {e}")
+        for kind, flag in (("fit", "--fit-grid"), ("scale", "--scale-grid")):
+            for n in sorted(set(grids[kind].get(m, ()))):
+                try:
+                    fit_nfe(m, n, cfg.denoise)
+                    ok.append(Budget(kind, n))
+                except ValueError as e:
+                    bad.append(f"{m} at {flag} {n}: {e}")
         budgets[m] = ok
         infeasible += bad
     if infeasible and not cfg.skip_infeasible:

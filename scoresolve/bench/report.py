@@ -26,9 +26,10 @@ WITHIN = 2.0
 
 
 def display_method(row: dict) -> str:
-    """The method as the report names it: ``unipc (fitted grid)`` for ``--fit-grid`` cells, a series
-    of its own beside the method on its default grid."""
-    return f"{row['method']} (fitted grid)" if row.get("budget_kind") == "fit" else row["method"]
+    """The method as the report names it: ``unipc (fitted grid)`` for ``--fit-grid`` cells, ``unipc
+    (scale grid)`` for ``--scale-grid`` ones, series of their own beside the method on its default grid."""
+    grid = {"fit": "fitted grid", "scale": "scale grid"}.get(row.get("budget_kind"))
+    return f"{row['method']} ({grid})" if grid else row["method"]
 
 
 def _mean(vals):
@@ -168,7 +169,7 @@ def _plot_scatter(aggs, exact_file: Path, root: Path, title, path: Path) -> bool
     if not exact_file.exists():
         return False
     exact = np.load(exact_file)
-    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] in ("nfe", "fit")})
+    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] in ("nfe", "fit", "scale")})
     nfes = sorted(a["nfe"] for a in aggs if a["nfe"] is not None)
     if budgets:
         picks = sorted(set([budgets[0], budgets[len(budgets) // 2], budgets[-1]]))
@@ -252,7 +253,7 @@ def _section(rows: list[dict], root: Path) -> str:
               "larger budget measured; overhead = sampler wall time / time spent inside the score "
               "during that run (synchronised; ≥ 1 by construction).", "", _table(head, body), ""]
 
-    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] in ("nfe", "fit")})
+    budgets = sorted({a["budget"] for a in aggs if a["budget_kind"] in ("nfe", "fit", "scale")})
     body = []
     for b in budgets:
         cells = []

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..distributed import barrier, broadcast, dist_info, gather
 from ..sampling import sample
 from . import timing
-from .fitcells import fitted_options
+from .fitcells import fitted_options, scaled_options
 from .plan import (
     BenchConfig,
     Cell,
@@ -123,6 +123,8 @@ def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchCon
     eps, fit = judge.eps, None
     if cell.budget.kind == "fit":  # eps: the fitted grid's tail (None: the grid ends at eps)
         opts, fit = fitted_options(cell, group, cfg, eps, out)
+    elif cell.budget.kind == "scale":
+        opts, fit = scaled_options(cell, group, cfg, eps)
     else:
         opts = {"eps": eps, "grid": cfg.grid, **(tol_options(cell.method, cell.budget.value)
                                                 if cell.budget.kind == "tol" else {"nfe": int(cell.budget.value)})}
@@ -161,7 +163,7 @@ def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchCon
     nfe = rows / cell.samples
     return {
         "status": "ok", "error": None, "nfe": nfe, "steps": steps, "calls": calls,
-        "over_budget": cell.budget.kind in ("nfe", "fit") and nfe > cell.budget.value + 1e-9, "fit": fit,
+        "over_budget": cell.budget.kind in ("nfe", "fit", "scale") and nfe > cell.budget.value + 1e-9, "fit": fit,
         "method_info": info, "metrics": values, "floor": floor,
         "ratio": {m: r for m, (r, _) in ratios.items()},
         "ratio_basis": {m: b for m, (_, b) in ratios.items()},
