@@ -110,7 +110,31 @@ class FittedGrid:
     @property
     def sample_options(self) -> dict:
         """``grid`` (and ``eps``, with a tail) for ``sample``."""
-        return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
+        return grid_options(self.ts, self.eps)
+
+
+def grid_options(ts: Tensor, eps: float | None) -> dict:
+    """``sample``'s options for a grid ``ts`` that ends at eps (``eps`` None) or at the tail's start."""
+    return {"grid": ts} if eps is None else {"grid": ts, "eps": eps}
+
+
+def grid_plan(method, sampler, sde: SDE, nfe: int, eps: float | None) -> tuple[int, float, float | None]:
+    """(steps, eps, t_c) of a grid for ``sampler`` at ``nfe`` evaluations without the final denoising:
+    ValueError if that leaves fewer than two steps; t_c where the grid ends for the tail step, or None."""
+    steps = steps_for_nfe(sampler, check_count("nfe", nfe), denoise=False)
+    if steps < 2:
+        need = 2 * sampler.nfe_per_step + sampler.extra_nfe(False)
+        raise ValueError(f"nfe={nfe} leaves {method} one step: no grid to place (nfe >= {need} needed)")
+    eps = check_eps(sde.default_eps if eps is None else eps, sde)
+    return steps, eps, _tail_start(sampler, sde, eps)
+
+
+def prior_draws(sde: SDE, shape, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
+    """Draws of the prior N(0, prior_std² I) of ``shape`` (on ``device``, else the generator's, else CPU)."""
+    check_generator(generator)
+    dev = torch.device(device) if device is not None else (generator.device if generator is not None
+                                                             else torch.device("cpu"))
+    return torch.randn(tuple(shape), generator=generator, device=dev, dtype=dtype) * sde.prior_std()
 
 
 def fittable_methods() -> list[str]:
@@ -168,18 +192,11 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     if start not in GRIDS:
         raise ValueError(f"unknown start={start!r}; valid choices: {', '.join(GRIDS)}")
     max_evals = check_count("max_evals", max_evals, lo=2)
-    steps = steps_for_nfe(sampler, check_count("nfe", nfe), denoise=False)
-    if steps < 2:
-        need = 2 * sampler.nfe_per_step + sampler.extra_nfe(False)
-        raise ValueError(f"nfe={nfe} leaves {method} one step: no grid to place (nfe >= {need} needed)")
-    eps = check_eps(sde.default_eps if eps is None else eps, sde)
-    t_c = _tail_start(sampler, sde, eps)  # the grid ends there and the tail step carries on to eps
+    steps, eps, t_c = grid_plan(method, sampler, sde, nfe, eps)  # t_c: the grid ends there, the tail step goes on
     tail = {} if t_c is None else {"eps": eps}
     check_generator(generator)
     if x_init is None:
-        dev = torch.device(device) if device is not None else (generator.device if generator is not None
-                                                                 else torch.device("cpu"))
-        x_init = torch.randn(tuple(shape), generator=generator, device=dev, dtype=dtype) * sde.prior_std()
+        x_init = prior_draws(sde, shape, generator, device, dtype)
     began = time.perf_counter()
     ref = sample(score_fn, sde, x_init.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
                  tail_sigma=None), x_init=x_init, eps=eps, denoise=False, progress=False)

@@ -34,10 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .checks import check_count, check_eps, check_generator
-from .gridfit import _check_fittable
+from .gridfit import _check_fittable, grid_options, grid_plan, prior_draws
 from .registry import resolve
-from .sampling import _tail_start, steps_for_nfe
 from .score import CountingScore
 from .sde import SDE
 
@@ -63,19 +61,16 @@ class ScaleGrid:
     @property
     def sample_options(self) -> dict:
         """``grid`` (and ``eps``, with a tail) for ``sample``."""
-        return {"grid": self.ts} if self.eps is None else {"grid": self.ts, "eps": self.eps}
+        return grid_options(self.ts, self.eps)
 
 
 def data_scale(score_fn, sde: SDE, shape, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> float:
     """ŝ = (σ̃_T² · mean_coords Var x̂_0(x_T))^{1/4} over ``shape[0]`` prior draws x_T of shape ``shape``
     (one score evaluation each): the data's scale as the score at T sees it (module docstring)."""
-    check_generator(generator)
     if len(shape) < 2 or shape[0] < 2:
         raise ValueError(f"shape must be (pilot, *sample_shape) with a pilot of at least 2 draws, got {tuple(shape)}")
-    dev = torch.device(device) if device is not None else (generator.device if generator is not None
-                                                             else torch.device("cpu"))
-    x = torch.randn(tuple(shape), generator=generator, device=dev, dtype=dtype) * sde.prior_std()
+    x = prior_draws(sde, shape, generator, device, dtype)
     m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
     with torch.no_grad():
         s = CountingScore(score_fn, shape[0])(x, sde.T)
@@ -92,14 +87,9 @@ def scale_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, 
     pilot of ``shape``: (pilot, *sample_shape), 256 draws a sound start) and whose other steps are
     uniform in log-SNR.  Costs one evaluation per pilot sample."""
     sampler = _check_fittable(method, resolve("method", method))
-    steps = steps_for_nfe(sampler, check_count("nfe", nfe), denoise=False)
-    if steps < 2:
-        raise ValueError(f"nfe={nfe} leaves {method} one step: no first step to place "
-                         f"(nfe >= {2 * sampler.nfe_per_step + sampler.extra_nfe(False)} needed)")
+    steps, eps, t_c = grid_plan(method, sampler, sde, nfe, eps)
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a positive number, got {factor!r}")
-    eps = check_eps(sde.default_eps if eps is None else eps, sde)
-    t_c = _tail_start(sampler, sde, eps)
     t1 = eps if t_c is None else t_c
     s_hat = data_scale(score_fn, sde, shape, generator=generator, device=device, dtype=dtype)
     lam0, lam_end = (0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (sde.T, t1))

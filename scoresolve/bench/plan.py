@@ -175,7 +175,7 @@ def _check_numbers(cfg: BenchConfig) -> None:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
     if not cfg.nfes and not cfg.tols and not cfg.extra_nfe and not cfg.fit_grid and not cfg.scale_grid:
         raise ValueError("no budgets: pass --nfe, --tols, --extra-nfe, --fit-grid and/or --scale-grid")
-    extra = [b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid, *cfg.scale_grid) for b in bs]
+    extra = _listed_budgets(cfg)
     if any((not isinstance(n, int)) or n < 1 for n in [*cfg.nfes, *extra]):
         raise ValueError(f"--nfe budgets must be positive integers, got {list(cfg.nfes) + extra}")
     if cfg.fit_grid and (cfg.fit_pilot < 2 or cfg.fit_evals < 2):
@@ -231,12 +231,16 @@ def _per_method(pairs, methods: tuple[str, ...], flag: str) -> dict[str, tuple]:
     return out
 
 
+def _listed_budgets(cfg: BenchConfig) -> list[int]:
+    """The NFE budgets given per method (--extra-nfe, --fit-grid, --scale-grid)."""
+    return [b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid, *cfg.scale_grid) for b in bs]
+
+
 def max_nfe(cfg: BenchConfig) -> int:
     """The counted-NFE cap of adaptive cells."""
     if cfg.max_nfe is not None:
         return cfg.max_nfe
-    top = max([*cfg.nfes, *(b for _, bs in (*cfg.extra_nfe, *cfg.fit_grid, *cfg.scale_grid) for b in bs)],
-              default=0)
+    top = max([*cfg.nfes, *_listed_budgets(cfg)], default=0)
     return max(1000, 2 * top)
 
 
