@@ -169,7 +169,12 @@ def sample(
         steps: grid steps, an integer >= 1 (default: the method's); excludes ``nfe``.
         nfe: budget of score evaluations per sample (integer); the step count is derived from it
             (for "ode_adaptive_ps": every sample stays within it, see ``AdaptiveMultistep.nfe_budget``).
-        grid: a grid kind ("uniform", "quadratic", "log_snr", "karras") or a decreasing
+        grid: a grid kind ("uniform", "quadratic", "log_snr", "karras"; "scale" for the
+            deterministic fixed-step samplers: ``scale_grid``'s grid, its first step out of the prior
+            placed from the data's scale read off one evaluation of 256 prior draws at T, which counts
+            in the NFE as 256 rows — for small batches make it once with ``scale_grid`` and pass its
+            ``sample_options``; 6.4x -> 3.6x the log-density gap's floor at 15 NFE, see
+            ``scale_grid``), or a decreasing
             tensor of times from T to eps (then ``steps`` and ``eps`` come from it; with ``eps``
             below its end, the deterministic fixed-step samplers end with the tail step from the
             grid's end to eps, as on their generated grids: ``fit_grid``'s sub-VP grids).
@@ -235,6 +240,24 @@ def sample(
     return SampleResult(solve.x, score.nfe, torch.tensor(ts, dtype=torch.float64), traj, stats)
 
 
+def _scale_grid(score: CountingScore, sampler, method, sde: SDE, shape, steps: int, end: float,
+                device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``grid="scale"``: ``scalegrid.jump_grid`` at the data scale ŝ read off one evaluation of
+    ``SCALE_PILOT`` prior draws (seeded ``PILOT_SEED``: the same grid for every seed and batch), a
+    call of the run's counted score (its rows count in the NFE)."""
+    from .gridfit import fittable_methods
+    from .scalegrid import PILOT_SEED, SCALE_PILOT, data_scale, jump_grid
+
+    if not _fixed_step_ode(sampler):
+        raise ValueError(f'grid="scale" places the steps of a deterministic fixed-step sampler; method={method!r} '
+                         f"is not one; valid choices: {', '.join(fittable_methods())}")
+    if steps < 2:
+        raise ValueError(f'grid="scale" places at least 2 steps (a first step and the rest), got steps={steps}')
+    pilot = torch.Generator(device=device).manual_seed(PILOT_SEED)
+    s_hat = data_scale(score, sde, (SCALE_PILOT, *shape[1:]), generator=pilot, device=device, dtype=dtype)
+    return jump_grid(sde, steps, end, s_hat)[0]
+
+
 def start(
     score_fn: ScoreFn,
     sde: SDE,
@@ -287,6 +310,10 @@ def start(
     warn_batch_dependent(sampler, seeds)
     noise = Noise(generator, seeds, device, dtype)
 
+    score = CountingScore(score_fn, shape[0], check=check)
+    if x_init is None:  # prior draws: the first call at T can tell a score from a denoiser
+        score.prior_check = (float(sde.T), float(sde.std(sde.T)))
+
     # time grid
     tail = None
     if grid is not None and not isinstance(grid, str):
@@ -304,11 +331,15 @@ def start(
             tail = float(ts[-1])
     else:
         kind = grid or sampler.default_grid
-        if kind not in GRIDS:
-            raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRIDS)}")
+        if kind not in GRIDS and kind != "scale":
+            raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join([*GRIDS, 'scale'])}")
         eps = sde.default_eps if eps is None else check_eps(eps, sde)
         tail = _tail_start(sampler, sde, float(eps))
-        ts = make_grid(kind, sde, steps or sampler.default_steps, float(eps) if tail is None else tail)
+        n, end = steps or sampler.default_steps, float(eps) if tail is None else tail
+        if kind == "scale":
+            ts = _scale_grid(score, sampler, method, sde, shape, n, end, device, dtype)
+        else:
+            ts = make_grid(kind, sde, n, end)
 
     # initial state
     if x_init is not None:
@@ -317,9 +348,6 @@ def start(
     else:
         x = noise(shape, std=sde.prior_std())
 
-    score = CountingScore(score_fn, shape[0], check=check)
-    if x_init is None:  # prior draws: the first call at T can tell a score from a denoiser
-        score.prior_check = (float(sde.T), float(sde.std(sde.T)))
     if x0_hook is not None or track_x0:
         score = _X0View(score, sde, x0_hook, track_x0)
     ctx = Context(sde, score, noise, denoise, tail=None if tail is None else (ts[-1].item(), float(eps)))

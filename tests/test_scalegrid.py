@@ -103,3 +103,37 @@ def test_scale_grid_errors_name_the_argument():
         ss.data_scale(score, sde, (1, 2))
     with pytest.raises(NonFiniteScoreError, match="NaN/Inf"):
         ss.data_scale(lambda x, t: x * float("nan"), sde, (8, 2))
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "subvp"])
+def test_sample_grid_scale_is_scale_grid_with_its_pilot_counted(sde_name):
+    """``sample(grid="scale")``: the grid ``scale_grid`` makes from 256 prior draws seeded ``PILOT_SEED``
+    (the tail start and eps under sub-VP), the same samples as passing that grid, the same grid for a batch
+    of 3 and of 300, and the pilot's 256 rows counted in the NFE: 12 + 256/300."""
+    sde = {"subvp": ss.SubVPSDE(), **SDES}[sde_name]
+    target = GaussianMixture.random(3, 4, seed=11)
+    score = target.score_fn(sde)
+    fit = ss.scale_grid(score, sde, (ss.scalegrid.SCALE_PILOT, 3), "dpmpp_2m", 12, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(ss.scalegrid.PILOT_SEED))
+    kw = dict(denoise=False, dtype=torch.float64)
+    res = ss.sample(score, sde, (300, 3), "dpmpp_2m", nfe=12, grid="scale", generator=torch.Generator().manual_seed(4),
+                    **kw)
+    ref = ss.sample(score, sde, (300, 3), "dpmpp_2m", generator=torch.Generator().manual_seed(4),
+                    **fit.sample_options, **kw)
+    small = ss.sample(score, sde, (3, 3), "dpmpp_2m", nfe=12, grid="scale", **kw)
+    ends = fit.ts.tolist() + ([fit.eps] if fit.eps is not None else [])
+    assert res.ts.tolist() == ends == small.ts.tolist()
+    assert torch.equal(res.samples, ref.samples)
+    assert res.nfe == pytest.approx(12 + 256 / 300, abs=1e-12) and ref.nfe == 12
+    assert small.nfe == pytest.approx(12 + 256 / 3, abs=1e-12)
+
+
+def test_sample_grid_scale_errors_name_the_choices():
+    sde, target = SDES["vp"], GaussianMixture.ring(8, 2.0, 0.1)
+    score = target.score_fn(sde)
+    with pytest.raises(ValueError, match="grid=\"scale\" places the steps.*method='em'.*valid choices: .*unipc"):
+        ss.sample(score, sde, (8, 2), "em", grid="scale")
+    with pytest.raises(ValueError, match="at least 2 steps.*steps=1"):
+        ss.sample(score, sde, (8, 2), "unipc", steps=1, grid="scale")
+    with pytest.raises(ValueError, match="unknown grid 'scales'; valid choices: .*karras.*scale"):
+        ss.sample(score, sde, (8, 2), "unipc", grid="scales")

@@ -2,13 +2,14 @@
 and the grids of ``--scale-grid`` cells (``scoresolve.scale_grid``: one evaluation of a pilot).
 
 A cell ``fitted nfe=N`` runs its method on the grid ``scoresolve.fit_grid`` fits to a pilot of
-``--fit-pilot`` prior draws (a generator seeded ``PILOT_SEED``, which no cell's batches use, so
-the cell's samples are fresh draws the grid was not fitted on).  The fit is written atomically to
-``OUT/fits/<problem|sde|method|N|...>.json`` (times in full float64, its statistics and its cost)
-and read back by every seed and on resume: an interrupted run fits no grid twice.  Its cost is a
-one-off outside the cell's timings; rows carry it (``fit``: score evaluations per pilot sample,
-pilot solves, seconds).  A ``scale-grid nfe=N`` cell's grid costs one evaluation of ``SCALE_PILOT``
-prior draws (the same ``PILOT_SEED``): made again for every seed, the same grid; rows carry the scale.
+``--fit-pilot`` prior draws (a generator seeded ``PILOT_SEED``, which no cell's batches use: they are
+seeded seed * 1_000_003 + batch), so the cell's samples are fresh draws the grid was not fitted on.
+The fit is written atomically to ``OUT/fits/<problem|sde|method|N|...>.json`` (times in full float64,
+its statistics and its cost) and read back by every seed and on resume: an interrupted run fits no
+grid twice.  Its cost is a one-off outside the cell's timings; rows carry it (``fit``: score
+evaluations per pilot sample, pilot solves, seconds).  A ``scale-grid nfe=N`` cell's grid costs one
+evaluation of ``SCALE_PILOT`` prior draws (the same ``PILOT_SEED``): made again for every seed, the
+same grid; rows carry the scale.
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ from pathlib import Path
 import torch
 
 from ..gridfit import FittedGrid, fit_grid, fit_nfe
-from ..scalegrid import scale_grid
+from ..scalegrid import PILOT_SEED, SCALE_PILOT, scale_grid
 from .plan import BenchConfig, Cell, Group
 from .store import safe_name as _safe
 
 __all__ = ["fitted_options", "scaled_options", "PILOT_SEED", "SCALE_PILOT"]
-
-PILOT_SEED = 2**31 - 1  # cells seed their batches with seed * 1_000_003 + batch: never this
-SCALE_PILOT = 256  # prior draws whose one evaluation at T gives a scale grid's data scale
 
 
 def _fit_file(out: Path, cell: Cell, cfg: BenchConfig, eps: float) -> Path:
