@@ -4,6 +4,7 @@ bad input, data sets, CLI; and a small-budget training run against the exact mix
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -363,6 +364,15 @@ def test_cli_train_resume_sample_and_load_run(tmp_path, capsys):
     assert sample_main(["--run", str(out), "--method", "ode_euler", "--steps", "5", "--n", "200",
                         "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
+    capsys.readouterr()
+    assert sample_main(["--run", str(out), "--method", "dpmpp_2m", "--nfe", "6", "--grid", "scale", "--n", "64",
+                        "--out", str(png)]) == 0
+    assert "NFE 10" in capsys.readouterr().out  # 6 + the pilot's 256 rows / 64
+    for bad, msg in ((["--steps", "5", "--nfe", "6"], "--steps or --nfe, not both"),
+                     (["--grid", "cubic"], "--grid 'cubic' is unknown; valid choices: uniform, .*, scale"),
+                     (["--nfe", "0"], "--nfe")):
+        assert sample_main(["--run", str(out), "--method", "dpmpp_2m", *bad]) == 2
+        assert re.search(msg, capsys.readouterr().err), bad
 
     img = tmp_path / "digits"
     assert train_main(["--data", "digits", "--steps", "2", "--width", "8", "--batch-size", "8", "--out", str(img),

@@ -15,6 +15,7 @@ import torch
 
 from ..cliargs import Parser, UsageError, check_float, check_int, check_out_dir, check_out_file, report
 from ..sde import SDES
+from ..timegrid import GRIDS
 from .checkpoint import ConfigMismatchError
 from .data import DATASETS, load_dataset
 from .losses import LOSSES, REDUCTIONS, T_SAMPLINGS, WEIGHTINGS
@@ -218,6 +219,11 @@ def _sample_parser() -> argparse.ArgumentParser:
     a("--method", default="ode", help="a scoresolve sampler name (default ode)")
     a("--n", type=int, default=None, help="samples (default 64 images / 5000 points)")
     a("--steps", type=int, default=None, help="sampler steps (default: the method's)")
+    a("--nfe", type=int, default=None, help="score evaluations per sample instead of --steps (the steps derived "
+      "from it; ode_adaptive_ps keeps every sample within it)")
+    a("--grid", default=None, help="time grid: uniform, quadratic, log_snr, karras, or scale (the deterministic "
+      "fixed-step samplers: a first step placed from the data's scale read off the score, one evaluation of 256 "
+      "prior draws counted in the NFE); default: the method's")
     a("--seed", type=int, default=0)
     a("--out", default=None, help="PNG path (default RUN/samples_METHOD.png)")
     a("--save", default=None, help="also save the raw-coordinate samples as a .pt tensor here")
@@ -231,6 +237,11 @@ def _sample_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _grid_options(args: argparse.Namespace) -> dict:
+    """``sample``'s steps (always, None for the method's), nfe and grid (where given)."""
+    return {"steps": args.steps, **{k: getattr(args, k) for k in ("nfe", "grid") if getattr(args, k) is not None}}
+
+
 def _sample_sharded(run, args, n: int) -> int:
     """``--shard-dir``: chunked, resumable sampling across torch.distributed ranks."""
     from ..distributed import process_group, sample_to_dir
@@ -238,7 +249,7 @@ def _sample_sharded(run, args, n: int) -> int:
     with process_group():  # torchrun's group for this command, or the caller's, left open
         try:
             path = sample_to_dir(run.score_fn, run.sde, tuple(run.data_shape), n, args.shard_dir,
-                                 method=args.method, seed=args.seed, chunk=args.chunk, steps=args.steps,
+                                 method=args.method, seed=args.seed, chunk=args.chunk, **_grid_options(args),
                                  config={"run": str(Path(args.run).resolve()), "ema": args.ema,
                                          "step": run.step})
         except (ValueError, TypeError, FileNotFoundError) as e:
@@ -254,6 +265,12 @@ def _check_sample_args(args: argparse.Namespace) -> None:
 
     check_int("--n", args.n, 1)
     check_int("--steps", args.steps, 1)
+    check_int("--nfe", args.nfe, 1)
+    if args.steps is not None and args.nfe is not None:
+        raise UsageError("pass --steps or --nfe, not both")
+    grids = [*GRIDS, "scale"]
+    if args.grid is not None and args.grid not in grids:
+        raise UsageError(f"--grid {args.grid!r} is unknown; valid choices: {', '.join(grids)}")
     check_int("--seed", args.seed, 0, 2**63 - 1)
     check_int("--chunk", args.chunk, 1)
     check_int("--threads", args.threads, 1)
@@ -293,7 +310,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     if args.shard_dir:
         return _sample_sharded(run, args, n)
     try:
-        res = sample(run.score_fn, run.sde, (n, *run.data_shape), args.method, steps=args.steps,
+        res = sample(run.score_fn, run.sde, (n, *run.data_shape), args.method, **_grid_options(args),
                      generator=torch.Generator().manual_seed(args.seed))
     except (ValueError, TypeError) as e:
         return report("scoresolve sample", e)
