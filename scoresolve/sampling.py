@@ -243,8 +243,8 @@ def sample(
 def _scale_grid(score: CountingScore, sampler, method, sde: SDE, shape, steps: int, end: float,
                 device: torch.device, dtype: torch.dtype) -> Tensor:
     """``grid="scale"``: ``scalegrid.jump_grid`` at the data scale ŝ read off one evaluation of
-    ``SCALE_PILOT`` prior draws (seeded ``PILOT_SEED``: the same grid for every seed and batch), a
-    call of the run's counted score (its rows count in the NFE)."""
+    ``SCALE_PILOT`` prior draws (seeded ``PILOT_SEED``, in calls of ``PILOT_CHUNK`` rows: the same grid
+    for every seed and batch), calls of the run's counted score (the rows count in the NFE)."""
     from .gridfit import fittable_methods
     from .scalegrid import PILOT_SEED, SCALE_PILOT, data_scale, jump_grid
 

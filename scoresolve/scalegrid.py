@@ -39,11 +39,12 @@ from .registry import resolve
 from .score import CountingScore
 from .sde import SDE
 
-__all__ = ["ScaleGrid", "data_scale", "scale_grid", "jump_grid", "SCALE_PILOT", "PILOT_SEED"]
+__all__ = ["ScaleGrid", "data_scale", "scale_grid", "jump_grid", "SCALE_PILOT", "PILOT_SEED", "PILOT_CHUNK"]
 
 FACTOR = 4.0  # σ̃ at the first step's end = FACTOR · ŝ (chosen on the held-out mixtures, see the docstring)
 SCALE_PILOT = 256  # prior draws whose one evaluation at T gives ``sample(grid="scale")`` its data scale
 PILOT_SEED = 2**31 - 1  # their generator's seed (no sampling seed of the bench uses it)
+PILOT_CHUNK = 64  # rows per score call of a pilot: a network's memory bounded, the same calls for any batch
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,20 @@ def jump_grid(sde: SDE, steps: int, t_end: float, s_hat: float, factor: float = 
 
 
 def data_scale(score_fn, sde: SDE, shape, *, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> float:
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+               chunk: int | None = PILOT_CHUNK) -> float:
     """ŝ = (σ̃_T² · mean_coords Var x̂_0(x_T))^{1/4} over ``shape[0]`` prior draws x_T of shape ``shape``
-    (one score evaluation each): the data's scale as the score at T sees it (module docstring)."""
+    (one score evaluation each, in calls of at most ``chunk`` rows, None: all at once): the data's scale
+    as the score at T sees it (module docstring)."""
     if len(shape) < 2 or shape[0] < 2:
         raise ValueError(f"shape must be (pilot, *sample_shape) with a pilot of at least 2 draws, got {tuple(shape)}")
+    if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+        raise ValueError(f"chunk must be an integer >= 1 or None, got {chunk!r}")
     x = prior_draws(sde, shape, generator, device, dtype)
     m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+    counted = CountingScore(score_fn, shape[0])
     with torch.no_grad():
-        s = CountingScore(score_fn, shape[0])(x, sde.T)
+        s = torch.cat([counted(part, sde.T) for part in x.split(chunk or shape[0])])
     x0 = (x.double() + sig * sig * s.double()) / m
     var = float(x0.flatten(1).var(0).mean())
     return ((sig / m) ** 2 * var) ** 0.25

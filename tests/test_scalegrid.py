@@ -160,3 +160,24 @@ def test_sample_grid_scale_brings_dpmpp_3m_closer_at_15_nfe_on_a_small_scale_mix
     assert biases["log_snr"] < -5, biases
     assert biases["scale"] - biases["log_snr"] > 3 * math.sqrt(2), biases
     assert abs(biases["scale"]) < abs(biases["log_snr"]), biases
+
+
+def test_data_scale_evaluates_the_pilot_in_chunks_of_the_same_draws():
+    """The pilot goes to the score in calls of ``chunk`` rows (64 by default: a network's memory bounded, the
+    same calls whatever the batch): 256 draws in 4 calls of 64, the same draws as all at once, so the same ŝ
+    up to the score's own rounding; a bad chunk is refused by name."""
+    sde, target = SDES["vp"], GaussianMixture.random(3, 4, seed=11)
+    calls = []
+
+    def score(x, t):
+        calls.append(x.shape[0])
+        return target.score_fn(sde)(x, t)
+
+    kw = dict(dtype=torch.float64)
+    one = ss.data_scale(score, sde, (256, 3), generator=torch.Generator().manual_seed(1), chunk=None, **kw)
+    assert calls == [256]
+    calls.clear()
+    chunked = ss.data_scale(score, sde, (256, 3), generator=torch.Generator().manual_seed(1), **kw)
+    assert calls == [64] * 4 and chunked == pytest.approx(one, rel=1e-12)
+    with pytest.raises(ValueError, match="chunk must be an integer >= 1 or None, got 0"):
+        ss.data_scale(score, sde, (256, 3), chunk=0)
