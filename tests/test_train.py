@@ -373,6 +373,12 @@ def test_cli_train_resume_sample_and_load_run(tmp_path, capsys):
                      (["--nfe", "0"], "--nfe")):
         assert sample_main(["--run", str(out), "--method", "dpmpp_2m", *bad]) == 2
         assert re.search(msg, capsys.readouterr().err), bad
+    shards, sharded = tmp_path / "shards", ["--run", str(out), "--method", "dpmpp_2m", "--n", "8", "--chunk", "4"]
+    assert sample_main([*sharded, "--nfe", "6", "--grid", "scale", "--shard-dir", str(shards)]) == 0
+    merged = torch.load(shards / "samples.pt", weights_only=True)
+    assert merged["samples"].shape == (8, 2) and torch.all(merged["nfe"] == 6 + 256 / 4)  # a pilot per chunk
+    assert sample_main([*sharded, "--nfe", "6", "--shard-dir", str(shards)]) == 2  # another grid: another job
+    assert "manifest differs in: options" in capsys.readouterr().err
 
     img = tmp_path / "digits"
     assert train_main(["--data", "digits", "--steps", "2", "--width", "8", "--batch-size", "8", "--out", str(img),
