@@ -13,7 +13,8 @@ Cases: the six held-out mixtures ``mix<d>s<seed>`` (seeds 101-106, 2-128 dimensi
 at their data scale; the same mixtures shrunk (×0.25) and grown (×4) about the origin under VP, where
 the best λ₁ moves.  ``--validation``: log_snr, scale_grid and ``ode_adaptive_ps`` on eight mixtures
 scale_grid's factor was not chosen on (ring8, gmm64, ``mix<d>s301-306``), VP and VE, and log_snr against
-scale_grid for ``dpmpp_2m``, ``dpmpp_3m`` and ``unipc_bh2`` too; at the other ``--scales`` VP only.  Per run: 10k
+scale_grid for ``dpmpp_2m``, ``dpmpp_3m``, ``unipc_bh2`` and ``unipc`` with ``solver_order=4`` too (the last
+also on the six at ×1); at the other ``--scales`` VP only.  Per run: 10k
 samples at eps without final denoising, against the exact p_eps (benchmarks/bias_common.py: W2 /
 log-density gap as multiples of their floors, signed bias), seeds 0 and 1.
 
@@ -48,7 +49,8 @@ NFE, SEEDS = 15, (0, 1)
 JUMPS = (-3.5, -3.0, -2.5, -2.0, -1.5, -1.0)
 GRID_KINDS = ("log_snr", "uniform", "quadratic", "karras")
 # the other fixed-step exponential samplers, on the validation set: does the jump unipc's factor was chosen for carry?
-OTHER_METHODS = ("dpmpp_2m", "dpmpp_3m", "unipc_bh2")
+OTHER_METHODS = ("dpmpp_2m", "dpmpp_3m", "unipc_bh2", "unipc:solver_order=4")
+ORDER4 = ("unipc:solver_order=4 log_snr", "unipc:solver_order=4 scale_grid")  # also on the six held-out (×1)
 PS = {"ps defaults": {}, "ps nfe=15": {"nfe": NFE}, **{f"ps rtol=atol={r}": {"rtol": r, "atol": r}
                                                           for r in (0.03, 0.05, 0.08)}}
 
@@ -70,7 +72,7 @@ def configs(scale: float, validation: bool = False) -> list[str]:
     jumps = [f"unipc jump λ₁={v}" for v in JUMPS]
     if scale != 1.0:
         return ["unipc log_snr", "unipc karras", *jumps, "unipc scale_grid"]
-    return [f"unipc {k}" for k in GRID_KINDS] + jumps + ["unipc scale_grid"] + list(PS)
+    return [f"unipc {k}" for k in GRID_KINDS] + jumps + ["unipc scale_grid"] + list(PS) + list(ORDER4)
 
 
 def scaled(name: str, scale: float) -> GaussianMixture:
@@ -83,7 +85,11 @@ def run_one(cfg: str, target: GaussianMixture, sde, eps: float, seed: int) -> ss
     score, shape = target.score_fn(sde), (10_000, target.dim)
     if cfg.startswith("ps"):
         return ss.sample(score, sde, shape, "ode_adaptive_ps", eps=eps, **PS[cfg], **kw)
-    method, kind = cfg.split(maxsplit=1)
+    spec, kind = cfg.split(maxsplit=1)
+    method, _, opt = spec.partition(":")  # "unipc:solver_order=4": a sampler option
+    if opt:
+        key, value = opt.split("=")
+        kw[key] = int(value)
     if kind == "scale_grid":
         fit = ss.scale_grid(score, sde, (256, target.dim), method, NFE, eps=eps,
                             generator=torch.Generator().manual_seed(PILOT_SEED))
@@ -162,6 +168,12 @@ READING = """Reading (the numbers are the table's):
   grown ×4 11.1× → 8.55×, 14.7× → 10.8×, 12.8× → 10.7×.  The exception is `unipc_bh2` (the B(h) = e^h − 1
   weights, order 2) shrunk ×0.25: worse on 4 of 8 cases (the 8-ring 0.66× → 4.28×) though its largest gap
   falls 24.3× → 8.15×.  `unipc` stays the best of them on the jump (3.57×; at ×0.25 3.45×, at ×4 5.37×).
+- **UniPC with four past nodes (`solver_order=4`, order 5) on the scale grid** (rows
+  `unipc:solver_order=4`): 3.69× → 2.75× on the held-out six and 3.57× → 2.62× on the validation mixtures
+  (largest 10.5× → 6.91×), 3.45× → 1.98× shrunk ×0.25 and 5.37× → 4.09× grown ×4 (largest 16.5× → 7.58×);
+  within 2× on both in 3 / 4 / 4 / 0 cases.  On the log-SNR grid its geometric mean falls too but its W2
+  rises (up to 12.4×): the first steps are too long for four nodes.  A scratch run (2 seeds, the 28 cases at
+  ×1) puts it at 20 NFE at 1.9× against 2.2×, and at 10 NFE worse on half the cases (W2 up to 17×).
 - **`ode_adaptive_ps` at its defaults depends on the data's scale**: 22.0 NFE at 0.93× on the validation
   mixtures at their scale (12 of 16 within 2× on both), 18.4 NFE at 3.18× shrunk ×0.25 (2 of 8) and 25.7
   NFE at 1.26× grown ×4 (5 of 8): its absolute tolerance (atol · ``data_scale``, 0.2 by default) is fixed in

@@ -98,6 +98,7 @@ OPTION_VARIANTS = {
     "dpmpp_1m": ss.samplers.DPMSolverMultistep(solver_order=1),
     "dpmpp_3m_midpoint": ss.samplers.DPMSolverMultistep(solver_order=3, variant="midpoint"),
     "unipc_p1": ss.samplers.UniPC(solver_order=1), "unipc_p2": ss.samplers.UniPC(solver_order=2),
+    "unipc_p4": ss.samplers.UniPC(solver_order=4),
     "unipc_bh2_p1": ss.samplers.UniPCBh(solver_order=1), "lms_2": ss.samplers.LMS(solver_order=2),
 }
 
@@ -106,11 +107,12 @@ OPTION_VARIANTS = {
 @pytest.mark.parametrize("variant", list(OPTION_VARIANTS))
 def test_option_variants_keep_their_order_against_the_exact_gaussian_flow_map(variant, sde_name):
     """As above, for sampler options off their defaults (DPM-Solver-2S's intermediate point r,
-    other orders): their declared order against the closed-form flow map."""
+    other orders): their declared order against the closed-form flow map.  Order 5 (UniPC with 4 past
+    nodes) reaches its asymptotic range later (32 → 64 steps: slope 6.3, then 4.9 and 5.0): twice the steps."""
     sde, eps, sampler = SDES[sde_name], 1e-3, OPTION_VARIANTS[variant]
     x_T = DIAG.diffused(sde.T, sde).sample(16, generator=gen(0), dtype=F64)
     exact = gaussian_flow_map(DIAG, sde, x_T, eps)
-    ns, errs = _ns(sampler), []
+    ns, errs = _ns(sampler, tuple(b * 2 ** max(0, math.ceil(sampler.order) - 4) for b in (16, 32, 64, 128))), []
     for n in ns:
         res = ss.sample(DIAG.score_fn(sde), sde, x_T.shape, sampler, steps=n, grid="karras", eps=eps,
                         x_init=x_T, denoise=False, **_no_tail(sampler))
