@@ -43,7 +43,7 @@ OUT = Path(__file__).resolve().parent / "results" / "low_nfe_grids.jsonl"
 PROBLEMS = ["mix2s101", "mix4s102", "mix8s103", "mix16s104", "mix32s105", "mix128s106"]
 # scale_grid's factor was chosen on PROBLEMS (2.5, 4 and 7 tried); these check it on mixtures it never saw
 VALIDATION = ["ring8", "gmm64", "mix2s301", "mix4s302", "mix8s303", "mix16s304", "mix32s305", "mix128s306"]
-PILOT_SEED = 2**31 - 1  # scale_grid's pilot draws (no sampling seed uses it)
+PILOT_SEED = ss.scalegrid.PILOT_SEED  # scale_grid's pilot draws (no sampling seed uses it)
 SDES = {"vp": (ss.VPSDE(), 1e-3), "ve": (ss.VESDE(), 1e-5)}
 NFE, SEEDS = 15, (0, 1)
 JUMPS = (-3.5, -3.0, -2.5, -2.0, -1.5, -1.0)
@@ -53,16 +53,6 @@ OTHER_METHODS = ("dpmpp_2m", "dpmpp_3m", "unipc_bh2", "unipc:solver_order=4")
 ORDER4 = ("unipc:solver_order=4 log_snr", "unipc:solver_order=4 scale_grid")  # also on the six held-out (×1)
 PS = {"ps defaults": {}, "ps nfe=15": {"nfe": NFE}, **{f"ps rtol=atol={r}": {"rtol": r, "atol": r}
                                                           for r in (0.03, 0.05, 0.08)}}
-
-
-def jump_grid(sde, eps: float, steps: int, lam1: float) -> torch.Tensor:
-    """T, then λ₁ (half log-SNR), then steps − 1 steps uniform in λ to eps."""
-    half = [0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (sde.T, eps)]
-    lam = torch.tensor([half[0]] + [lam1 + (half[1] - lam1) * i / (steps - 1) for i in range(steps)],
-                       dtype=torch.float64)
-    ts = sde.t_from_log_snr(2.0 * lam)
-    ts[0], ts[-1] = sde.T, eps
-    return ts
 
 
 def configs(scale: float, validation: bool = False) -> list[str]:
@@ -96,8 +86,8 @@ def run_one(cfg: str, target: GaussianMixture, sde, eps: float, seed: int) -> ss
         return ss.sample(score, sde, shape, method, **fit.sample_options, **kw)
     if "jump" in cfg:
         steps = ss.sampling.steps_for_nfe(ss.registry.resolve("method", "unipc"), NFE, denoise=False)
-        return ss.sample(score, sde, shape, "unipc", grid=jump_grid(sde, eps, steps, float(cfg.split("=")[1])),
-                         **kw)
+        grid = ss.scalegrid.jump_grid(sde, steps, eps, float(cfg.split("=")[1]))
+        return ss.sample(score, sde, shape, "unipc", grid=grid, **kw)
     return ss.sample(score, sde, shape, method, nfe=NFE, grid=kind, eps=eps, **kw)
 
 

@@ -242,11 +242,11 @@ def sample(
 
 def _scale_grid(score: CountingScore, sampler, method, sde: SDE, shape, steps: int, end: float,
                 device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``grid="scale"``: ``scalegrid.jump_grid`` at the data scale ŝ read off one evaluation of
+    """``grid="scale"``: ``scalegrid.scaled_jump``'s grid at the data scale ŝ read off one evaluation of
     ``SCALE_PILOT`` prior draws (seeded ``PILOT_SEED``, in calls of ``PILOT_CHUNK`` rows: the same grid
     for every seed and batch), calls of the run's counted score (the rows count in the NFE)."""
     from .gridfit import fittable_methods
-    from .scalegrid import PILOT_SEED, SCALE_PILOT, data_scale, jump_grid
+    from .scalegrid import PILOT_SEED, SCALE_PILOT, data_scale, scaled_jump
 
     if not _fixed_step_ode(sampler):
         raise ValueError(f'grid="scale" places the steps of a deterministic fixed-step sampler; method={method!r} '
@@ -255,7 +255,7 @@ def _scale_grid(score: CountingScore, sampler, method, sde: SDE, shape, steps: i
         raise ValueError(f'grid="scale" places at least 2 steps (a first step and the rest), got steps={steps}')
     pilot = torch.Generator(device=device).manual_seed(PILOT_SEED)
     s_hat = data_scale(score, sde, (SCALE_PILOT, *shape[1:]), generator=pilot, device=device, dtype=dtype)
-    return jump_grid(sde, steps, end, s_hat)[0]
+    return scaled_jump(sde, steps, end, s_hat)[0]
 
 
 def start(

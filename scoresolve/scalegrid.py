@@ -39,7 +39,8 @@ from .registry import resolve
 from .score import CountingScore
 from .sde import SDE
 
-__all__ = ["ScaleGrid", "data_scale", "scale_grid", "jump_grid", "SCALE_PILOT", "PILOT_SEED", "PILOT_CHUNK"]
+__all__ = ["ScaleGrid", "data_scale", "scale_grid", "jump_grid", "scaled_jump", "SCALE_PILOT", "PILOT_SEED",
+           "PILOT_CHUNK"]
 
 FACTOR = 4.0  # σ̃ at the first step's end = FACTOR · ŝ (chosen on the held-out mixtures, see the docstring)
 SCALE_PILOT = 256  # prior draws whose one evaluation at T gives ``sample(grid="scale")`` its data scale
@@ -67,18 +68,28 @@ class ScaleGrid:
         return grid_options(self.ts, self.eps)
 
 
-def jump_grid(sde: SDE, steps: int, t_end: float, s_hat: float, factor: float = FACTOR) -> tuple[Tensor, float]:
-    """(ts, λ_1): T, then λ_1 = −log(``factor`` · ŝ) kept between the log-SNR grid's first point and half
-    the range, then ``steps`` − 1 steps uniform in λ (half log-SNR) to ``t_end``."""
-    lam0, lam_end = (0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (sde.T, t_end))
-    span = lam_end - lam0
-    lam1 = -math.log(factor * s_hat) if s_hat > 0 else math.inf
-    lam1 = min(max(lam1, lam0 + span / steps), lam0 + span / 2)
+def jump_grid(sde: SDE, steps: int, t_end: float, lam1: float) -> Tensor:
+    """T, then the half log-SNR λ_1, then ``steps`` − 1 steps uniform in λ to ``t_end`` (float64)."""
+    lam0, lam_end = _half_log_snr(sde, sde.T), _half_log_snr(sde, t_end)
     lam = torch.tensor([lam0] + [lam1 + (lam_end - lam1) * i / (steps - 1) for i in range(steps)],
                        dtype=torch.float64)
     ts = sde.t_from_log_snr(2.0 * lam).to(torch.float64)
     ts[0], ts[-1] = sde.T, t_end
-    return ts, lam1
+    return ts
+
+
+def scaled_jump(sde: SDE, steps: int, t_end: float, s_hat: float, factor: float = FACTOR) -> tuple[Tensor, float]:
+    """(``jump_grid``, λ_1) with λ_1 = −log(``factor`` · ŝ) kept between the log-SNR grid's first point and
+    half the range."""
+    lam0, lam_end = _half_log_snr(sde, sde.T), _half_log_snr(sde, t_end)
+    span = lam_end - lam0
+    lam1 = -math.log(factor * s_hat) if s_hat > 0 else math.inf
+    lam1 = min(max(lam1, lam0 + span / steps), lam0 + span / 2)
+    return jump_grid(sde, steps, t_end, lam1), lam1
+
+
+def _half_log_snr(sde: SDE, t: float) -> float:
+    return 0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
 
 
 def data_scale(score_fn, sde: SDE, shape, *, generator: torch.Generator | None = None,
@@ -114,7 +125,7 @@ def scale_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, 
         raise ValueError(f"factor must be a positive number, got {factor!r}")
     t1 = eps if t_c is None else t_c
     s_hat = data_scale(score_fn, sde, shape, generator=generator, device=device, dtype=dtype)
-    ts, lam1 = jump_grid(sde, steps, t1, s_hat, factor)
+    ts, lam1 = scaled_jump(sde, steps, t1, s_hat, factor)
     name = method if isinstance(method, str) else type(sampler).__name__
     return ScaleGrid(ts=ts, eps=None if t_c is None else eps, method=name, nfe=int(nfe), scale=s_hat,
                      first_sigma=math.exp(-lam1))
