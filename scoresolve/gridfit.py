@@ -44,8 +44,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_eps, check_generator
-from .registry import SAMPLERS, resolve
-from .sampling import _fixed_step_ode, _tail_start, _with_options, sample, steps_for_nfe
+from .registry import SAMPLERS, resolve, with_options
+from .sampling import _fixed_step_ode, _tail_start, sample, steps_for_nfe
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
 
@@ -188,7 +188,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
 
     from .samplers import AdaptiveMultistep
 
-    sampler = _check_fittable(method, _with_options(resolve("method", method), options))
+    sampler = _check_fittable(method, with_options(resolve("method", method), options))
     if start not in GRIDS:
         raise ValueError(f"unknown start={start!r}; valid choices: {', '.join(GRIDS)}")
     max_evals = check_count("max_evals", max_evals, lo=2)

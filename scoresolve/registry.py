@@ -1,5 +1,7 @@
 """Every method by name, in one place.  ``method=`` anywhere accepts a name from these dicts
 or an object of the same kind; ``resolve`` gives an error listing the valid choices.
+On the command line a method may carry sampler options, "unipc:solver_order=4;lower_order_final=true"
+(``parse_spec``, ``method_from_spec``).
 
 ``PREDICTORS`` and ``CORRECTORS`` (pure step functions) are defined beside their functions in
 ``predictors.py`` / ``correctors.py`` and collected here; ``SAMPLERS`` maps names to sampler
@@ -7,6 +9,9 @@ objects (frozen dataclasses implementing ``protocol.Sampler``)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from ._compat import translate
 from .correctors import CORRECTORS
 from .predictors import PREDICTORS
 from .protocol import Sampler
@@ -31,7 +36,7 @@ from .samplers import (
     UniPCBh,
 )
 
-__all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve"]
+__all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve", "with_options", "parse_spec", "method_from_spec"]
 
 SAMPLERS: dict[str, Sampler] = {
     # classical (Song et al. 2021)
@@ -95,3 +100,54 @@ def resolve(kind: str, name_or_obj):
     if callable(name_or_obj):
         return name_or_obj
     raise TypeError(f"{kind} must be a name ({', '.join(table)}) or a callable, got {type(name_or_obj).__name__}")
+
+
+def with_options(sampler: Sampler, options: dict, stacklevel: int = 4) -> Sampler:
+    """``sampler`` with some of its fields replaced (old option names translated); TypeError naming
+    the unknown options and listing the valid ones."""
+    if not options:
+        return sampler
+    options = translate(type(sampler), options, stacklevel=stacklevel)
+    valid = [f.name for f in dataclasses.fields(sampler)]
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, bad))} for {type(sampler).__name__}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    return dataclasses.replace(sampler, **options)
+
+
+def _value(text: str):
+    """A spec's value: an int, a float, true / false, none, or else the string itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"unipc:solver_order=4;lower_order_final=true"`` -> ("unipc", {"solver_order": 4,
+    "lower_order_final": True}): values int, float, true/false, none or a string."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, (kv.strip() for kv in rest.split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"method {spec!r}: options are key=value pairs separated by ';', got {item!r}")
+        options[key.strip()] = _value(value.strip())
+    return name.strip(), options
+
+
+def method_from_spec(spec: str) -> Sampler:
+    """The registered method of a spec with its sampler options: ``"unipc:solver_order=4"`` ->
+    ``UniPC(solver_order=4)``; errors name the unknown method or option and the valid choices."""
+    name, options = parse_spec(spec)
+    return with_options(resolve("method", name), options, stacklevel=3)

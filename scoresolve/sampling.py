@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from . import loop
-from ._compat import translate
 from .checks import (
     check_count,
     check_device,
@@ -27,7 +26,7 @@ from .checks import (
 )
 from .noise import Noise
 from .protocol import Context, Sampler, tail_log_snr
-from .registry import resolve
+from .registry import resolve, with_options
 from .results import SampleResult
 from .score import CountingScore, LastEvaluation, ScoreFn, ScoreWrapper, all_finite
 from .sde import SDE, append_dims
@@ -71,20 +70,6 @@ def _tail_start(sampler, sde: SDE, eps: float) -> float | None:
         return None
     lam_c = tail_log_snr(sde, sde.T, eps, sigma)
     return None if lam_c is None else float(sde.t_from_log_snr(2.0 * lam_c))
-
-
-def _with_options(sampler, options: dict):
-    if not options:
-        return sampler
-    options = translate(type(sampler), options, stacklevel=4)
-    valid = [f.name for f in dataclasses.fields(sampler)]
-    bad = [k for k in options if k not in valid]
-    if bad:
-        raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, bad))} for {type(sampler).__name__}; "
-            f"valid options: {', '.join(valid)}"
-        )
-    return dataclasses.replace(sampler, **options)
 
 
 class Start(NamedTuple):
@@ -291,7 +276,7 @@ def start(
     as for ``sample``; ``track_x0`` keeps the latest x̂_0 in ``s.ctx.score.x0``.
     """
     check_sde(sde)
-    sampler = _with_options(resolve("method", method), options)
+    sampler = with_options(resolve("method", method), options)
     shape = check_shape(shape)
     if steps is not None and nfe is not None:
         raise ValueError("pass steps= or nfe=, not both")

@@ -1,5 +1,6 @@
 """The classical samplers against closed-form ground truth."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -321,6 +322,27 @@ def test_image_shaped_states():
 # ---------------------------------------------------------------- errors
 def _s(x, t):
     return -x
+
+
+def test_a_method_spec_carries_typed_sampler_options():
+    from scoresolve.registry import SAMPLERS, method_from_spec, parse_spec
+
+    got = method_from_spec("ode_adaptive_ps: correct_last=true; nfe_budget=none; rtol=5e-3; solver_order=2")
+    assert got == dataclasses.replace(SAMPLERS["ode_adaptive_ps"], correct_last=True, nfe_budget=None, rtol=0.005,
+                                      solver_order=2)
+    assert isinstance(got.solver_order, int) and isinstance(got.rtol, float)
+    assert parse_spec("unipc") == ("unipc", {}) and parse_spec("unipc:") == ("unipc", {})
+    assert parse_spec("pc:predictor=reverse_diffusion;snr=0.16") == ("pc", {"predictor": "reverse_diffusion",
+                                                                           "snr": 0.16})
+    with pytest.warns(DeprecationWarning, match="predictor_order"):  # an old option name, translated
+        assert method_from_spec("unipc:predictor_order=2").solver_order == 2
+    for spec, err, msg in (("nope:x=1", ValueError, "unknown method 'nope'"),
+                           ("unipc:order", ValueError, "key=value pairs separated by ';', got 'order'"),
+                           ("unipc:=2", ValueError, "key=value"),
+                           ("unipc:solver_order=2.5", ValueError, "solver_order must be one of"),
+                           ("dpmpp_2m:rtol=1e-3", TypeError, "unknown option.*'rtol'.*valid options: solver_order")):
+        with pytest.raises(err, match=msg):
+            method_from_spec(spec)
 
 
 def test_errors_name_the_argument_and_the_choices():

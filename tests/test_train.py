@@ -373,12 +373,31 @@ def test_cli_train_resume_sample_and_load_run(tmp_path, capsys):
                      (["--nfe", "0"], "--nfe")):
         assert sample_main(["--run", str(out), "--method", "dpmpp_2m", *bad]) == 2
         assert re.search(msg, capsys.readouterr().err), bad
+    # a method with sampler options: the same samples as sample(..., solver_order=4), not those of the default order
+    raw = tmp_path / "o4.pt"
+    assert sample_main(["--run", str(out), "--method", "unipc:solver_order=4", "--nfe", "8", "--grid", "scale",
+                        "--n", "64", "--save", str(raw)]) == 0
+    assert (out / "samples_unipc_solver_order=4.png").stat().st_size > 1000  # the default path, ':' replaced
+    got = torch.load(raw, weights_only=True)
+    for order, same in ((4, True), (3, False)):
+        ref = ss.sample(run.score_fn, run.sde, (64, 2), "unipc", nfe=8, grid="scale", solver_order=order,
+                        generator=gen(0))
+        assert torch.equal(got, run.to_raw(ref.samples)) is same, order
+    for spec, msg in (("unipc:bogus=1", "--method: unknown option.*'bogus' for UniPC; valid options: solver_order"),
+                      ("unipc:solver_order=7", "--method: solver_order must be one of 1, 2, 3, 4; got 7"),
+                      ("unipc:solver_order", "--method: .*key=value pairs")):
+        assert sample_main(["--run", str(out), "--method", spec]) == 2
+        assert re.search(msg, capsys.readouterr().err), spec
     shards, sharded = tmp_path / "shards", ["--run", str(out), "--method", "dpmpp_2m", "--n", "8", "--chunk", "4"]
     assert sample_main([*sharded, "--nfe", "6", "--grid", "scale", "--shard-dir", str(shards)]) == 0
     merged = torch.load(shards / "samples.pt", weights_only=True)
     assert merged["samples"].shape == (8, 2) and torch.all(merged["nfe"] == 6 + 256 / 4)  # a pilot per chunk
     assert sample_main([*sharded, "--nfe", "6", "--shard-dir", str(shards)]) == 2  # another grid: another job
     assert "manifest differs in: options" in capsys.readouterr().err
+    spec = ["--run", str(out), "--n", "8", "--chunk", "4", "--nfe", "6", "--shard-dir", str(tmp_path / "o4")]
+    assert sample_main([*spec, "--method", "unipc:solver_order=4"]) == 0
+    assert sample_main([*spec, "--method", "unipc:solver_order=3"]) == 2  # other options: another job
+    assert "manifest differs in: method" in capsys.readouterr().err
 
     img = tmp_path / "digits"
     assert train_main(["--data", "digits", "--steps", "2", "--width", "8", "--batch-size", "8", "--out", str(img),

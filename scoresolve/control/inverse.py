@@ -16,9 +16,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..registry import resolve
+from ..registry import resolve, with_options
 from ..results import SampleResult
-from ..sampling import _with_options, sample
+from ..sampling import sample
 from ..score import ScoreFn
 from ..sde import SDE
 from .projected import Observation, Projected
@@ -38,7 +38,7 @@ def _run(score_fn, sde, shape, obs: Observation, method, particles, like: Tensor
     threshold = options.pop("ess_threshold", 0.5) if particles is not None else None
     if method is None:
         method = "pc" if particles is None else "reverse_diffusion"
-    base = _with_options(resolve("method", method), options)
+    base = with_options(resolve("method", method), options)
     if particles is not None:
         sampler = ParticleSampler(base, obs, particles, threshold)
         shape = (shape[0] * particles,) + tuple(shape[1:])

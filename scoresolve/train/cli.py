@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -216,7 +217,8 @@ def _sample_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--run", "--run-dir", dest="run", required=True, help="run directory written by scoresolve train (or a "
       "checkpoint file); under torchrun write --run-dir, since torchrun itself takes --run as --run-path")
-    a("--method", default="ode", help="a scoresolve sampler name (default ode)")
+    a("--method", default="ode", help="a scoresolve sampler name (default ode), optionally with sampler "
+      "options: unipc:solver_order=4 or ode_adaptive_ps:rtol=0.005;atol=0.005")
     a("--n", type=int, default=None, help="samples (default 64 images / 5000 points)")
     a("--steps", type=int, default=None, help="sampler steps (default: the method's)")
     a("--nfe", type=int, default=None, help="score evaluations per sample instead of --steps (the steps derived "
@@ -242,6 +244,15 @@ def _grid_options(args: argparse.Namespace) -> dict:
     return {"steps": args.steps, **{k: getattr(args, k) for k in ("nfe", "grid") if getattr(args, k) is not None}}
 
 
+def _method(args: argparse.Namespace):
+    """``--method``: the registered name as it is, or with options the sampler they make (a sharded job's
+    manifest records it by its repr, every field)."""
+    from ..registry import method_from_spec, parse_spec
+
+    name, options = parse_spec(args.method)
+    return method_from_spec(args.method) if options else name
+
+
 def _sample_sharded(run, args, n: int) -> int:
     """``--shard-dir``: chunked, resumable sampling across torch.distributed ranks."""
     from ..distributed import process_group, sample_to_dir
@@ -249,7 +260,7 @@ def _sample_sharded(run, args, n: int) -> int:
     with process_group():  # torchrun's group for this command, or the caller's, left open
         try:
             path = sample_to_dir(run.score_fn, run.sde, tuple(run.data_shape), n, args.shard_dir,
-                                 method=args.method, seed=args.seed, chunk=args.chunk, **_grid_options(args),
+                                 method=_method(args), seed=args.seed, chunk=args.chunk, **_grid_options(args),
                                  config={"run": str(Path(args.run).resolve()), "ema": args.ema,
                                          "step": run.step})
         except (ValueError, TypeError, FileNotFoundError) as e:
@@ -261,7 +272,7 @@ def _sample_sharded(run, args, n: int) -> int:
 
 def _check_sample_args(args: argparse.Namespace) -> None:
     """Every option of ``scoresolve sample`` that can be checked before loading the run."""
-    from ..registry import resolve
+    from ..registry import method_from_spec
 
     check_int("--n", args.n, 1)
     check_int("--steps", args.steps, 1)
@@ -275,7 +286,7 @@ def _check_sample_args(args: argparse.Namespace) -> None:
     check_int("--chunk", args.chunk, 1)
     check_int("--threads", args.threads, 1)
     try:
-        resolve("method", args.method)
+        method_from_spec(args.method)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--method: {e}") from None
     if args.shard_dir:
@@ -289,7 +300,7 @@ def _check_sample_args(args: argparse.Namespace) -> None:
 
 def _plot_path(args: argparse.Namespace) -> Path:
     base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    return Path(args.out) if args.out else base / f"samples_{args.method}.png"
+    return Path(args.out) if args.out else base / f"samples_{re.sub(r'[^A-Za-z0-9_.=-]', '_', args.method)}.png"
 
 
 def sample_main(argv: list[str] | None = None) -> int:
@@ -310,7 +321,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     if args.shard_dir:
         return _sample_sharded(run, args, n)
     try:
-        res = sample(run.score_fn, run.sde, (n, *run.data_shape), args.method, **_grid_options(args),
+        res = sample(run.score_fn, run.sde, (n, *run.data_shape), _method(args), **_grid_options(args),
                      generator=torch.Generator().manual_seed(args.seed))
     except (ValueError, TypeError) as e:
         return report("scoresolve sample", e)
