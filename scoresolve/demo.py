@@ -16,24 +16,16 @@ from .sde import SDES
 from .targets import GaussianMixture
 
 # classical samplers at --steps, then the fast ones at their own budgets ("name:key=value;...")
-DEFAULT_METHODS = "pc,em,ode,ode_heun,unipc:nfe=20,unipc:fit=10,ode_adaptive_ps"
+DEFAULT_METHODS = "pc,em,ode,ode_heun,unipc:nfe=15;grid=scale;solver_order=4,unipc:fit=10,ode_adaptive_ps"
 METRICS = ("component_w2", "logp_gap")
 PILOT = 256  # prior draws a fit=N grid is fitted to
 
 
-def _parse(spec: str) -> tuple[str, dict]:
-    """``"unipc:nfe=20"`` -> ("unipc", {"nfe": 20}); values are int, float or str."""
-    name, _, rest = spec.partition(":")
-    opts = {}
-    for kv in filter(None, rest.split(";")):
-        k, _, v = kv.partition("=")
-        for cast in (int, float, str):
-            try:
-                opts[k.strip()] = cast(v.strip())
-                break
-            except ValueError:
-                continue
-    return name.strip(), opts
+def _label(name: str, opts: dict) -> str:
+    """"unipc (nfe=15, grid=scale)": the method and its options (none shown for the steps alone)."""
+    if not opts or set(opts) == {"steps"}:
+        return name
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in opts.items())})".replace("fit=", "fitted grid, nfe=")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .registry import SAMPLERS
+    from .registry import SAMPLERS, parse_spec
 
     sde = SDES[a.sde]()
     target = GaussianMixture.ring(k=8, radius=2.0, std=0.1)
-    specs = [_parse(m) for m in a.methods.split(",") if m.strip()]
+    try:
+        specs = [parse_spec(m) for m in a.methods.split(",") if m.strip()]
+    except ValueError as e:
+        p.error(f"--methods: {e}")
     for name, _ in specs:
         if name not in SAMPLERS:
             p.error(f"unknown method {name!r}; choose from {', '.join(SAMPLERS)}")
@@ -70,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     fw, fl = floor["component_w2"][0], floor["logp_gap"][0]
     print(f"8-ring, {a.sde.upper()} SDE, {a.samples} samples; noise floor: component W2 {fw:.4f}, "
           f"log-density gap {fl:.4f} (exact samples of the same size)")
-    print(f"  {'method':>28}  {'NFE':>6}  {'W2/floor':>8}  {'logp-gap/floor':>14}  {'wall s':>7}")
+    width = max(28, *(len(_label(name, opts)) for name, opts in specs))
+    print(f"  {'method':>{width}}  {'NFE':>6}  {'W2/floor':>8}  {'logp-gap/floor':>14}  {'wall s':>7}")
     panels = [("exact", exact, "data distribution")]
     for name, opts in specs:
         run, fitted = dict(opts), None
@@ -88,12 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         ev = metrics.evaluate(res.samples, target, exact, metrics=METRICS)
         rw, rl = ev["component_w2"] / fw, ev["logp_gap"] / fl
         nfe = f"{res.nfe:.1f}" if isinstance(res.nfe, float) else str(res.nfe)
-        label = name + ("" if not opts or "steps" in opts and len(opts) == 1 else
-                        " (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")")
-        label = label.replace("fit=", "fitted grid, nfe=")
-        print(f"  {label:>28}  {nfe:>6}  {rw:>8.2f}  {rl:>14.2f}  {res.stats['wall_time']:>7.2f}")
+        label = _label(name, opts)
+        print(f"  {label:>{width}}  {nfe:>6}  {rw:>8.2f}  {rl:>14.2f}  {res.stats['wall_time']:>7.2f}")
         if fitted is not None:
-            print(f"  {'':>28}  (the fit, once per score: {fitted.pilot_nfe * PILOT / 1e6:.1f}M evaluations, "
+            print(f"  {'':>{width}}  (the fit, once per score: {fitted.pilot_nfe * PILOT / 1e6:.1f}M evaluations, "
                   f"{fitted.seconds:.1f} s)")
         cost = "" if fitted is None else f" (+ {fitted.seconds:.1f} s to fit, once)"
         panels.append((label, res.samples, f"NFE {nfe}, {res.stats['wall_time']:.2f} s{cost}\n"
