@@ -52,6 +52,32 @@ def test_scale_grid_jumps_to_factor_times_the_scale_then_steps_uniformly_in_log_
     assert float(lam_far[1]) == pytest.approx(float(lam_far[0] + lam_far[-1]) / 2, abs=1e-9)
 
 
+def test_scaled_jump_places_the_first_step_for_any_scale():
+    """λ_1 = −log(factor · ŝ) for scales below and above 1 (clamped between the log-SNR grid's first
+    point and half the range), half the range for ŝ = 0 (data at one point); a given eps is kept; the
+    pilot's smallest size (2 draws) and chunk (1 row) are accepted."""
+    sde = SDES["vp"]
+    lam0, lam_end = (0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (sde.T, 1e-3))
+    for s_hat in (0.5, 0.9, 1.2):
+        ts, lam1 = ss.scalegrid.scaled_jump(sde, 10, 1e-3, s_hat)
+        assert lam1 == pytest.approx(-math.log(ss.scalegrid.FACTOR * s_hat), rel=1e-12)
+        assert 0.5 * float(sde.log_snr(ts[1])) == pytest.approx(lam1, abs=1e-9)
+    assert ss.scalegrid.scaled_jump(sde, 10, 1e-3, 0.0)[1] == pytest.approx((lam0 + lam_end) / 2, rel=1e-12)
+    target = GaussianMixture.ring(8, 0.75, 0.04)  # ŝ < 1: the jump still placed from it
+    small = ss.scale_grid(target.score_fn(sde), sde, (256, 2), "unipc", 12, eps=1e-4,
+                          generator=torch.Generator().manual_seed(0))
+    assert small.scale < 1 and small.eps == 1e-4  # below σ/m = 0.01: the grid stops at the tail's start
+    assert 0.5 * float(sde.log_snr(small.ts[1])) == pytest.approx(-math.log(small.first_sigma), abs=1e-9)
+    assert small.first_sigma == pytest.approx(ss.scalegrid.FACTOR * small.scale, rel=1e-12)
+    obj = ss.scale_grid(target.score_fn(sde), sde, (256, 2), ss.UniPC(solver_order=4), 12, eps=1e-4,
+                        generator=torch.Generator().manual_seed(0))  # a sampler object: named by its class
+    assert obj.method == "UniPC" and torch.equal(obj.ts, small.ts)
+    two = ss.data_scale(target.score_fn(sde), sde, (2, 2), generator=torch.Generator().manual_seed(0))
+    rows = ss.data_scale(target.score_fn(sde), sde, (4, 2), generator=torch.Generator().manual_seed(0), chunk=1)
+    assert two > 0 and rows == pytest.approx(
+        ss.data_scale(target.score_fn(sde), sde, (4, 2), generator=torch.Generator().manual_seed(0)), rel=1e-6)
+
+
 def test_scale_grid_ends_at_the_tail_start_where_the_sampler_takes_the_tail_step():
     """Sub-VP's default end lies below σ/m = 0.01: the grid ends at t_c and carries eps for the tail step."""
     sde, target = ss.SubVPSDE(), GaussianMixture.ring(8, 2.0, 0.1)
@@ -100,8 +126,10 @@ def test_scale_grid_brings_the_15_nfe_bias_closer_on_a_small_scale_mixture(metho
 def test_scale_grid_errors_name_the_argument():
     sde, target = SDES["vp"], GaussianMixture.ring(8, 2.0, 0.1)
     score = target.score_fn(sde)
-    with pytest.raises(ValueError, match="no fixed deterministic grid.*valid choices"):
+    with pytest.raises(ValueError, match="method='ode_adaptive_ps' has no fixed deterministic grid.*valid choices"):
         ss.scale_grid(score, sde, (64, 2), "ode_adaptive_ps")
+    with pytest.raises(ValueError, match="unknown method 'nope'; valid choices: pc"):
+        ss.scale_grid(score, sde, (64, 2), "nope")
     with pytest.raises(ValueError, match="nfe=1 leaves unipc one step"):
         ss.scale_grid(score, sde, (64, 2), "unipc", 1)
     with pytest.raises(ValueError, match="factor must be a positive number"):

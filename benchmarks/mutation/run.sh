@@ -16,7 +16,7 @@ modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(sde timegrid predictors correctors ode targets.mixture metrics likelihood
     samplers._common samplers.exponential samplers.classical samplers.edm samplers.unipc samplers.unipc_bh samplers.kdiffusion
     samplers.adaptive samplers.adaptive_ms samplers.brownian control.projected control.inverse control.guidance
-    control.smc control.encode)
+    control.smc control.encode scalegrid)
 for m in "${modules[@]}"; do
     mutmut run --max-children "${JOBS:-2}" "scoresolve.${m}.*" || true
 done
