@@ -397,6 +397,37 @@ def test_scale_grid_cells_count_their_nfe_and_beat_the_default_grid(tmp_path):
     assert "| unipc (scale grid) | scale-grid nfe=15 | 15 |" in (out / "report.md").read_text()
 
 
+def test_a_method_with_sampler_options_is_a_method_of_its_own(tmp_path, capsys):
+    """--methods unipc:solver_order=4: its own cells (key, label, fitted/scale grids via METHODS:BUDGETS
+    split at the last ':'), run with those options: the samples are those of sample(..., solver_order=4)
+    and not of the default order; a bad option is a one-line error naming it."""
+    from scoresolve.bench.cli import build_parser, config_from_args
+    from scoresolve.bench.plan import plan_cells, sampler_of
+
+    spec = "unipc:solver_order=4"
+    cfg = config_from_args(build_parser().parse_args(
+        ["--problem", "ring8", "--methods", f"unipc,{spec}", "--nfe", "10", "--scale-grid", f"{spec},unipc:12",
+         "--out", "x"]))
+    assert cfg.scale_grid == (((spec, "unipc"), (12,)),)
+    labels = {(c.method, c.budget.label) for g in plan_cells(cfg) for c in g.cells}
+    assert labels == {(m, b) for m in ("unipc", spec) for b in ("nfe=10", "scale-grid nfe=12")}
+    assert sampler_of(spec) == ss.UniPC(solver_order=4) and sampler_of("unipc") is ss.SAMPLERS["unipc"]
+    out = tmp_path / "o4"
+    run_bench(_cfg(out, methods=(spec, "unipc"), nfes=(10,), save_samples=400))
+    rows = {r["method"]: r for r in _rows(out)}
+    assert rows[spec]["status"] == rows["unipc"]["status"] == "ok" and rows[spec]["nfe"] == 10
+    got = {m: torch.from_numpy(np.load(out / r["samples_file"])) for m, r in rows.items()}
+    seed0 = torch.Generator().manual_seed(0)  # the runner's first batch of seed 0
+    ref = ss.sample(analytic_problem("ring8").score_for(ss.VPSDE()), ss.VPSDE(), (400, 2), "unipc", nfe=10,
+                    solver_order=4, generator=seed0)
+    torch.testing.assert_close(got[spec], ref.samples, rtol=0, atol=0)
+    assert not torch.equal(got[spec], got["unipc"])
+    for bad, message in (("unipc:bogus=1", "--methods 'unipc:bogus=1': unknown option(s) 'bogus' for UniPC"),
+                         ("unipc:solver_order=9", "solver_order must be one of 1, 2, 3, 4; got 9")):
+        assert main(["--problem", "ring8", "--methods", bad, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_resume_with_different_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     run_bench(_cfg(out))

@@ -42,9 +42,9 @@ def _list(kind):
 
 def _per_method(kind):
     def parse(s: str):
-        if s.count(":") != 1:
+        if ":" not in s:
             raise argparse.ArgumentTypeError(f"expected METHODS:VALUES such as em,pc:500,1000, got {s!r}")
-        names, values = s.split(":")
+        names, values = s.rsplit(":", 1)  # a method may carry options: unipc:solver_order=4:15
         return tuple(n for n in names.split(",") if n), tuple(_list(kind)(values))
     return parse
 
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SDE constructor option, e.g. sigma_max=20 (repeatable)")
     g = p.add_argument_group("methods and budgets")
     g.add_argument("--methods", type=_list(str), default=["all"],
-                   help=f"comma list of {', '.join(SAMPLERS)} or all (default)")
+                   help=f"comma list of {', '.join(SAMPLERS)} or all (default); a method may carry sampler "
+                        "options: unipc:solver_order=4;lower_order_final=false")
     g.add_argument("--nfe", type=_list(int), default=None,
                    help="NFE budgets of fixed-step methods (default 10,20,50,100,200,500,1000; a "
                         "method's default budgets below its minimum NFE are left out)")

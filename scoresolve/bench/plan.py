@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from ..gridfit import fit_nfe, fittable_methods
-from ..registry import SAMPLERS
-from ..sampling import steps_for_nfe
+from ..protocol import Sampler
+from ..registry import SAMPLERS, method_from_spec
+from ..sampling import _fixed_step_ode, steps_for_nfe
 from ..sde import SDE
 from .problems import Problem
 from .quality import check_metrics
 
-__all__ = ["Budget", "Cell", "Group", "BenchConfig", "resolve_methods", "budgets_for", "plan_cells",
-           "method_info", "max_nfe"]
+__all__ = ["Budget", "Cell", "Group", "BenchConfig", "resolve_methods", "sampler_of", "method_arg", "budgets_for",
+           "plan_cells", "method_info", "max_nfe"]
 
 
 @dataclass(frozen=True)
@@ -114,26 +115,43 @@ class BenchConfig:
 
 
 def resolve_methods(names) -> tuple[str, ...]:
-    """Registered method names ("all" = every entry of ``SAMPLERS``, in registry order)."""
+    """Registered method names, each optionally with sampler options ("unipc:solver_order=4", see
+    ``registry.parse_spec``; "all" = every entry of ``SAMPLERS``, in registry order)."""
     names = list(names)
     if names == ["all"]:
         return tuple(SAMPLERS)
-    bad = [m for m in names if m not in SAMPLERS]
+    bad = [m for m in names if m.partition(":")[0].strip() not in SAMPLERS]
     if bad:
         raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; valid choices: "
                          f"{', '.join(SAMPLERS)} (or all)")
+    for m in names:
+        try:
+            sampler_of(m)
+        except (ValueError, TypeError) as e:  # a bad option
+            raise ValueError(f"--methods {m!r}: {e}") from None
     return tuple(dict.fromkeys(names))
 
 
+def sampler_of(method: str) -> Sampler:
+    """The sampler a ``--methods`` entry names: a registered one, or one with options."""
+    return SAMPLERS[method] if method in SAMPLERS else method_from_spec(method)
+
+
+def method_arg(method: str) -> str | Sampler:
+    """What a ``--methods`` entry passes as ``method=``: a registered name as it is (messages name it),
+    an entry with options as its sampler."""
+    return method if method in SAMPLERS else method_from_spec(method)
+
+
 def method_info(name: str, denoise: bool) -> dict:
-    s = SAMPLERS[name]
+    s = sampler_of(name)
     return {"class": type(s).__name__, "nfe_per_step": s.nfe_per_step, "order": float(s.order),
             "extra_nfe": s.extra_nfe(denoise), "adaptive": s.nfe_per_step is None}
 
 
 def tol_options(name: str, tol: float) -> dict:
     """Sampler options setting the tolerance of an adaptive method."""
-    fields = {f.name for f in dataclasses.fields(SAMPLERS[name])}
+    fields = {f.name for f in dataclasses.fields(sampler_of(name))}
     if {"rtol", "atol"} <= fields:
         return {"rtol": tol, "atol": tol}
     if "tol" in fields:
@@ -143,13 +161,13 @@ def tol_options(name: str, tol: float) -> dict:
 
 def has_budget_mode(name: str) -> bool:
     """An adaptive method that can run within a fixed NFE budget (``nfe_budget``)."""
-    return SAMPLERS[name].nfe_per_step is None and hasattr(SAMPLERS[name], "nfe_budget")
+    return sampler_of(name).nfe_per_step is None and hasattr(sampler_of(name), "nfe_budget")
 
 
 def budgets_for(name: str, nfes, tols, denoise: bool) -> tuple[list[Budget], list[str]]:
     """(feasible budgets, messages for NFE budgets below the method's minimum).  An adaptive
     method gets its tolerances, and ``nfes`` as budgets if it has a budget mode."""
-    sampler = SAMPLERS[name]
+    sampler = sampler_of(name)
     ok, bad = [], []
     if sampler.nfe_per_step is None:
         tol_options(name, 1e-3)
@@ -159,7 +177,7 @@ def budgets_for(name: str, nfes, tols, denoise: bool) -> tuple[list[Budget], lis
             if sampler.nfe_per_step is None:
                 dataclasses.replace(sampler, nfe_budget=int(n))  # its option's bounds
             else:
-                steps_for_nfe(name, int(n), denoise)
+                steps_for_nfe(sampler, int(n), denoise)
             ok.append(Budget("nfe", int(n)))
         except ValueError as e:
             bad.append(f"{name} at --nfe {n}: {e}")
@@ -215,7 +233,7 @@ def _select(token: str, methods: tuple[str, ...], flag: str) -> list[str]:
             k = float(token[len("order<="):])
         except ValueError:
             raise ValueError(f"{flag}: bad selector {token!r} (use e.g. order<=1)") from None
-        return [m for m in methods if float(SAMPLERS[m].order) <= k]
+        return [m for m in methods if float(sampler_of(m).order) <= k]
     if token not in methods:
         raise ValueError(f"{flag} names {token!r}, which is not among the methods run "
                          f"({', '.join(methods)})")
@@ -250,23 +268,26 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     methods = resolve_methods(cfg.methods)
     extra = _per_method(cfg.extra_nfe, methods, "--extra-nfe")
     tols = _per_method(cfg.method_tols, methods, "--tols-for")
-    fittable = fittable_methods()
+    fittable = fittable_methods()  # the registered names; a method with options by its sampler
+
+    def can_fit(m: str) -> bool:
+        return m in fittable or m not in SAMPLERS and _fixed_step_ode(sampler_of(m))
     grids = {}  # budget kind -> {method: budgets} of the fitted and the scale grids
     for kind, flag, given in (("fit", "--fit-grid", cfg.fit_grid), ("scale", "--scale-grid", cfg.scale_grid)):
-        no_grid = sorted({t for names, _ in given for t in names if not t.startswith("order<=") and t not in fittable})
+        no_grid = sorted({t for names, _ in given for t in names if not t.startswith("order<=") and not can_fit(t)})
         if no_grid:
             raise ValueError(f"{flag} names {', '.join(no_grid)}, which has no fixed deterministic grid to fit; "
                              f"valid choices: {', '.join(fittable)}")
         # (an order<= selector passes the others by)
-        grids[kind] = {m: v for m, v in _per_method(given, methods, flag).items() if m in fittable}
+        grids[kind] = {m: v for m, v in _per_method(given, methods, flag).items() if can_fit(m)}
     named = {t for names, _ in cfg.extra_nfe for t in names if not t.startswith("order<=")}
-    no_budget = [m for m in extra if SAMPLERS[m].nfe_per_step is None and not has_budget_mode(m)]
+    no_budget = [m for m in extra if sampler_of(m).nfe_per_step is None and not has_budget_mode(m)]
     if named & set(no_budget):
         raise ValueError(f"--extra-nfe names adaptive method(s) {', '.join(sorted(named & set(no_budget)))} "
                          "without a fixed-budget mode; sweep their tolerances with --tols-for (fixed budgets: "
                          f"{', '.join(m for m in SAMPLERS if has_budget_mode(m))})")
     extra = {m: v for m, v in extra.items() if m not in no_budget}  # an order<= selector passes them by
-    bad_tols = [m for m in tols if SAMPLERS[m].nfe_per_step is not None]
+    bad_tols = [m for m in tols if sampler_of(m).nfe_per_step is not None]
     if bad_tols:
         raise ValueError(f"--tols-for names fixed-step method(s) {', '.join(bad_tols)}; use --extra-nfe")
     if any(not 0 < t < 1 for ts in tols.values() for t in ts):
@@ -274,13 +295,13 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     budgets: dict[str, list[Budget]] = {}
     infeasible: list[str] = []
     for m in methods:
-        fixed = SAMPLERS[m].nfe_per_step is not None  # --nfe is for fixed-step methods only
+        fixed = sampler_of(m).nfe_per_step is not None  # --nfe is for fixed-step methods only
         nfes = sorted((set(cfg.nfes) if fixed else set()) | set(extra.get(m, ())))
         ok, bad = budgets_for(m, nfes, sorted(set(tols.get(m, cfg.tols)), reverse=True), cfg.denoise)
         for kind, flag in (("fit", "--fit-grid"), ("scale", "--scale-grid")):
             for n in sorted(set(grids[kind].get(m, ()))):
                 try:
-                    fit_nfe(m, n, cfg.denoise)
+                    fit_nfe(method_arg(m), n, cfg.denoise)
                     ok.append(Budget(kind, n))
                 except ValueError as e:
                     bad.append(f"{m} at {flag} {n}: {e}")

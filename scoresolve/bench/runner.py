@@ -34,6 +34,7 @@ from .plan import (
     Group,
     check_settings,
     max_nfe,
+    method_arg,
     method_info,
     plan_cells,
     settings,
@@ -137,7 +138,7 @@ def _run_cell(cell: Cell, group: Group, judge: Judge, floor: dict, cfg: BenchCon
             run_score = _Guard(score, bs, max_nfe(cfg)) if cell.budget.kind == "tol" else score
             timing.sync(device)
             start = time.perf_counter()
-            res = sample(run_score, group.sde, (bs, *group.problem.shape), cell.method, generator=g,
+            res = sample(run_score, group.sde, (bs, *group.problem.shape), method_arg(cell.method), generator=g,
                          device=device, dtype=cfg.dtype, denoise=cfg.denoise, check=cfg.check, **opts)
             timing.sync(device)
             wall += time.perf_counter() - start
