@@ -116,10 +116,8 @@ class BenchConfig:
 
 def resolve_methods(names) -> tuple[str, ...]:
     """Registered method names, each optionally with sampler options ("unipc:solver_order=4", see
-    ``registry.parse_spec``; "all" = every entry of ``SAMPLERS``, in registry order)."""
-    names = list(names)
-    if names == ["all"]:
-        return tuple(SAMPLERS)
+    ``registry.parse_spec``; "all" = every entry of ``SAMPLERS``, in registry order, also beside others)."""
+    names = [m for n in names for m in (SAMPLERS if n == "all" else (n,))]  # "all" beside others: them too
     bad = [m for m in names if m.partition(":")[0].strip() not in SAMPLERS]
     if bad:
         raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; valid choices: "
