@@ -1,7 +1,7 @@
 """Held-out check of issue 17: the default adaptive sampler (and UniPC at a fixed 15 NFE on its default
-grid, on a fitted grid and on scale_grid's, also with ``solver_order=4``) on mixtures drawn with seeds no default was tuned on, VP, VE
-and sub-VP, 10k samples, 3 seeds.  (scale_grid's factor was chosen on these mixtures with 2 seeds:
-benchmarks/low_nfe_grids.md checks it on others.)
+grid, on a fitted grid and on scale_grid's, also with ``solver_order=4``) on mixtures drawn with seeds no
+default was tuned on, VP, VE and sub-VP, 10k samples, 3 seeds.  (scale_grid's factor was chosen on these
+mixtures with 2 seeds: benchmarks/low_nfe_grids.md checks it on others.)
 
     python benchmarks/heldout_bench.py run      # scoresolve bench @benchmarks/suites/heldout.args per problem
     python benchmarks/heldout_bench.py report   # benchmarks/heldout_results.md
