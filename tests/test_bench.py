@@ -496,6 +496,19 @@ def test_committed_bench_tables_have_no_overhead_below_one():
             assert a["overhead"] is None or a["overhead"] >= 1, (f, a["method"], a["budget_label"])
 
 
+def test_the_demo_default_methods_are_valid_specs():
+    """The README's main command runs DEFAULT_METHODS: every entry a registered method whose sampler options
+    are valid (the rest are sample()'s nfe / grid / steps and the demo's fit)."""
+    from scoresolve.demo import DEFAULT_METHODS
+    from scoresolve.registry import SAMPLERS, parse_spec, with_options
+
+    specs = [parse_spec(m) for m in DEFAULT_METHODS.split(",")]
+    assert [n for n, _ in specs if n not in SAMPLERS] == []
+    for name, opts in specs:
+        with_options(SAMPLERS[name], {k: v for k, v in opts.items() if k not in ("nfe", "grid", "steps", "fit")})
+    assert ("unipc", {"nfe": 15, "grid": "scale", "solver_order": 4}) in specs
+
+
 def test_demo_shows_a_fast_sampler_beside_the_classical_ones(tmp_path, capsys):
     from scoresolve.demo import main
 
