@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_eps, check_generator
-from .registry import SAMPLERS, resolve, with_options
+from .registry import SAMPLERS, format_spec, resolve, with_options
 from .sampling import _fixed_step_ode, _tail_start, sample, steps_for_nfe
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
@@ -62,6 +62,8 @@ class FittedGrid:
     its options; loss / loss_start: the search's loss (module docstring) on this grid and on the
     starting one; median_error / median_error_start: the pilot's median
     squared endpoint error against the reference flow on each;
+    method: the method with the options it was fitted for, as a spec ("unipc:solver_order=4";
+    ``registry.method_from_spec`` rebuilds the sampler);
     pilot_nfe: score evaluations per pilot sample spent (reference solve and search);
     evaluations: pilot solves made by the search; seconds: the fit's wall time.  ``save`` /
     ``FittedGrid.load`` keep it in a JSON file (the times as float64, exactly), to fit once per
@@ -235,7 +237,12 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     best = found.x if found.fun < loss_start else theta0
     e_best = errors(best)
     bar.close()
-    name = method if isinstance(method, str) else type(sampler).__name__
+    if isinstance(method, str):  # the options by their current names, those that differ from the registered method's
+        base = resolve("method", method)
+        name = format_spec(method, {f.name: getattr(sampler, f.name) for f in fields(sampler)
+                                    if getattr(sampler, f.name) != getattr(base, f.name)})
+    else:
+        name = type(sampler).__name__
     return FittedGrid(ts=_grid(best, lam0, lam1, sde, t0, t1), eps=None if t_c is None else eps, method=name,
                       nfe=int(nfe), loss=min(float(found.fun), loss_start),
                       loss_start=loss_start, median_error=float(e_best.median()),

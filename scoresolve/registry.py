@@ -36,7 +36,8 @@ from .samplers import (
     UniPCBh,
 )
 
-__all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve", "with_options", "parse_spec", "method_from_spec"]
+__all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve", "with_options", "parse_spec", "format_spec",
+           "method_from_spec"]
 
 SAMPLERS: dict[str, Sampler] = {
     # classical (Song et al. 2021)
@@ -144,6 +145,14 @@ def parse_spec(spec: str) -> tuple[str, dict]:
             raise ValueError(f"method {spec!r}: options are key=value pairs separated by ';', got {item!r}")
         options[key.strip()] = _value(value.strip())
     return name.strip(), options
+
+
+def format_spec(name: str, options: dict) -> str:
+    """The inverse of ``parse_spec``: ("unipc", {"solver_order": 4}) -> "unipc:solver_order=4"."""
+    def text(v) -> str:
+        return "none" if v is None else str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) \
+            else str(v)
+    return name if not options else f"{name}:" + ";".join(f"{k}={text(v)}" for k, v in options.items())
 
 
 def method_from_spec(spec: str) -> Sampler:

@@ -137,6 +137,24 @@ def test_a_sub_vp_fit_ends_at_the_tail_and_beats_the_generated_grid_on_fresh_dra
     assert errs["fitted"].median() < errs["generated"].median() / 10, errs
 
 
+def test_a_fit_names_the_options_it_was_fitted_for(fitted):
+    """A grid fitted for unipc with solver_order=4 records "unipc:solver_order=4" (an old option name by its
+    new one), which rebuilds that sampler; the default options record the bare name."""
+    from scoresolve.registry import format_spec, method_from_spec, parse_spec
+
+    assert fitted.method == "unipc"
+    kw = dict(max_evals=4, generator=torch.Generator().manual_seed(0), progress=False)
+    o4 = ss.fit_grid(RING.score_fn(SDE), SDE, (32, 2), "unipc", 8, solver_order=4, **kw)
+    assert o4.method == "unipc:solver_order=4" and method_from_spec(o4.method) == ss.UniPC(solver_order=4)
+    with pytest.warns(DeprecationWarning):
+        old = ss.fit_grid(RING.score_fn(SDE), SDE, (32, 2), "unipc", 8, predictor_order=4, **kw)
+    assert old.method == "unipc:solver_order=4"
+    same = ss.fit_grid(RING.score_fn(SDE), SDE, (32, 2), "unipc", 8, solver_order=3, **kw)  # the default
+    assert same.method == "unipc"
+    opts = {"correct_last": True, "nfe_budget": None, "rtol": 0.005, "solver_order": 2, "error_norm": "state"}
+    assert parse_spec(format_spec("ode_adaptive_ps", opts)) == ("ode_adaptive_ps", opts)
+
+
 def test_a_pilot_given_as_x_init_is_the_pilot(fitted):
     """The same prior draws passed as x_init give the same fit as drawing them from the generator."""
     x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * SDE.prior_std()
