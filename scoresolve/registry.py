@@ -37,7 +37,7 @@ from .samplers import (
 )
 
 __all__ = ["PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve", "with_options", "parse_spec", "format_spec",
-           "method_from_spec"]
+           "method_from_spec", "method_arg"]
 
 SAMPLERS: dict[str, Sampler] = {
     # classical (Song et al. 2021)
@@ -160,3 +160,10 @@ def method_from_spec(spec: str) -> Sampler:
     ``UniPC(solver_order=4)``; errors name the unknown method or option and the valid choices."""
     name, options = parse_spec(spec)
     return with_options(resolve("method", name), options, stacklevel=3)
+
+
+def method_arg(spec: str) -> str | Sampler:
+    """What a spec passes as ``method=``: the bare name when it carries no options (messages and records
+    name it), else the sampler its options make."""
+    name, options = parse_spec(spec)
+    return method_from_spec(spec) if options else name

@@ -402,7 +402,8 @@ def test_a_method_with_sampler_options_is_a_method_of_its_own(tmp_path, capsys):
     split at the last ':'), run with those options: the samples are those of sample(..., solver_order=4)
     and not of the default order; a bad option is a one-line error naming it."""
     from scoresolve.bench.cli import build_parser, config_from_args
-    from scoresolve.bench.plan import plan_cells, resolve_methods, sampler_of
+    from scoresolve.bench.plan import plan_cells, resolve_methods
+    from scoresolve.registry import method_from_spec
 
     spec = "unipc:solver_order=4"
     cfg = config_from_args(build_parser().parse_args(
@@ -411,7 +412,7 @@ def test_a_method_with_sampler_options_is_a_method_of_its_own(tmp_path, capsys):
     assert cfg.scale_grid == (((spec, "unipc"), (12,)),)
     labels = {(c.method, c.budget.label) for g in plan_cells(cfg) for c in g.cells}
     assert labels == {(m, b) for m in ("unipc", spec) for b in ("nfe=10", "scale-grid nfe=12")}
-    assert sampler_of(spec) == ss.UniPC(solver_order=4) and sampler_of("unipc") is ss.SAMPLERS["unipc"]
+    assert method_from_spec(spec) == ss.UniPC(solver_order=4) and method_from_spec("unipc") is ss.SAMPLERS["unipc"]
     assert resolve_methods(["all", spec, "unipc"]) == (*ss.SAMPLERS, spec)  # every registered one, then the spec
     out = tmp_path / "o4"
     run_bench(_cfg(out, methods=(spec, "unipc"), nfes=(10,), save_samples=400))

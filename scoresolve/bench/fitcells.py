@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from ..gridfit import FittedGrid, fit_grid, fit_nfe
+from ..registry import method_arg
 from ..scalegrid import PILOT_SEED, SCALE_PILOT, scale_grid
-from .plan import BenchConfig, Cell, Group, method_arg
+from .plan import BenchConfig, Cell, Group
 from .store import safe_name as _safe
 
 __all__ = ["fitted_options", "scaled_options", "PILOT_SEED", "SCALE_PILOT"]

@@ -20,15 +20,14 @@ from pathlib import Path
 import torch
 
 from ..gridfit import fit_nfe, fittable_methods
-from ..protocol import Sampler
-from ..registry import SAMPLERS, method_from_spec
+from ..registry import SAMPLERS, method_arg, method_from_spec
 from ..sampling import _fixed_step_ode, steps_for_nfe
 from ..sde import SDE
 from .problems import Problem
 from .quality import check_metrics
 
-__all__ = ["Budget", "Cell", "Group", "BenchConfig", "resolve_methods", "sampler_of", "method_arg", "budgets_for",
-           "plan_cells", "method_info", "max_nfe"]
+__all__ = ["Budget", "Cell", "Group", "BenchConfig", "resolve_methods", "budgets_for", "plan_cells",
+           "method_info", "max_nfe"]
 
 
 @dataclass(frozen=True)
@@ -124,32 +123,21 @@ def resolve_methods(names) -> tuple[str, ...]:
                          f"{', '.join(SAMPLERS)} (or all)")
     for m in names:
         try:
-            sampler_of(m)
+            method_from_spec(m)
         except (ValueError, TypeError) as e:  # a bad option
             raise ValueError(f"--methods {m!r}: {e}") from None
     return tuple(dict.fromkeys(names))
 
 
-def sampler_of(method: str) -> Sampler:
-    """The sampler a ``--methods`` entry names: a registered one, or one with options."""
-    return SAMPLERS[method] if method in SAMPLERS else method_from_spec(method)
-
-
-def method_arg(method: str) -> str | Sampler:
-    """What a ``--methods`` entry passes as ``method=``: a registered name as it is (messages name it),
-    an entry with options as its sampler."""
-    return method if method in SAMPLERS else method_from_spec(method)
-
-
 def method_info(name: str, denoise: bool) -> dict:
-    s = sampler_of(name)
+    s = method_from_spec(name)
     return {"class": type(s).__name__, "nfe_per_step": s.nfe_per_step, "order": float(s.order),
             "extra_nfe": s.extra_nfe(denoise), "adaptive": s.nfe_per_step is None}
 
 
 def tol_options(name: str, tol: float) -> dict:
     """Sampler options setting the tolerance of an adaptive method."""
-    fields = {f.name for f in dataclasses.fields(sampler_of(name))}
+    fields = {f.name for f in dataclasses.fields(method_from_spec(name))}
     if {"rtol", "atol"} <= fields:
         return {"rtol": tol, "atol": tol}
     if "tol" in fields:
@@ -159,13 +147,14 @@ def tol_options(name: str, tol: float) -> dict:
 
 def has_budget_mode(name: str) -> bool:
     """An adaptive method that can run within a fixed NFE budget (``nfe_budget``)."""
-    return sampler_of(name).nfe_per_step is None and hasattr(sampler_of(name), "nfe_budget")
+    sampler = method_from_spec(name)
+    return sampler.nfe_per_step is None and hasattr(sampler, "nfe_budget")
 
 
 def budgets_for(name: str, nfes, tols, denoise: bool) -> tuple[list[Budget], list[str]]:
     """(feasible budgets, messages for NFE budgets below the method's minimum).  An adaptive
     method gets its tolerances, and ``nfes`` as budgets if it has a budget mode."""
-    sampler = sampler_of(name)
+    sampler = method_from_spec(name)
     ok, bad = [], []
     if sampler.nfe_per_step is None:
         tol_options(name, 1e-3)
@@ -231,7 +220,7 @@ def _select(token: str, methods: tuple[str, ...], flag: str) -> list[str]:
             k = float(token[len("order<="):])
         except ValueError:
             raise ValueError(f"{flag}: bad selector {token!r} (use e.g. order<=1)") from None
-        return [m for m in methods if float(sampler_of(m).order) <= k]
+        return [m for m in methods if float(method_from_spec(m).order) <= k]
     if token not in methods:
         raise ValueError(f"{flag} names {token!r}, which is not among the methods run "
                          f"({', '.join(methods)})")
@@ -266,10 +255,10 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     methods = resolve_methods(cfg.methods)
     extra = _per_method(cfg.extra_nfe, methods, "--extra-nfe")
     tols = _per_method(cfg.method_tols, methods, "--tols-for")
-    fittable = fittable_methods()  # the registered names; a method with options by its sampler
+    fittable = fittable_methods()
 
-    def can_fit(m: str) -> bool:
-        return m in fittable or m not in SAMPLERS and _fixed_step_ode(sampler_of(m))
+    def can_fit(m: str) -> bool:  # a registered name or one with options
+        return _fixed_step_ode(method_from_spec(m))
     grids = {}  # budget kind -> {method: budgets} of the fitted and the scale grids
     for kind, flag, given in (("fit", "--fit-grid", cfg.fit_grid), ("scale", "--scale-grid", cfg.scale_grid)):
         no_grid = sorted({t for names, _ in given for t in names if not t.startswith("order<=") and not can_fit(t)})
@@ -279,13 +268,13 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
         # (an order<= selector passes the others by)
         grids[kind] = {m: v for m, v in _per_method(given, methods, flag).items() if can_fit(m)}
     named = {t for names, _ in cfg.extra_nfe for t in names if not t.startswith("order<=")}
-    no_budget = [m for m in extra if sampler_of(m).nfe_per_step is None and not has_budget_mode(m)]
+    no_budget = [m for m in extra if method_from_spec(m).nfe_per_step is None and not has_budget_mode(m)]
     if named & set(no_budget):
         raise ValueError(f"--extra-nfe names adaptive method(s) {', '.join(sorted(named & set(no_budget)))} "
                          "without a fixed-budget mode; sweep their tolerances with --tols-for (fixed budgets: "
                          f"{', '.join(m for m in SAMPLERS if has_budget_mode(m))})")
     extra = {m: v for m, v in extra.items() if m not in no_budget}  # an order<= selector passes them by
-    bad_tols = [m for m in tols if sampler_of(m).nfe_per_step is not None]
+    bad_tols = [m for m in tols if method_from_spec(m).nfe_per_step is not None]
     if bad_tols:
         raise ValueError(f"--tols-for names fixed-step method(s) {', '.join(bad_tols)}; use --extra-nfe")
     if any(not 0 < t < 1 for ts in tols.values() for t in ts):
@@ -293,7 +282,7 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
     budgets: dict[str, list[Budget]] = {}
     infeasible: list[str] = []
     for m in methods:
-        fixed = sampler_of(m).nfe_per_step is not None  # --nfe is for fixed-step methods only
+        fixed = method_from_spec(m).nfe_per_step is not None  # --nfe is for fixed-step methods only
         nfes = sorted((set(cfg.nfes) if fixed else set()) | set(extra.get(m, ())))
         ok, bad = budgets_for(m, nfes, sorted(set(tols.get(m, cfg.tols)), reverse=True), cfg.denoise)
         for kind, flag in (("fit", "--fit-grid"), ("scale", "--scale-grid")):

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import barrier, broadcast, dist_info, gather
+from ..registry import method_arg
 from ..sampling import sample
 from . import timing
 from .fitcells import fitted_options, scaled_options
@@ -34,7 +35,6 @@ from .plan import (
     Group,
     check_settings,
     max_nfe,
-    method_arg,
     method_info,
     plan_cells,
     settings,

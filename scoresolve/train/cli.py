@@ -247,10 +247,9 @@ def _grid_options(args: argparse.Namespace) -> dict:
 def _method(args: argparse.Namespace):
     """``--method``: the registered name as it is, or with options the sampler they make (a sharded job's
     manifest records it by its repr, every field)."""
-    from ..registry import method_from_spec, parse_spec
+    from ..registry import method_arg
 
-    name, options = parse_spec(args.method)
-    return method_from_spec(args.method) if options else name
+    return method_arg(args.method)
 
 
 def _sample_sharded(run, args, n: int) -> int:
