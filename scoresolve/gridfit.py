@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_eps, check_generator
-from .registry import SAMPLERS, format_spec, resolve, with_options
+from .registry import SAMPLERS, format_spec, parse_spec, resolve, with_options
 from .sampling import _fixed_step_ode, _tail_start, sample, steps_for_nfe
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
@@ -238,9 +238,10 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     e_best = errors(best)
     bar.close()
     if isinstance(method, str):  # the options by their current names, those that differ from the registered method's
-        base = resolve("method", method)
-        name = format_spec(method, {f.name: getattr(sampler, f.name) for f in fields(sampler)
-                                    if getattr(sampler, f.name) != getattr(base, f.name)})
+        bare = parse_spec(method)[0]
+        base = resolve("method", bare)
+        name = format_spec(bare, {f.name: getattr(sampler, f.name) for f in fields(sampler)
+                                  if getattr(sampler, f.name) != getattr(base, f.name)})
     else:
         name = type(sampler).__name__
     return FittedGrid(ts=_grid(best, lam0, lam1, sde, t0, t1), eps=None if t_c is None else eps, method=name,

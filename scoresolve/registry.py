@@ -84,8 +84,11 @@ SAMPLERS: dict[str, Sampler] = {
 
 def resolve(kind: str, name_or_obj):
     """Look up ``name_or_obj`` in the registry of ``kind`` ("predictor", "corrector" or
-    "method"); objects (callables, sampler instances) are returned as they are."""
+    "method"); objects (callables, sampler instances) are returned as they are.  A method may be a
+    spec with options, ``"unipc:solver_order=4"`` (``method_from_spec``)."""
     table = {"predictor": PREDICTORS, "corrector": CORRECTORS}.get(kind, SAMPLERS)
+    if kind == "method" and isinstance(name_or_obj, str) and ":" in name_or_obj:
+        return method_from_spec(name_or_obj)
     if isinstance(name_or_obj, str):
         try:
             return table[name_or_obj]

@@ -144,7 +144,8 @@ def sample(
         score_fn: any callable (x, t) -> ∇_x log p_t(x), x of shape (B, ...), t of shape (B,).
         sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
         shape: (batch, *data_dims), positive integers.
-        method: a name from ``SAMPLERS`` or a sampler object.  Classical: "pc", "em",
+        method: a name from ``SAMPLERS``, a spec with options (``"unipc:solver_order=4"``, as on the
+            command line), or a sampler object.  Classical: "pc", "em",
             "reverse_diffusion", "ancestral", "ald", "ode", "ode_euler", "ode_heun"; fast:
             "ddim", "ddim_eta", "heun_edm", "edm_churn", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m",
             "dpmpp_2m_sde", "unipc", "gotta_go_fast", "ode_adaptive_ps", "ode_adaptive_rk23",

@@ -151,6 +151,11 @@ def test_a_fit_names_the_options_it_was_fitted_for(fitted):
     assert old.method == "unipc:solver_order=4"
     same = ss.fit_grid(RING.score_fn(SDE), SDE, (32, 2), "unipc", 8, solver_order=3, **kw)  # the default
     assert same.method == "unipc"
+    kw["generator"] = torch.Generator().manual_seed(0)
+    again = ss.fit_grid(RING.score_fn(SDE), SDE, (32, 2), o4.method, 8, **kw)  # the recorded spec refits
+    assert again.method == o4.method and torch.equal(again.ts, o4.ts)
+    sg = ss.scale_grid(RING.score_fn(SDE), SDE, (64, 2), "unipc:solver_order=4", 8)
+    assert sg.method == "unipc:solver_order=4"
     opts = {"correct_last": True, "nfe_budget": None, "rtol": 0.005, "solver_order": 2, "error_norm": "state"}
     assert parse_spec(format_spec("ode_adaptive_ps", opts)) == ("ode_adaptive_ps", opts)
 

@@ -343,6 +343,14 @@ def test_a_method_spec_carries_typed_sampler_options():
                            ("dpmpp_2m:rtol=1e-3", TypeError, "unknown option.*'rtol'.*valid options: solver_order")):
         with pytest.raises(err, match=msg):
             method_from_spec(spec)
+    # sample() takes a spec as its method: the same samples as the name with the options as keywords
+    ring = ss.targets.GaussianMixture.ring(8, 2.0, 0.1)
+    runs = [ss.sample(ring.score_fn(ss.VPSDE()), ss.VPSDE(), (64, 2), method, nfe=10,
+                      generator=torch.Generator().manual_seed(0), **kw)
+            for method, kw in (("unipc:solver_order=4", {}), ("unipc", {"solver_order": 4}), ("unipc", {}))]
+    assert torch.equal(runs[0].samples, runs[1].samples) and not torch.equal(runs[0].samples, runs[2].samples)
+    with pytest.raises(TypeError, match="unknown option.*'rtol'.*valid options"):
+        ss.sample(_s, ss.VPSDE(), (4, 2), "dpmpp_2m:rtol=1e-3")
 
 
 def test_errors_name_the_argument_and_the_choices():
