@@ -160,6 +160,33 @@ def test_a_fit_names_the_options_it_was_fitted_for(fitted):
     assert parse_spec(format_spec("ode_adaptive_ps", opts)) == ("ode_adaptive_ps", opts)
 
 
+def test_the_logp_objective_is_the_exact_mean_log_density_change_on_a_gaussian():
+    """objective="logp": on a Gaussian the trapezoid rule is exact, so the fit's loss on its grid is the pilot's
+    mean |log p_eps(x) − log p_eps(x_ref)| computed from the closed-form density; the search lowers it, and each
+    pilot solve costs one evaluation more than the sampler's."""
+    rot = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0]
+    cov = rot @ torch.diag(torch.tensor([0.05, 0.1, 0.3, 1.0], dtype=torch.float64) ** 2) @ rot.T
+    gauss = GaussianMixture(torch.ones(1), torch.tensor([[1.0, -0.5, 0.0, 2.0]]), cov.unsqueeze(0))
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(1)) * SDE.prior_std()
+    fit = ss.fit_grid(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", 6, objective="logp", max_evals=40, x_init=x_T,
+                      progress=False)
+    assert fit.objective == "logp" and fit.loss < fit.loss_start / 2
+    exact = ss.sample(gauss.score_fn(SDE), SDE, x_T.shape, AdaptiveMultistep(rtol=1e-7, atol=1e-7, tail_sigma=None),
+                      x_init=x_T, denoise=False)
+    on_fit = ss.sample(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", x_init=x_T, denoise=False, grid=fit.ts).samples
+    truth = gauss.diffused(SDE.default_eps, SDE)
+    change = (truth.log_prob(on_fit.double()) - truth.log_prob(exact.samples.double())).abs().mean()
+    assert float(change) == pytest.approx(fit.loss, rel=1e-4)
+    assert fit.pilot_nfe == exact.nfe + 1 + fit.evaluations * 7  # the reference, its endpoints' score, 6 + 1 per solve
+    endpoint = ss.fit_grid(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", 6, max_evals=40, x_init=x_T, progress=False)
+    assert endpoint.objective == "endpoint" and not torch.equal(endpoint.ts, fit.ts)
+    record = endpoint.to_dict()
+    del record["objective"]  # a record saved before the option existed
+    assert ss.FittedGrid.from_dict(record).objective == "endpoint"
+    with pytest.raises(ValueError, match=r"unknown objective='kl'; valid choices: endpoint, logp"):
+        ss.fit_grid(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", 6, objective="kl", progress=False)
+
+
 def test_a_pilot_given_as_x_init_is_the_pilot(fitted):
     """The same prior draws passed as x_init give the same fit as drawing them from the generator."""
     x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * SDE.prior_std()
