@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -112,3 +114,63 @@ def write_report(name: str, title: str, note: str, header: list[str], body: list
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *body]
     (root / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("wrote", root / f"{name}.md")
+
+
+def config_table(rs: list[dict], cases: Iterable[tuple[str, str]], configs: Iterable,
+                 config_of: Callable[[dict], object], extra: Callable[[list[dict]], str] = lambda rows_: "",
+                 per_row: bool = False) -> tuple[list[str], dict[object, list[tuple[str, float, float]]]]:
+    """Markdown rows "| problem | SDE | cell | ... |", one per (problem, sde) of ``cases`` and a cell per
+    configuration (``config_of(row)``): "W2 / gap" means over the case's rows (``extra(rows)`` appended), "—"
+    without rows; and per configuration the (problem, w2, gap) of each case (``per_row``: of each row) for
+    ``gap_summary``."""
+    by = defaultdict(list)
+    for r in rs:
+        by[(config_of(r), r["problem"], r["sde"])].append(r)
+    configs = list(configs)
+    body, per = [], defaultdict(list)
+    for name, sde_name in cases:
+        cells = []
+        for c in configs:
+            got = by.get((c, name, sde_name))
+            if not got:
+                cells.append("—")
+                continue
+            w2, gap = (sum(r[k] for r in got) / len(got) for k in ("w2", "gap"))
+            per[c] += [(name, r["w2"], r["gap"]) for r in got] if per_row else [(name, w2, gap)]
+            cells.append(f"{w2:.2f} / {gap:.2f}{extra(got)}")
+        body.append(f"| {name} | {sde_name} | " + " | ".join(cells) + " |")
+    return body, per
+
+
+def gap_summary(v: list[tuple[str, float, float]]) -> str:
+    """"geometric-mean gap (k of n)", k the entries with both W2 and gap ≤ 2; "—" for none."""
+    if not v:
+        return "—"
+    return (f"{math.exp(sum(math.log(g) for _, _, g in v) / len(v)):.2f} "
+            f"({sum(w <= 2 and g <= 2 for _, w, g in v)} of {len(v)})")
+
+
+def pending(out: Path, config_key: str, problems: Iterable[str], sdes: dict, configs: Iterable, seeds: Iterable[int]):
+    """For each (problem, SDE) with runs left, (name, sde label, sde, eps, target, score, ``ground``, todo): todo the
+    (config, seed) pairs without a row in ``out`` (rows keyed by problem, sde, ``config_key`` and seed); ``sdes``
+    maps a label to (sde, eps)."""
+    finished = done(out, ("problem", "sde", config_key, "seed"))
+    configs, seeds = list(configs), list(seeds)
+    for name in problems:
+        for sde_name, (sde, eps) in sdes.items():
+            todo = [(c, s) for c in configs for s in seeds if (name, sde_name, c, s) not in finished]
+            if todo:
+                target = problem(name)
+                yield name, sde_name, sde, eps, target, target.score_fn(sde), ground(target, sde, eps), todo
+
+
+def run_or_report(doc: str, run: Callable[[list[str]], None], report: Callable[[], None],
+                  problems: Iterable[str]) -> None:
+    """The command line of a run/report benchmark: ``run [--problems a,b]`` (default ``problems``) or ``report``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("what", choices=("run", "report"))
+    ap.add_argument("--problems", default=",".join(problems))
+    a = ap.parse_args()
+    run(a.problems.split(",")) if a.what == "run" else report()

@@ -20,16 +20,14 @@ pilot solves; 10k fresh draws (evaluation seed 0) at eps without final denoising
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_common import append, done, ground, line, measure, problem, rows, write_report  # noqa: E402
+from bias_common import append, config_table, done, gap_summary, ground, line, measure, problem, rows, write_report  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
 
@@ -82,34 +80,15 @@ def run(cases=CASES) -> None:
 
 
 def report() -> None:
-    by = defaultdict(list)
-    for r in rows(OUT):
-        by[(r["problem"], r["sde"], r["objective"])].append(r)
     header = ["problem", "SDE", *(f"{o}: W2 / gap (gap range)" for o in OBJECTIVES)]
-    body, per = [], defaultdict(list)
-    for case in CASES:
-        name, sde_name = case.split(":")
-        cells = []
-        for o in OBJECTIVES:
-            rs = by.get((name, sde_name, o), [])
-            if not rs:
-                cells.append("—")
-                continue
-            per[o] += [(name, r["w2"], r["gap"]) for r in rs]
-            w2, gap = (sum(r[k] for r in rs) / len(rs) for k in ("w2", "gap"))
-            lo, hi = min(r["gap"] for r in rs), max(r["gap"] for r in rs)
-            cells.append(f"{w2:.2f} / {gap:.2f} ({lo:.2f}–{hi:.2f})")
-        body.append(f"| {name} | {sde_name} | " + " | ".join(cells) + " |")
 
-    def summary(v, which=lambda name: True):
-        v = [x for x in v if which(x[0])]
-        if not v:
-            return "—"
-        return (f"{math.exp(sum(math.log(g) for _, _, g in v) / len(v)):.2f} "
-                f"({sum(w <= 2 and g <= 2 for _, w, g in v)} of {len(v)})")
-    body.append("| **gap, geometric mean over fits (both ≤ 2)** | | " + " | ".join(summary(per[o]) for o in OBJECTIVES)
-                + " |")
-    held = [summary(per[o], lambda n: n in HELD_OUT) for o in OBJECTIVES]
+    def spread(rs: list[dict]) -> str:
+        return f" ({min(r['gap'] for r in rs):.2f}–{max(r['gap'] for r in rs):.2f})"
+    body, per = config_table(rows(OUT), [tuple(c.split(":")) for c in CASES], OBJECTIVES, lambda r: r["objective"],
+                             extra=spread, per_row=True)
+    body.append("| **gap, geometric mean over fits (both ≤ 2)** | | "
+                + " | ".join(gap_summary(per[o]) for o in OBJECTIVES) + " |")
+    held = [gap_summary([x for x in per[o] if x[0] in HELD_OUT]) for o in OBJECTIVES]
     body.append("| held-out mixtures only | | " + " | ".join(held) + " |")
     body += READING
     write_report("fit_objective", "fit_grid's objective: endpoint error or log-density change (issue 17)",

@@ -24,18 +24,16 @@ against the exact p_eps (bias_common.py).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_common import append, done, ground, line, measure, problem, rows, write_report  # noqa: E402
+from bias_common import append, config_table, gap_summary, line, measure, pending, rows, run_or_report, write_report  # noqa: E402
 from low_nfe_grids import SDES, SEEDS, VALIDATION  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
@@ -100,27 +98,19 @@ def grids(sde_name: str, score, dim: int) -> dict[str, tuple[torch.Tensor, float
 
 def run(problems: list[str]) -> None:
     torch.set_num_threads(1)
-    keys = ("problem", "sde", "config", "seed")
-    finished = done(OUT, keys)
-    for name in problems:
-        for sde_name, (sde, eps) in SDES.items():
-            todo = [(c, s) for c in CONFIGS for s in SEEDS if (name, sde_name, c, s) not in finished]
-            if not todo:
-                continue
-            target = problem(name)
-            score, gr = target.score_fn(sde), ground(target, sde, eps)
-            by_config, scale = grids(sde_name, score, target.dim)
-            s_mix = torch.logspace(*(math.log10(v) for v in COMPONENT_STDS), 21, dtype=torch.float64)
-            for config, seed in todo:
-                ts = by_config[config]
-                e = amplitude_error(sde, ts, s_mix, **OPTIONS)
-                res = ss.sample(score, sde, (10_000, target.dim), "unipc", grid=ts, denoise=False,
-                                generator=torch.Generator().manual_seed(seed), **OPTIONS)
-                row = dict(problem=name, sde=sde_name, config=config, seed=seed, nfe=float(res.nfe), scale=scale,
-                           e_max=float(e.abs().max()), e_mean=float(e.mean()),
-                           lam=[round(_lam(sde, t), 3) for t in ts], **measure(res.samples, gr, seed))
-                append(OUT, row)
-                print(f"[{name} {sde_name}] {config} seed {seed}: {line(row)}, e max {row['e_max']:.1e}", flush=True)
+    s_mix = torch.logspace(*(math.log10(v) for v in COMPONENT_STDS), 21, dtype=torch.float64)
+    for name, sde_name, sde, _, target, score, gr, todo in pending(OUT, "config", problems, SDES, CONFIGS, SEEDS):
+        by_config, scale = grids(sde_name, score, target.dim)
+        for config, seed in todo:
+            ts = by_config[config]
+            e = amplitude_error(sde, ts, s_mix, **OPTIONS)
+            res = ss.sample(score, sde, (10_000, target.dim), "unipc", grid=ts, denoise=False,
+                            generator=torch.Generator().manual_seed(seed), **OPTIONS)
+            row = dict(problem=name, sde=sde_name, config=config, seed=seed, nfe=float(res.nfe), scale=scale,
+                       e_max=float(e.abs().max()), e_mean=float(e.mean()),
+                       lam=[round(_lam(sde, t), 3) for t in ts], **measure(res.samples, gr, seed))
+            append(OUT, row)
+            print(f"[{name} {sde_name}] {config} seed {seed}: {line(row)}, e max {row['e_max']:.1e}", flush=True)
 
 
 def _amplitude_table() -> list[str]:
@@ -181,43 +171,17 @@ def _check() -> list[str]:
 
 
 def report() -> None:
-    cases = defaultdict(list)
-    for r in rows(OUT):
-        cases[(r["config"], r["problem"], r["sde"])].append(r)
     header = ["problem", "SDE", *(f"{c}: W2 / gap (e max)" for c in CONFIGS)]
-    body, per = [], defaultdict(list)
-    for name in VALIDATION:
-        for sde_name in SDES:
-            cells = []
-            for c in CONFIGS:
-                rs = cases.get((c, name, sde_name))
-                if not rs:
-                    cells.append("—")
-                    continue
-                w2, gap = (sum(r[k] for r in rs) / len(rs) for k in ("w2", "gap"))
-                per[c].append((name, w2, gap))
-                cells.append(f"{w2:.2f} / {gap:.2f} ({rs[0]['e_max']:.0e})")
-            body.append(f"| {name} | {sde_name} | " + " | ".join(cells) + " |")
-
-    def summary(v):
-        return (f"{math.exp(sum(math.log(g) for _, _, g in v) / len(v)):.2f} "
-                f"({sum(w <= 2 and g <= 2 for _, w, g in v)} of {len(v)})")
-    body.append("| **gap, geometric mean (both ≤ 2)** | | " + " | ".join(summary(per[c]) for c in CONFIGS) + " |")
+    body, per = config_table(rows(OUT), [(p, s) for p in VALIDATION for s in SDES], CONFIGS, lambda r: r["config"],
+                             extra=lambda rs: f" ({rs[0]['e_max']:.0e})")
+    body.append("| **gap, geometric mean (both ≤ 2)** | | " + " | ".join(gap_summary(per[c]) for c in CONFIGS) + " |")
     high = {c: [x for x in per[c] if x[0] in ("gmm64", "mix32s305", "mix128s306")] for c in CONFIGS}
-    body.append("| ≥ 32-d cases | | " + " | ".join(summary(high[c]) for c in CONFIGS) + " |")
+    body.append("| ≥ 32-d cases | | " + " | ".join(gap_summary(high[c]) for c in CONFIGS) + " |")
     body += _amplitude_table() + _check() + READING
     write_report("gauss_amplification", "The Gaussian amplitude error of a 15-NFE grid (issue 17): measured, "
                  "not adopted", f", `unipc` order 4 at {NFE} NFE; e max: max |e(s)| over the components' stds "
                  "[0.05, 0.5]", header, body)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("run", "report"))
-    ap.add_argument("--problems", default=",".join(VALIDATION))
-    a = ap.parse_args()
-    run(a.problems.split(",")) if a.what == "run" else report()
-
-
 if __name__ == "__main__":
-    main()
+    run_or_report(__doc__, run, report, VALIDATION)

@@ -24,17 +24,15 @@ against the exact p_eps (bias_common.py).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_common import append, done, ground, line, measure, problem, rows, write_report  # noqa: E402
+from bias_common import append, config_table, gap_summary, line, measure, pending, rows, run_or_report, write_report  # noqa: E402
 from low_nfe_grids import SDES, SEEDS, VALIDATION  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
@@ -93,53 +91,28 @@ def linearized_unipc(score, sde, x_T: torch.Tensor, ts: torch.Tensor, mu: torch.
 
 def run(problems: list[str]) -> None:
     torch.set_num_threads(1)
-    keys = ("problem", "sde", "c", "seed")
-    finished = done(OUT, keys)
-    for name in problems:
-        for sde_name, (sde, eps) in SDES.items():
-            todo = [(c, s) for c in FACTORS for s in SEEDS if (name, sde_name, c, s) not in finished]
-            if not todo:
-                continue
-            target = problem(name)
-            score, gr = target.score_fn(sde), ground(target, sde, eps)
-            pilot = torch.Generator().manual_seed(ss.scalegrid.PILOT_SEED)
-            fit = ss.scale_grid(score, sde, (256, target.dim), "unipc", NFE, eps=eps, generator=pilot)
-            x_p = ss.gridfit.prior_draws(sde, (256, target.dim), torch.Generator().manual_seed(ss.scalegrid.PILOT_SEED),
-                                         None, torch.float32)  # the same draws: μ = their mean x̂_0
-            m_T, s_T = (float(a) for a in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
-            mu = ((x_p.double() + s_T**2 * score(x_p, torch.full((256,), sde.T)).double()) / m_T).mean(0)
-            for seed in sorted({s for _, s in todo}):  # one unipc solve per seed: its prior draws for every c
-                res = ss.sample(score, sde, (10_000, target.dim), "unipc", **fit.sample_options, denoise=False,
-                                generator=torch.Generator().manual_seed(seed), return_trajectory=True)
-                for c in [c for c, s in todo if s == seed]:
-                    x = linearized_unipc(score, sde, res.trajectory[0], fit.ts, mu, c * fit.scale**2)
-                    row = dict(problem=name, sde=sde_name, c=c, seed=seed, nfe=float(res.nfe), scale=fit.scale,
-                               vs_unipc=float((x - res.samples).abs().max()), **measure(x, gr, seed))
-                    append(OUT, row)
-                    print(f"[{name} {sde_name}] c={c} seed {seed}: {line(row)}", flush=True)
+    for name, sde_name, sde, eps, target, score, gr, todo in pending(OUT, "c", problems, SDES, FACTORS, SEEDS):
+        pilot = torch.Generator().manual_seed(ss.scalegrid.PILOT_SEED)
+        fit = ss.scale_grid(score, sde, (256, target.dim), "unipc", NFE, eps=eps, generator=pilot)
+        x_p = ss.gridfit.prior_draws(sde, (256, target.dim), torch.Generator().manual_seed(ss.scalegrid.PILOT_SEED),
+                                     None, torch.float32)  # the same draws: μ = their mean x̂_0
+        m_T, s_T = (float(a) for a in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+        mu = ((x_p.double() + s_T**2 * score(x_p, torch.full((256,), sde.T)).double()) / m_T).mean(0)
+        for seed in sorted({s for _, s in todo}):  # one unipc solve per seed: its prior draws for every c
+            res = ss.sample(score, sde, (10_000, target.dim), "unipc", **fit.sample_options, denoise=False,
+                            generator=torch.Generator().manual_seed(seed), return_trajectory=True)
+            for c in [c for c, s in todo if s == seed]:
+                x = linearized_unipc(score, sde, res.trajectory[0], fit.ts, mu, c * fit.scale**2)
+                row = dict(problem=name, sde=sde_name, c=c, seed=seed, nfe=float(res.nfe), scale=fit.scale,
+                           vs_unipc=float((x - res.samples).abs().max()), **measure(x, gr, seed))
+                append(OUT, row)
+                print(f"[{name} {sde_name}] c={c} seed {seed}: {line(row)}", flush=True)
 
 
 def report() -> None:
-    cases = defaultdict(list)  # (c, problem, sde) -> rows over seeds
-    for r in rows(OUT):
-        cases[(r["c"], r["problem"], r["sde"])].append(r)
     header = ["problem", "SDE", *(f"c = {c:g}" for c in FACTORS)]
-    body, per_c = [], defaultdict(list)
-    for name in VALIDATION:
-        for sde_name in SDES:
-            cells = []
-            for c in FACTORS:
-                rs = cases.get((c, name, sde_name))
-                if not rs:
-                    cells.append("—")
-                    continue
-                w2, gap = (sum(r[k] for r in rs) / len(rs) for k in ("w2", "gap"))
-                per_c[c].append((w2, gap))
-                cells.append(f"{w2:.2f} / {gap:.2f}")
-            body.append(f"| {name} | {sde_name} | " + " | ".join(cells) + " |")
-    summary = [f"{math.exp(sum(math.log(g) for _, g in v) / len(v)):.2f} ({sum(w <= 2 and g <= 2 for w, g in v)})"
-               if (v := per_c.get(c)) else "—" for c in FACTORS]
-    body.append("| **geometric-mean gap (both ≤ 2)** | | " + " | ".join(summary) + " |")
+    body, per_c = config_table(rows(OUT), [(p, s) for p in VALIDATION for s in SDES], FACTORS, lambda r: r["c"])
+    body.append("| **geometric-mean gap (both ≤ 2)** | | " + " | ".join(gap_summary(per_c[c]) for c in FACTORS) + " |")
     note = (f"; `unipc` (order {ORDER}) on `scale_grid`'s grid at {NFE} NFE with the Gaussian part of x̂_0 (v = c · ŝ²) "
             "integrated exactly, c = 0 being `unipc` itself; cells W2 / log-density gap, seed means, seeds 0 and 1")
     write_report("linearized_unipc", "A Gaussian linearization of x̂_0 for UniPC at 15 NFE: measured, not adopted "
@@ -169,13 +142,5 @@ READING = """Reading: no single v helps across the mixtures, so nothing was adop
   - Not committed."""
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("run", "report"))
-    ap.add_argument("--problems", default=",".join(VALIDATION))
-    a = ap.parse_args()
-    run(a.problems.split(",")) if a.what == "run" else report()
-
-
 if __name__ == "__main__":
-    main()
+    run_or_report(__doc__, run, report, VALIDATION)
