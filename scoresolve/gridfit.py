@@ -26,14 +26,19 @@ as on its generated grids.  A grid fitted once serves every later batch: ``sampl
 **fit.sample_options, denoise=False)`` makes exactly ``nfe`` evaluations per sample (the final
 denoising adds one).
 
-``objective="logp"`` minimises instead the pilot's mean absolute log-density change in nats,
-mean_i |δ_i| with δ_i = ½ (x_i − x_ref,i)·(s(x_i) + s(x_ref,i)) at the end time (the trapezoid rule for
-log p(x_i) − log p(x_ref,i), exact where log p is quadratic; one more evaluation per pilot solve): what the
-log-density gap measures, blind to samples that end in another mode of the same density and sensitive to
-a coherent error of the components' widths.  Measured (benchmarks/fit_objective.md, 14 cases × 3 pilots,
-``unipc`` order 4 at 15 NFE): as many fits within 2× of both floors as the default (24 of 42), the 128-d
-mixture's gap 4.95× → 0.09× (VP), but 32-d and 64-d ones worse (0.40× → 3.05×, 0.71× → 2.69×): an option,
-not the default.
+Two objectives, and the default that chooses between them (``objective``):
+  "endpoint"  the Cauchy loss above;
+  "logp"      the pilot's mean absolute log-density change in nats, mean_i |δ_i| with
+              δ_i = ½ (x_i − x_ref,i)·(s(x_i) + s(x_ref,i)) at the end time (the trapezoid rule for
+              log p(x_i) − log p(x_ref,i), exact where log p is quadratic; one more evaluation per solve):
+              what the log-density gap measures, blind to samples that end in another mode of the same
+              density, and sensitive to a coherent error of the components' widths in many dimensions;
+  "auto"      (the default) both grids, then the one with the smaller mean |δ| on fresh prior draws of the
+              pilot's size (their own reference solve): about 2.2× the cost of one objective.
+Measured (benchmarks/fit_objective.md, 14 mixtures 2-128-d × 3 pilots, ``unipc`` order 4 at 15 NFE): both
+metrics within 2× of their floors in 24 of 42 fits for "endpoint" and for "logp" (whose 128-d mixture
+reads 0.09× against 4.95×, but whose 32-d and 64-d ones read worse, 3.05× against 0.40×, 2.69× against
+0.71×), 28 of 42 for "auto"; geometric-mean gap 1.07× / 0.90× / 0.76×.
 
 The same idea, with other objectives and searches: Sabour et al. 2024, "Align Your Steps"
 (a KL bound, per model); Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -60,7 +65,7 @@ from .timegrid import GRIDS, make_grid
 
 __all__ = ["FittedGrid", "fit_grid", "fit_nfe", "fittable_methods", "OBJECTIVES"]
 
-OBJECTIVES = ("endpoint", "logp")  # fit_grid's losses (module docstring)
+OBJECTIVES = ("endpoint", "logp", "auto")  # fit_grid's losses (module docstring)
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,9 @@ class FittedGrid:
     starting one; median_error / median_error_start: the pilot's median
     squared endpoint error against the reference flow on each;
     method: the method with the options it was fitted for, as a spec ("unipc:solver_order=4";
-    ``registry.method_from_spec`` rebuilds the sampler); objective: the loss searched ("endpoint" or
-    "logp", module docstring; records written before it existed load as "endpoint");
+    ``registry.method_from_spec`` rebuilds the sampler); objective: the loss searched ("endpoint",
+    "logp", or "auto:endpoint" / "auto:logp", the one "auto" kept; module docstring; records written
+    before it existed load as "endpoint");
     pilot_nfe: score evaluations per pilot sample spent (reference solve and search);
     evaluations: pilot solves made by the search; seconds: the fit's wall time.  ``save`` /
     ``FittedGrid.load`` keep it in a JSON file (the times as float64, exactly), to fit once per
@@ -188,7 +194,7 @@ def _grid(theta: np.ndarray, lam0: float, lam1: float, sde: SDE, t0: float, t1: 
 
 
 def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *, eps: float | None = None,
-             objective: str = "endpoint", start: str = "log_snr", max_evals: int = 400, reference_tol: float = 1e-7,
+             objective: str = "auto", start: str = "log_snr", max_evals: int = 400, reference_tol: float = 1e-7,
              x_init: Tensor | None = None, generator: torch.Generator | None = None,
              device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, progress: bool = True,
              **options) -> FittedGrid:
@@ -198,9 +204,10 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     or ``x_init``, prior draws at T): Powell's search over the log-SNR increments, from the
     ``start`` grid, for the least loss of the endpoint errors against ``ode_adaptive_ps`` at
     rtol = atol = ``reference_tol``; at most ``max_evals`` pilot solves.  ``objective``: "endpoint" (the
-    Cauchy loss of the endpoint errors) or "logp" (their mean absolute log-density change, one more
-    evaluation per solve).  ``options`` go to the method.  See the module docstring for the objectives
-    and the references."""
+    Cauchy loss of the endpoint errors), "logp" (their mean absolute log-density change, one more
+    evaluation per solve) or "auto" (both, ``max_evals`` each, then the grid whose log-density change is
+    the smaller on fresh draws: the generator's next ones, the global RNG's without one).  ``options`` go
+    to the method.  See the module docstring for the objectives and the references."""
     from scipy.optimize import minimize
 
     from .samplers import AdaptiveMultistep
@@ -208,6 +215,10 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     sampler = _check_fittable(method, with_options(resolve("method", method), options))
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective={objective!r}; valid choices: {', '.join(OBJECTIVES)}")
+    if objective == "auto":
+        return _fit_auto(score_fn, sde, shape, method, nfe, sampler, eps=eps, start=start, max_evals=max_evals,
+                         reference_tol=reference_tol, x_init=x_init, generator=generator, device=device, dtype=dtype,
+                         progress=progress, **options)
     if start not in GRIDS:
         raise ValueError(f"unknown start={start!r}; valid choices: {', '.join(GRIDS)}")
     max_evals = check_count("max_evals", max_evals, lo=2)
@@ -230,7 +241,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     lam0, lam1 = float(lam[0]), float(lam[-1])
     dl = torch.diff(lam)
     theta0 = torch.log(dl / dl.sum()).numpy()
-    bar = tqdm(total=max_evals, desc=f"fit_grid {method}@{nfe}", disable=not progress, leave=False)
+    bar = tqdm(total=max_evals, desc=f"fit_grid {method}@{nfe} ({objective})", disable=not progress, leave=False)
 
     def errors(theta: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """The pilot's squared endpoint errors on the grid of θ, and (objective "logp") the log-density
@@ -244,8 +255,7 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
         if objective == "endpoint":
             return diff.square().sum(1), None
         spent[0] += 1
-        s_end = _score_at_end(score_fn, res.samples, eps)
-        return diff.square().sum(1), 0.5 * (diff * (s_end + s_ref).flatten(1)).sum(1)
+        return diff.square().sum(1), _logp_change(diff, _score_at_end(score_fn, res.samples, eps), s_ref)
 
     e_start, d_start = errors(theta0)  # (a bad option fails here, not as an infinite loss)
     scale = float(e_start.median()) or 1e-300
@@ -278,6 +288,42 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
                       loss_start=loss_start, median_error=float(e_best.median()),
                       median_error_start=float(e_start.median()), pilot_nfe=spent[0], evaluations=spent[1],
                       seconds=time.perf_counter() - began, objective=objective)
+
+
+def _fit_auto(score_fn, sde: SDE, shape, method, nfe: int, sampler, *, eps: float | None, x_init: Tensor | None,
+              generator: torch.Generator | None, device, dtype: torch.dtype, reference_tol: float, **kw) -> FittedGrid:
+    """``fit_grid(objective="auto")``: both objectives' grids fitted on the same pilot, then the one whose mean
+    absolute log-density change is the smaller on fresh prior draws of the pilot's size (from ``generator``
+    after the pilot's), against their own reference solve."""
+    from .samplers import AdaptiveMultistep
+
+    began = time.perf_counter()
+    check_generator(generator)
+    if x_init is None:
+        x_init = prior_draws(sde, shape, generator, device, dtype)
+    fits = [fit_grid(score_fn, sde, x_init.shape, method, nfe, objective=o, eps=eps, x_init=x_init, dtype=dtype,
+                     reference_tol=reference_tol, **kw) for o in ("endpoint", "logp")]
+    end = grid_plan(method, sampler, sde, nfe, eps)[1]
+    x_val = prior_draws(sde, x_init.shape, generator, x_init.device, x_init.dtype)
+    ref = sample(score_fn, sde, x_val.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
+                 tail_sigma=None), x_init=x_val, eps=end, denoise=False, progress=False)
+    s_ref = _score_at_end(score_fn, ref.samples, end)
+    spent, change = ref.nfe + 1.0, []
+    for f in fits:
+        res = sample(score_fn, sde, x_val.shape, sampler, x_init=x_val, denoise=False, progress=False,
+                     **f.sample_options)
+        diff = (res.samples.double() - ref.samples.double()).flatten(1)
+        change.append(float(_logp_change(diff, _score_at_end(score_fn, res.samples, end), s_ref).abs().mean()))
+        spent += res.nfe + 1
+    best = fits[int(change[1] < change[0])]
+    return replace(best, objective=f"auto:{best.objective}", pilot_nfe=sum(f.pilot_nfe for f in fits) + spent,
+                   evaluations=sum(f.evaluations for f in fits) + 2, seconds=time.perf_counter() - began)
+
+
+def _logp_change(diff: Tensor, s_end: Tensor, s_ref: Tensor) -> Tensor:
+    """log p(x) − log p(x_ref) per row by the trapezoid rule, ½ (x − x_ref)·(s(x) + s(x_ref)) (``diff``
+    flattened rows x − x_ref, float64)."""
+    return 0.5 * (diff * (s_end + s_ref).flatten(1)).sum(1)
 
 
 def _score_at_end(score_fn, x: Tensor, eps: float) -> Tensor:

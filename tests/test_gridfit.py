@@ -18,7 +18,7 @@ SDE = ss.VPSDE()
 
 @pytest.fixture(scope="module")
 def fitted():
-    return ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300,
+    return ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300, objective="endpoint",
                        generator=torch.Generator().manual_seed(0), progress=False)
 
 
@@ -64,7 +64,7 @@ def test_any_search_point_is_a_strictly_decreasing_grid():
 
 
 def test_fitting_is_reproducible_bit_for_bit(fitted):
-    again = ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300,
+    again = ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300, objective="endpoint",
                         generator=torch.Generator().manual_seed(0), progress=False)
     assert torch.equal(again.ts, fitted.ts) and again.loss == fitted.loss
 
@@ -178,17 +178,45 @@ def test_the_logp_objective_is_the_exact_mean_log_density_change_on_a_gaussian()
     change = (truth.log_prob(on_fit.double()) - truth.log_prob(exact.samples.double())).abs().mean()
     assert float(change) == pytest.approx(fit.loss, rel=1e-4)
     assert fit.pilot_nfe == exact.nfe + 1 + fit.evaluations * 7  # the reference, its endpoints' score, 6 + 1 per solve
-    endpoint = ss.fit_grid(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", 6, max_evals=40, x_init=x_T, progress=False)
+    endpoint = ss.fit_grid(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", 6, objective="endpoint", max_evals=40,
+                           x_init=x_T, progress=False)
     assert endpoint.objective == "endpoint" and not torch.equal(endpoint.ts, fit.ts)
     record = endpoint.to_dict()
     del record["objective"]  # a record saved before the option existed
     assert ss.FittedGrid.from_dict(record).objective == "endpoint"
-    with pytest.raises(ValueError, match=r"unknown objective='kl'; valid choices: endpoint, logp"):
+    with pytest.raises(ValueError, match=r"unknown objective='kl'; valid choices: endpoint, logp, auto"):
         ss.fit_grid(gauss.score_fn(SDE), SDE, x_T.shape, "unipc", 6, objective="kl", progress=False)
+
+
+def test_auto_keeps_the_objective_whose_grid_changes_fresh_draws_log_density_least():
+    """objective="auto": both grids fitted on the pilot, then the one with the smaller mean |Δ log p| on fresh draws
+    (the generator's next ones) is kept, bit for bit the grid of that objective's own fit; checked against the
+    closed-form density of a Gaussian, where the trapezoid rule is exact."""
+    rot = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64))[0]
+    cov = rot @ torch.diag(torch.tensor([0.04, 0.2, 0.8], dtype=torch.float64) ** 2) @ rot.T
+    gauss = GaussianMixture(torch.ones(1), torch.tensor([[0.5, 1.0, -1.0]]), cov.unsqueeze(0))
+    kw = dict(max_evals=30, progress=False)
+    auto = ss.fit_grid(gauss.score_fn(SDE), SDE, (48, 3), "unipc", 6, objective="auto",
+                       generator=torch.Generator().manual_seed(2), **kw)
+    g = torch.Generator().manual_seed(2)
+    pilot, fresh = (ss.gridfit.prior_draws(SDE, (48, 3), g, None, torch.float32) for _ in range(2))
+    fits = {o: ss.fit_grid(gauss.score_fn(SDE), SDE, (48, 3), "unipc", 6, objective=o, x_init=pilot, **kw)
+            for o in ("endpoint", "logp")}
+    exact = ss.sample(gauss.score_fn(SDE), SDE, fresh.shape, AdaptiveMultistep(rtol=1e-7, atol=1e-7, tail_sigma=None),
+                      x_init=fresh, denoise=False).samples.double()
+    truth = gauss.diffused(SDE.default_eps, SDE)
+    change = {o: float((truth.log_prob(ss.sample(gauss.score_fn(SDE), SDE, fresh.shape, "unipc", x_init=fresh,
+                                                 denoise=False, grid=f.ts).samples.double())
+                        - truth.log_prob(exact)).abs().mean()) for o, f in fits.items()}
+    assert not torch.equal(fits["endpoint"].ts, fits["logp"].ts)
+    chosen = min(change, key=change.get)
+    assert auto.objective == f"auto:{chosen}" and torch.equal(auto.ts, fits[chosen].ts)
+    assert auto.pilot_nfe > fits["endpoint"].pilot_nfe + fits["logp"].pilot_nfe
 
 
 def test_a_pilot_given_as_x_init_is_the_pilot(fitted):
     """The same prior draws passed as x_init give the same fit as drawing them from the generator."""
     x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * SDE.prior_std()
-    given = ss.fit_grid(RING.score_fn(SDE), SDE, None, "unipc", 8, max_evals=300, x_init=x_T, progress=False)
+    given = ss.fit_grid(RING.score_fn(SDE), SDE, None, "unipc", 8, max_evals=300, x_init=x_T, objective="endpoint",
+                        progress=False)
     assert torch.equal(given.ts, fitted.ts) and given.pilot_nfe == fitted.pilot_nfe

@@ -24,12 +24,15 @@ from ..scalegrid import PILOT_SEED, SCALE_PILOT, scale_grid
 from .plan import BenchConfig, Cell, Group
 from .store import safe_name as _safe
 
-__all__ = ["fitted_options", "scaled_options", "PILOT_SEED", "SCALE_PILOT"]
+__all__ = ["fitted_options", "scaled_options", "PILOT_SEED", "SCALE_PILOT", "FIT_OBJECTIVE"]
+
+FIT_OBJECTIVE = "auto"  # fit_grid's objective for the fitted cells (in the fit file's name: no stale fit reused)
 
 
 def _fit_file(out: Path, cell: Cell, cfg: BenchConfig, eps: float) -> Path:
     key = (f"{cell.problem}|{cell.sde}|{cell.method}|nfe={int(cell.budget.value)}|denoise={cfg.denoise}"
-           f"|eps={eps:g}|pilot={cfg.fit_pilot}|evals={cfg.fit_evals}|{str(cfg.dtype).replace('torch.', '')}")
+           f"|eps={eps:g}|pilot={cfg.fit_pilot}|evals={cfg.fit_evals}|{str(cfg.dtype).replace('torch.', '')}"
+           f"|{FIT_OBJECTIVE}")
     return out / "fits" / f"{_safe(key)}.json"
 
 
@@ -43,7 +46,7 @@ def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: 
         device = torch.device(cfg.device)
         fit = fit_grid(group.problem.score_for(group.sde), group.sde, (cfg.fit_pilot, *group.problem.shape),
                        method_arg(cell.method), fit_nfe(method_arg(cell.method), int(cell.budget.value), cfg.denoise),
-                       eps=eps,
+                       eps=eps, objective=FIT_OBJECTIVE,
                        max_evals=cfg.fit_evals, generator=torch.Generator(device=device).manual_seed(PILOT_SEED),
                        device=device, dtype=cfg.dtype, progress=False)
         fit.save(path)
