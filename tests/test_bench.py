@@ -425,6 +425,14 @@ def test_a_method_with_sampler_options_is_a_method_of_its_own(tmp_path, capsys):
                     solver_order=4, generator=seed0)
     torch.testing.assert_close(got[spec], ref.samples, rtol=0, atol=0)
     assert not torch.equal(got[spec], got["unipc"])
+    # a fitted and a scale-grid cell of the spec record it, so the saved fit rebuilds its sampler
+    out = tmp_path / "o4fit"
+    run_bench(_cfg(out, methods=(spec,), nfes=(), fit_grid=(((spec,), (8,)),), scale_grid=(((spec,), (8,)),),
+                   fit_pilot=16, fit_evals=4))
+    recs = {r["budget_kind"]: r for r in _rows(out)}
+    assert recs["fit"]["fit"]["method"] == recs["scale"]["fit"]["method"] == spec
+    (fit_file,) = (out / "fits").glob("*.json")
+    assert method_from_spec(ss.FittedGrid.load(fit_file).method) == ss.UniPC(solver_order=4)
     for bad, message in (("unipc:bogus=1", "--methods 'unipc:bogus=1': unknown option(s) 'bogus' for UniPC"),
                          ("unipc:solver_order=9", "solver_order must be one of 1, 2, 3, 4; got 9")):
         assert main(["--problem", "ring8", "--methods", bad, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2

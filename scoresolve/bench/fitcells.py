@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from ..gridfit import FittedGrid, fit_grid, fit_nfe
-from ..registry import method_arg
 from ..scalegrid import PILOT_SEED, SCALE_PILOT, scale_grid
 from .plan import BenchConfig, Cell, Group
 from .store import safe_name as _safe
@@ -44,8 +43,9 @@ def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: 
         fit = FittedGrid.load(path)
     else:
         device = torch.device(cfg.device)
+        # the spec itself (fit_grid and scale_grid take one): the record names the options, so a saved fit rebuilds
         fit = fit_grid(group.problem.score_for(group.sde), group.sde, (cfg.fit_pilot, *group.problem.shape),
-                       method_arg(cell.method), fit_nfe(method_arg(cell.method), int(cell.budget.value), cfg.denoise),
+                       cell.method, fit_nfe(cell.method, int(cell.budget.value), cfg.denoise),
                        eps=eps, objective=FIT_OBJECTIVE,
                        max_evals=cfg.fit_evals, generator=torch.Generator(device=device).manual_seed(PILOT_SEED),
                        device=device, dtype=cfg.dtype, progress=False)
@@ -57,9 +57,8 @@ def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: 
 def scaled_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float) -> tuple[dict, dict]:
     """(``sample`` options, the grid's record) of a ``scale-grid`` cell."""
     device = torch.device(cfg.device)
-    method = method_arg(cell.method)
-    g = scale_grid(group.problem.score_for(group.sde), group.sde, (SCALE_PILOT, *group.problem.shape), method,
-                   fit_nfe(method, int(cell.budget.value), cfg.denoise), eps=eps,
+    g = scale_grid(group.problem.score_for(group.sde), group.sde, (SCALE_PILOT, *group.problem.shape), cell.method,
+                   fit_nfe(cell.method, int(cell.budget.value), cfg.denoise), eps=eps,
                    generator=torch.Generator(device=device).manual_seed(PILOT_SEED), device=device, dtype=cfg.dtype)
     return g.sample_options, {"method": g.method, "nfe": g.nfe, "scale": g.scale, "first_sigma": g.first_sigma,
                               "pilot_nfe": g.pilot_nfe, "pilot": SCALE_PILOT, "pilot_seed": PILOT_SEED}

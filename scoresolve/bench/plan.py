@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..gridfit import fit_nfe, fittable_methods
-from ..registry import SAMPLERS, method_arg, method_from_spec
+from ..registry import SAMPLERS, method_from_spec
 from ..sampling import _fixed_step_ode, steps_for_nfe
 from ..sde import SDE
 from .problems import Problem
@@ -288,7 +288,7 @@ def plan_cells(cfg: BenchConfig) -> list[Group]:
         for kind, flag in (("fit", "--fit-grid"), ("scale", "--scale-grid")):
             for n in sorted(set(grids[kind].get(m, ()))):
                 try:
-                    fit_nfe(method_arg(m), n, cfg.denoise)
+                    fit_nfe(m, n, cfg.denoise)
                     ok.append(Budget(kind, n))
                 except ValueError as e:
                     bad.append(f"{m} at {flag} {n}: {e}")
