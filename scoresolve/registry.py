@@ -1,7 +1,7 @@
 """Every method by name, in one place.  ``method=`` anywhere accepts a name from these dicts
 or an object of the same kind; ``resolve`` gives an error listing the valid choices.
-On the command line a method may carry sampler options, "unipc:solver_order=4;lower_order_final=true"
-(``parse_spec``, ``method_from_spec``).
+A method may carry sampler options, "unipc:solver_order=4;lower_order_final=true" (``parse_spec``,
+``method_from_spec``), on the command line and wherever ``resolve`` reads a method.
 
 ``PREDICTORS`` and ``CORRECTORS`` (pure step functions) are defined beside their functions in
 ``predictors.py`` / ``correctors.py`` and collected here; ``SAMPLERS`` maps names to sampler
