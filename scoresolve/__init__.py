@@ -43,7 +43,7 @@ from .samplers import (
     grid_steps,
 )
 from .sampling import Start, sample, start, steps_for_nfe
-from .scalegrid import ScaleGrid, data_scale, scale_grid
+from .scalegrid import ScaleGrid, data_mean, data_scale, scale_grid
 from .schedules import DiscreteVPSDE, KarrasSDE, ddim_step_to, grid_from_sigmas, spaced_timesteps, timestep_grid
 from .score import (
     CountingScore,
@@ -77,7 +77,7 @@ __all__ = [
     "PREDICTORS", "CORRECTORS", "SAMPLERS", "resolve",
     "ScoreFn", "CountingScore", "NonFiniteScoreError", "NonFiniteStateError", "from_epsilon", "from_denoiser",
     "from_sigma_model", "Noise", "GRIDS", "make_grid", "fit_grid", "FittedGrid",
-    "scale_grid", "ScaleGrid", "data_scale", "targets", "metrics", "ncsn",
+    "scale_grid", "ScaleGrid", "data_scale", "data_mean", "targets", "metrics", "ncsn",
     "train", "distributed",
     "control", "guided", "classifier_free", "inpaint", "colorize", "linear_inverse",
     "encode", "decode", "interpolate", "likelihood", "bits_per_dim", "LikelihoodResult",

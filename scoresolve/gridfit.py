@@ -83,7 +83,8 @@ class FittedGrid:
     "logp", or "auto:endpoint" / "auto:logp", the one "auto" kept; module docstring; records written
     before it existed load as "endpoint");
     pilot_nfe: score evaluations per pilot sample spent (reference solve and search);
-    evaluations: pilot solves made by the search; seconds: the fit's wall time.  ``save`` /
+    evaluations: pilot solves made by the search; seconds: the fit's wall time; data_mean: the data's mean μ̂
+    the pilot's prior draws were centred by (at m(T) μ̂; ``sample``'s ``data_mean``), None if they were not.  ``save`` /
     ``FittedGrid.load`` keep it in a JSON file (the times as float64, exactly), to fit once per
     score and reuse it in later sessions."""
 
@@ -99,20 +100,25 @@ class FittedGrid:
     evaluations: int
     seconds: float = math.nan
     objective: str = "endpoint"
+    data_mean: Tensor | None = None
 
     def to_dict(self) -> dict:
         """Its fields as JSON-ready values (``ts`` a list of float64 numbers)."""
-        return {f.name: (self.ts.tolist() if f.name == "ts" else getattr(self, f.name)) for f in fields(self)}
+        def plain(v):
+            return v.tolist() if isinstance(v, Tensor) else v
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, record: dict) -> FittedGrid:
         """The inverse of ``to_dict``; keys that are not fields (a caller's own notes) are ignored."""
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(record) - {"seconds", "objective"})  # older records: no objective (endpoint)
+        missing = sorted(names - set(record) - {"seconds", "objective", "data_mean"})  # older records lack these
         if missing:
             raise ValueError(f"not a FittedGrid record: missing {', '.join(missing)}")
         kept = {k: v for k, v in record.items() if k in names}
-        return cls(**{**kept, "ts": torch.tensor(record["ts"], dtype=torch.float64)})
+        mean = record.get("data_mean")
+        return cls(**{**kept, "ts": torch.tensor(record["ts"], dtype=torch.float64),
+                      "data_mean": None if mean is None else torch.tensor(mean, dtype=torch.float64)})
 
     def save(self, path) -> None:
         """Write ``to_dict()`` as JSON to ``path``, atomically (a temporary file renamed over it)."""
@@ -130,13 +136,35 @@ class FittedGrid:
 
     @property
     def sample_options(self) -> dict:
-        """``grid`` (and ``eps``, with a tail) for ``sample``."""
-        return grid_options(self.ts, self.eps)
+        """``grid`` (and ``eps``, with a tail; ``data_mean``, if the pilot was centred) for ``sample``."""
+        return grid_options(self.ts, self.eps, self.data_mean)
 
 
-def grid_options(ts: Tensor, eps: float | None) -> dict:
-    """``sample``'s options for a grid ``ts`` that ends at eps (``eps`` None) or at the tail's start."""
-    return {"grid": ts} if eps is None else {"grid": ts, "eps": eps}
+def grid_options(ts: Tensor, eps: float | None, data_mean: Tensor | None = None) -> dict:
+    """``sample``'s options for a grid ``ts`` that ends at eps (``eps`` None) or at the tail's start, from prior
+    draws centred by ``data_mean`` (None: not centred)."""
+    out = {"grid": ts} if eps is None else {"grid": ts, "eps": eps}
+    return out if data_mean is None else {**out, "data_mean": data_mean}
+
+
+def centred_pilot(score_fn, sde: SDE, shape, data_mean, x_init: Tensor | None, generator, device,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor | None, int]:
+    """(the pilot's draws at T, the data mean μ̂ they are centred by or None, evaluations per pilot sample spent):
+    ``x_init`` as given (a tensor ``data_mean`` recorded with them, "estimate" read as None), else prior draws,
+    centred at m(T) μ̂ with ``data_mean="estimate"`` read off their own x̂_0 (one evaluation each)."""
+    from .scalegrid import centre, pilot_x0
+
+    if data_mean is not None and not isinstance(data_mean, (str, Tensor)):
+        data_mean = torch.as_tensor(data_mean, dtype=torch.float64)
+    if isinstance(data_mean, str) and data_mean != "estimate":
+        raise ValueError(f"unknown data_mean={data_mean!r}; valid choices: None, 'estimate', a number or a tensor")
+    if x_init is not None:
+        return x_init, None if isinstance(data_mean, str) else data_mean, 0
+    x = prior_draws(sde, shape, generator, device, dtype)
+    if data_mean is None:
+        return x, None, 0
+    mu = pilot_x0(score_fn, sde, x).mean(0) if isinstance(data_mean, str) else data_mean.double()
+    return centre(x, sde, mu), mu, int(isinstance(data_mean, str))
 
 
 def grid_plan(method, sampler, sde: SDE, nfe: int, eps: float | None) -> tuple[int, float, float | None]:
@@ -195,7 +223,8 @@ def _grid(theta: np.ndarray, lam0: float, lam1: float, sde: SDE, t0: float, t1: 
 
 def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *, eps: float | None = None,
              objective: str = "auto", start: str = "log_snr", max_evals: int = 400, reference_tol: float = 1e-7,
-             x_init: Tensor | None = None, generator: torch.Generator | None = None,
+             x_init: Tensor | None = None, data_mean: str | float | Tensor | None = "estimate",
+             generator: torch.Generator | None = None,
              device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, progress: bool = True,
              **options) -> FittedGrid:
     """Fit the grid of ``method`` (a deterministic fixed-step sampler) at ``nfe`` evaluations to the
@@ -206,8 +235,12 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
     rtol = atol = ``reference_tol``; at most ``max_evals`` pilot solves.  ``objective``: "endpoint" (the
     Cauchy loss of the endpoint errors), "logp" (their mean absolute log-density change, one more
     evaluation per solve) or "auto" (both, ``max_evals`` each, then the grid whose log-density change is
-    the smaller on fresh draws: the generator's next ones, the global RNG's without one).  ``options`` go
-    to the method.  See the module docstring for the objectives and the references."""
+    the smaller on fresh draws: the generator's next ones, the global RNG's without one).  ``data_mean``:
+    "estimate" (default) centres the pilot's prior draws at m(T) μ̂, μ̂ the mean of x̂_0 at them (one more
+    evaluation per pilot sample; ``sample``'s ``data_mean``), and the fit records μ̂ so that ``sample_options``
+    centres the samples' draws alike; a tensor or number: that μ; None: the plain prior.  With ``x_init`` the
+    draws are used as given (a tensor ``data_mean`` is recorded with them).  ``options`` go to the method.
+    See the module docstring for the objectives and the references."""
     from scipy.optimize import minimize
 
     from .samplers import AdaptiveMultistep
@@ -217,21 +250,20 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
         raise ValueError(f"unknown objective={objective!r}; valid choices: {', '.join(OBJECTIVES)}")
     if objective == "auto":
         return _fit_auto(score_fn, sde, shape, method, nfe, sampler, eps=eps, start=start, max_evals=max_evals,
-                         reference_tol=reference_tol, x_init=x_init, generator=generator, device=device, dtype=dtype,
-                         progress=progress, **options)
+                         reference_tol=reference_tol, x_init=x_init, data_mean=data_mean, generator=generator,
+                         device=device, dtype=dtype, progress=progress, **options)
     if start not in GRIDS:
         raise ValueError(f"unknown start={start!r}; valid choices: {', '.join(GRIDS)}")
     max_evals = check_count("max_evals", max_evals, lo=2)
     steps, eps, t_c = grid_plan(method, sampler, sde, nfe, eps)  # t_c: the grid ends there, the tail step goes on
     tail = {} if t_c is None else {"eps": eps}
     check_generator(generator)
-    if x_init is None:
-        x_init = prior_draws(sde, shape, generator, device, dtype)
     began = time.perf_counter()
+    x_init, mu, mean_nfe = centred_pilot(score_fn, sde, shape, data_mean, x_init, generator, device, dtype)
     ref = sample(score_fn, sde, x_init.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
                  tail_sigma=None), x_init=x_init, eps=eps, denoise=False, progress=False)
     x_ref = ref.samples.double()
-    spent = [float(ref.nfe), 0]  # score evaluations per pilot sample, pilot solves
+    spent = [float(ref.nfe) + mean_nfe, 0]  # score evaluations per pilot sample, pilot solves
     if objective == "logp":  # the score at the reference endpoints, for the trapezoid rule below
         s_ref = _score_at_end(score_fn, ref.samples, eps)
         spent[0] += 1
@@ -287,11 +319,12 @@ def fit_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *,
                       nfe=int(nfe), loss=min(float(found.fun), loss_start),
                       loss_start=loss_start, median_error=float(e_best.median()),
                       median_error_start=float(e_start.median()), pilot_nfe=spent[0], evaluations=spent[1],
-                      seconds=time.perf_counter() - began, objective=objective)
+                      seconds=time.perf_counter() - began, objective=objective, data_mean=mu)
 
 
 def _fit_auto(score_fn, sde: SDE, shape, method, nfe: int, sampler, *, eps: float | None, x_init: Tensor | None,
-              generator: torch.Generator | None, device, dtype: torch.dtype, reference_tol: float, **kw) -> FittedGrid:
+              data_mean, generator: torch.Generator | None, device, dtype: torch.dtype, reference_tol: float,
+              **kw) -> FittedGrid:
     """``fit_grid(objective="auto")``: both objectives' grids fitted on the same pilot, then the one whose mean
     absolute log-density change is the smaller on fresh prior draws of the pilot's size (from ``generator``
     after the pilot's), against their own reference solve."""
@@ -299,24 +332,26 @@ def _fit_auto(score_fn, sde: SDE, shape, method, nfe: int, sampler, *, eps: floa
 
     began = time.perf_counter()
     check_generator(generator)
-    if x_init is None:
-        x_init = prior_draws(sde, shape, generator, device, dtype)
-    fits = [fit_grid(score_fn, sde, x_init.shape, method, nfe, objective=o, eps=eps, x_init=x_init, dtype=dtype,
-                     reference_tol=reference_tol, **kw) for o in ("endpoint", "logp")]
+    x_init, mu, mean_nfe = centred_pilot(score_fn, sde, shape, data_mean, x_init, generator, device, dtype)
+    fits = [fit_grid(score_fn, sde, x_init.shape, method, nfe, objective=o, eps=eps, x_init=x_init, data_mean=mu,
+                     dtype=dtype, reference_tol=reference_tol, **kw) for o in ("endpoint", "logp")]
     end = grid_plan(method, sampler, sde, nfe, eps)[1]
-    x_val = prior_draws(sde, x_init.shape, generator, x_init.device, x_init.dtype)
+    from .scalegrid import centre
+
+    x_val = centre(prior_draws(sde, x_init.shape, generator, x_init.device, x_init.dtype), sde, mu)  # as the pilot
     ref = sample(score_fn, sde, x_val.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
                  tail_sigma=None), x_init=x_val, eps=end, denoise=False, progress=False)
     s_ref = _score_at_end(score_fn, ref.samples, end)
     spent, change = ref.nfe + 1.0, []
     for f in fits:
         res = sample(score_fn, sde, x_val.shape, sampler, x_init=x_val, denoise=False, progress=False,
-                     **f.sample_options)
+                     **grid_options(f.ts, f.eps))
         diff = (res.samples.double() - ref.samples.double()).flatten(1)
         change.append(float(_logp_change(diff, _score_at_end(score_fn, res.samples, end), s_ref).abs().mean()))
         spent += res.nfe + 1
     best = fits[int(change[1] < change[0])]
-    return replace(best, objective=f"auto:{best.objective}", pilot_nfe=sum(f.pilot_nfe for f in fits) + spent,
+    spent += mean_nfe + sum(f.pilot_nfe for f in fits)
+    return replace(best, objective=f"auto:{best.objective}", pilot_nfe=spent,
                    evaluations=sum(f.evaluations for f in fits) + 2, seconds=time.perf_counter() - began)
 
 

@@ -39,8 +39,8 @@ from .registry import resolve
 from .score import CountingScore
 from .sde import SDE
 
-__all__ = ["ScaleGrid", "data_scale", "scale_grid", "jump_grid", "scaled_jump", "SCALE_PILOT", "PILOT_SEED",
-           "PILOT_CHUNK"]
+__all__ = ["ScaleGrid", "data_scale", "data_mean", "pilot_x0", "scale_of", "centre", "scale_grid", "jump_grid",
+           "scaled_jump", "SCALE_PILOT", "PILOT_SEED", "PILOT_CHUNK"]
 
 FACTOR = 4.0  # σ̃ at the first step's end = FACTOR · ŝ (chosen on the held-out mixtures, see the docstring)
 SCALE_PILOT = 256  # prior draws whose one evaluation at T gives ``sample(grid="scale")`` its data scale
@@ -52,7 +52,9 @@ PILOT_CHUNK = 64  # rows per score call of a pilot: a network's memory bounded, 
 class ScaleGrid:
     """A grid from ``scale_grid``: ``ts`` (T → eps, or T → t_c with the tail step on to ``eps``, as
     ``FittedGrid``; pass ``**sample_options`` to ``sample``), ``scale`` ŝ, ``first_sigma`` the σ/m at
-    the first step's end, ``pilot_nfe`` the score evaluations per pilot sample (1)."""
+    the first step's end, ``pilot_nfe`` the score evaluations per pilot sample (1), ``data_mean`` the
+    data's mean μ̂ read off the same evaluation (``data_mean``), by which ``sample_options`` centres the
+    prior draws (None if not asked for)."""
 
     ts: Tensor
     eps: float | None
@@ -61,11 +63,12 @@ class ScaleGrid:
     scale: float
     first_sigma: float
     pilot_nfe: float = 1.0
+    data_mean: Tensor | None = None
 
     @property
     def sample_options(self) -> dict:
-        """``grid`` (and ``eps``, with a tail) for ``sample``."""
-        return grid_options(self.ts, self.eps)
+        """``grid`` (and ``eps``, with a tail; ``data_mean``, if read) for ``sample``."""
+        return grid_options(self.ts, self.eps, self.data_mean)
 
 
 def jump_grid(sde: SDE, steps: int, t_end: float, lam1: float) -> Tensor:
@@ -92,40 +95,74 @@ def _half_log_snr(sde: SDE, t: float) -> float:
     return 0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
 
 
+def pilot_x0(score_fn, sde: SDE, x: Tensor, chunk: int | None = PILOT_CHUNK) -> Tensor:
+    """x̂_0(x_T) = (x_T + σ_T² s(x_T, T))/m_T at the prior draws ``x`` (float64 rows), one evaluation each, in
+    calls of at most ``chunk`` rows (None: all at once)."""
+    if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+        raise ValueError(f"chunk must be an integer >= 1 or None, got {chunk!r}")
+    m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+    counted = score_fn if isinstance(score_fn, CountingScore) else CountingScore(score_fn, x.shape[0])
+    with torch.no_grad():
+        s = torch.cat([counted(part, sde.T) for part in x.split(chunk or x.shape[0])])
+    return (x.double() + sig * sig * s.double()) / m
+
+
+def centre(x: Tensor, sde: SDE, mu: Tensor | None) -> Tensor:
+    """Prior draws x centred where p_T is, x + m(T) μ (μ: the data's mean; None: x as it is)."""
+    if mu is None:
+        return x
+    m_big = float(sde.marginal(torch.tensor(sde.T, dtype=torch.float64))[0])
+    return x + (m_big * torch.as_tensor(mu, dtype=torch.float64)).to(device=x.device, dtype=x.dtype)
+
+
+def _pilot(shape, sde: SDE, generator, device, dtype) -> Tensor:
+    if len(shape) < 2 or shape[0] < 2:
+        raise ValueError(f"shape must be (pilot, *sample_shape) with a pilot of at least 2 draws, got {tuple(shape)}")
+    return prior_draws(sde, shape, generator, device, dtype)
+
+
+def scale_of(x0: Tensor, sde: SDE) -> float:
+    """ŝ = (σ̃_T² · mean_coords Var x̂_0)^{1/4} from ``pilot_x0``'s rows (module docstring)."""
+    m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+    return ((sig / m) ** 2 * float(x0.flatten(1).var(0).mean())) ** 0.25
+
+
 def data_scale(score_fn, sde: SDE, shape, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                chunk: int | None = PILOT_CHUNK) -> float:
-    """ŝ = (σ̃_T² · mean_coords Var x̂_0(x_T))^{1/4} over ``shape[0]`` prior draws x_T of shape ``shape``
-    (one score evaluation each, in calls of at most ``chunk`` rows, None: all at once): the data's scale
-    as the score at T sees it (module docstring)."""
-    if len(shape) < 2 or shape[0] < 2:
-        raise ValueError(f"shape must be (pilot, *sample_shape) with a pilot of at least 2 draws, got {tuple(shape)}")
-    if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
-        raise ValueError(f"chunk must be an integer >= 1 or None, got {chunk!r}")
-    x = prior_draws(sde, shape, generator, device, dtype)
-    m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
-    counted = CountingScore(score_fn, shape[0])
-    with torch.no_grad():
-        s = torch.cat([counted(part, sde.T) for part in x.split(chunk or shape[0])])
-    x0 = (x.double() + sig * sig * s.double()) / m
-    var = float(x0.flatten(1).var(0).mean())
-    return ((sig / m) ** 2 * var) ** 0.25
+    """ŝ = (σ̃_T² · mean over coordinates of Var x̂_0(x_T))^{1/4} over ``shape[0]`` prior draws x_T of shape
+    ``shape`` (one score evaluation each, in calls of at most ``chunk`` rows, None: all at once): the data's
+    scale as the score at T sees it (module docstring)."""
+    return scale_of(pilot_x0(score_fn, sde, _pilot(shape, sde, generator, device, dtype), chunk), sde)
+
+
+def data_mean(score_fn, sde: SDE, shape, *, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+              chunk: int | None = PILOT_CHUNK) -> Tensor:
+    """μ̂ = the mean of x̂_0(x_T) over ``shape[0]`` prior draws x_T (one evaluation each): the data's mean as the
+    score at T sees it (float64, of shape ``shape[1:]``), for ``sample(..., data_mean=μ̂)``, whose prior draws
+    it centres at m(T) μ̂ (``sampling.start``).  Over N(0, σ̃_T²) draws of y = x/m the mean of x̂_0 ≈ μ −
+    Σ μ/σ̃_T² (module docstring): μ to a relative O(Σ/σ̃_T²)."""
+    return pilot_x0(score_fn, sde, _pilot(shape, sde, generator, device, dtype), chunk).mean(0)
 
 
 def scale_grid(score_fn, sde: SDE, shape, method: str = "unipc", nfe: int = 15, *, eps: float | None = None,
-               factor: float = FACTOR, generator: torch.Generator | None = None,
+               factor: float = FACTOR, data_mean: bool = True, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> ScaleGrid:
     """The grid of ``method`` (a deterministic fixed-step sampler) at ``nfe`` evaluations (without the
     final denoising, as ``fit_grid``) whose first step ends at σ/m = ``factor`` · ŝ (``data_scale`` on a
     pilot of ``shape``: (pilot, *sample_shape), 256 draws a sound start) and whose other steps are
-    uniform in log-SNR.  Costs one evaluation per pilot sample."""
+    uniform in log-SNR.  With ``data_mean`` the same evaluation gives the data's mean μ̂, and
+    ``sample_options`` centres the prior draws at m(T) μ̂ (``sample``'s ``data_mean``; ``sample(grid="scale",
+    data_mean="estimate")`` is the same).  Costs one evaluation per pilot sample."""
     sampler = _check_fittable(method, resolve("method", method))
     steps, eps, t_c = grid_plan(method, sampler, sde, nfe, eps)
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a positive number, got {factor!r}")
     t1 = eps if t_c is None else t_c
-    s_hat = data_scale(score_fn, sde, shape, generator=generator, device=device, dtype=dtype)
+    x0 = pilot_x0(score_fn, sde, _pilot(shape, sde, generator, device, dtype))
+    s_hat = scale_of(x0, sde)
     ts, lam1 = scaled_jump(sde, steps, t1, s_hat, factor)
     name = method if isinstance(method, str) else type(sampler).__name__
     return ScaleGrid(ts=ts, eps=None if t_c is None else eps, method=name, nfe=int(nfe), scale=s_hat,
-                     first_sigma=math.exp(-lam1))
+                     first_sigma=math.exp(-lam1), data_mean=x0.mean(0) if data_mean else None)

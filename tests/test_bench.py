@@ -340,6 +340,7 @@ def test_fitted_grid_cells_fit_once_count_their_nfe_and_beat_the_default_grid(tm
     assert fit["nfe"] == 7 and fit["method"] == "unipc" and fit["objective"].startswith("auto:")
     assert fit["evaluations"] <= 2 * 30 + 2  # "auto": both objectives' searches, then both grids on fresh draws
     assert fit["pilot_nfe"] > 7 and fit["loss"] < fit["loss_start"] and fit["pilot"] == 32
+    assert "data_mean" not in fit and fit["data_mean_norm"] < 0.5  # centred draws (the ring's mean is 0), noted by norm
     w2 = {r["budget_kind"]: sum(q["ratio"]["component_w2"] for q in rows if q["budget_kind"] == r["budget_kind"])
           for r in rows}
     assert w2["fit"] < 0.5 * w2["nfe"], w2
@@ -390,6 +391,7 @@ def test_scale_grid_cells_count_their_nfe_and_beat_the_default_grid(tmp_path):
     fit = scaled[0]["fit"]
     assert fit["nfe"] == 15 and fit["pilot"] == 256 and fit["pilot_nfe"] == 1.0
     assert fit["first_sigma"] == pytest.approx(4 * fit["scale"]) and 1.0 < fit["scale"] < 2.5  # the ring: ~1.4
+    assert fit["data_mean_norm"] < 0.5  # the ring's mean is 0
     total = {k: {m: sum(r["ratio"][m] for r in rows if r["budget_kind"] == k) for m in ("component_w2", "logp_gap")}
              for k in ("scale", "nfe")}
     assert total["scale"]["logp_gap"] < 0.75 * total["nfe"]["logp_gap"], total

@@ -19,7 +19,7 @@ SDE = ss.VPSDE()
 @pytest.fixture(scope="module")
 def fitted():
     return ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300, objective="endpoint",
-                       generator=torch.Generator().manual_seed(0), progress=False)
+                       data_mean=None, generator=torch.Generator().manual_seed(0), progress=False)
 
 
 def _endpoint_errors(x_T: torch.Tensor, **grid) -> tuple[torch.Tensor, float]:
@@ -65,7 +65,7 @@ def test_any_search_point_is_a_strictly_decreasing_grid():
 
 def test_fitting_is_reproducible_bit_for_bit(fitted):
     again = ss.fit_grid(RING.score_fn(SDE), SDE, (256, 2), "unipc", 8, max_evals=300, objective="endpoint",
-                        generator=torch.Generator().manual_seed(0), progress=False)
+                        data_mean=None, generator=torch.Generator().manual_seed(0), progress=False)
     assert torch.equal(again.ts, fitted.ts) and again.loss == fitted.loss
 
 
@@ -121,7 +121,7 @@ def test_a_sub_vp_fit_ends_at_the_tail_and_beats_the_generated_grid_on_fresh_dra
     ``sample_options`` adds eps, so the tail step carries the samples on; on fresh draws their endpoint errors
     against the exact flow are below a tenth of the generated grid's (measured median 5.0e-5 vs 0.019)."""
     sub, eps = ss.SubVPSDE(), ss.SubVPSDE().default_eps
-    fit = ss.fit_grid(RING.score_fn(sub), sub, (128, 2), "unipc", 8, max_evals=150,
+    fit = ss.fit_grid(RING.score_fn(sub), sub, (128, 2), "unipc", 8, max_evals=150, data_mean=None,
                       generator=torch.Generator().manual_seed(0), progress=False)
     assert fit.eps == eps and set(fit.sample_options) == {"grid", "eps"}
     m_c, s_c = sub.marginal(float(fit.ts[-1]))
@@ -196,7 +196,7 @@ def test_auto_keeps_the_objective_whose_grid_changes_fresh_draws_log_density_lea
     cov = rot @ torch.diag(torch.tensor([0.04, 0.2, 0.8], dtype=torch.float64) ** 2) @ rot.T
     gauss = GaussianMixture(torch.ones(1), torch.tensor([[0.5, 1.0, -1.0]]), cov.unsqueeze(0))
     kw = dict(max_evals=30, progress=False)
-    auto = ss.fit_grid(gauss.score_fn(SDE), SDE, (48, 3), "unipc", 6, objective="auto",
+    auto = ss.fit_grid(gauss.score_fn(SDE), SDE, (48, 3), "unipc", 6, objective="auto", data_mean=None,
                        generator=torch.Generator().manual_seed(2), **kw)
     g = torch.Generator().manual_seed(2)
     pilot, fresh = (ss.gridfit.prior_draws(SDE, (48, 3), g, None, torch.float32) for _ in range(2))

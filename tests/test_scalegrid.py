@@ -38,7 +38,13 @@ def test_scale_grid_jumps_to_factor_times_the_scale_then_steps_uniformly_in_log_
     kw = dict(generator=torch.Generator().manual_seed(0))
     g = ss.scale_grid(target.score_fn(sde), sde, (256, 2), "unipc", 12, **kw)
     assert g.ts.dtype == torch.float64 and len(g.ts) == 13 and float(g.ts[0]) == sde.T and float(g.ts[-1]) == 1e-3
-    assert g.sample_options == {"grid": g.ts} and g.nfe == 12 and g.method == "unipc" and g.pilot_nfe == 1.0
+    assert set(g.sample_options) == {"grid", "data_mean"} and g.sample_options["grid"] is g.ts
+    assert g.nfe == 12 and g.method == "unipc" and g.pilot_nfe == 1.0
+    torch.testing.assert_close(g.sample_options["data_mean"], ss.data_mean(target.score_fn(sde), sde, (256, 2),
+                               generator=torch.Generator().manual_seed(0)), rtol=0, atol=1e-12)
+    plain = ss.scale_grid(target.score_fn(sde), sde, (256, 2), "unipc", 12, data_mean=False,
+                          generator=torch.Generator().manual_seed(0)).sample_options
+    assert set(plain) == {"grid"} and torch.equal(plain["grid"], g.ts)
     lam = 0.5 * sde.log_snr(g.ts)
     assert g.first_sigma == pytest.approx(ss.scalegrid.FACTOR * g.scale, rel=1e-12)
     assert float(lam[1]) == pytest.approx(-math.log(g.first_sigma), abs=1e-9)
@@ -142,17 +148,18 @@ def test_scale_grid_errors_name_the_argument():
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve", "subvp"])
 def test_sample_grid_scale_is_scale_grid_with_its_pilot_counted(sde_name):
-    """``sample(grid="scale")``: the grid ``scale_grid`` makes from 256 prior draws seeded ``PILOT_SEED``
-    (the tail start and eps under sub-VP), the same samples as passing that grid, the same grid for a batch
-    of 3 and of 300, and the pilot's 256 rows counted in the NFE: 12 + 256/300."""
+    """``sample(grid="scale", data_mean="estimate")``: the grid and the data mean ``scale_grid`` reads off 256
+    prior draws seeded ``PILOT_SEED`` (the tail start and eps under sub-VP), the same samples as passing its
+    ``sample_options``, the same grid for a batch of 3 and of 300, and the pilot's 256 rows counted once in the
+    NFE: 12 + 256/300."""
     sde = {"subvp": ss.SubVPSDE(), **SDES}[sde_name]
     target = GaussianMixture.random(3, 4, seed=11)
     score = target.score_fn(sde)
     fit = ss.scale_grid(score, sde, (ss.scalegrid.SCALE_PILOT, 3), "dpmpp_2m", 12, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(ss.scalegrid.PILOT_SEED))
     kw = dict(denoise=False, dtype=torch.float64)
-    res = ss.sample(score, sde, (300, 3), "dpmpp_2m", nfe=12, grid="scale", generator=torch.Generator().manual_seed(4),
-                    **kw)
+    res = ss.sample(score, sde, (300, 3), "dpmpp_2m", nfe=12, grid="scale", data_mean="estimate",
+                    generator=torch.Generator().manual_seed(4), **kw)
     ref = ss.sample(score, sde, (300, 3), "dpmpp_2m", generator=torch.Generator().manual_seed(4),
                     **fit.sample_options, **kw)
     small = ss.sample(score, sde, (3, 3), "dpmpp_2m", nfe=12, grid="scale", **kw)

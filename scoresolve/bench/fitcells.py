@@ -3,7 +3,9 @@ and the grids of ``--scale-grid`` cells (``scoresolve.scale_grid``: one evaluati
 
 A cell ``fitted nfe=N`` runs its method on the grid ``scoresolve.fit_grid`` fits to a pilot of
 ``--fit-pilot`` prior draws (a generator seeded ``PILOT_SEED``, which no cell's batches use: they are
-seeded seed * 1_000_003 + batch), so the cell's samples are fresh draws the grid was not fitted on.
+seeded seed * 1_000_003 + batch), so the cell's samples are fresh draws the grid was not fitted on; the pilot's
+draws and the cell's are centred at m(T) μ̂, μ̂ read off the pilot at T (``fit_grid``'s ``data_mean="estimate"``,
+recorded in the fit and passed to ``sample`` by its ``sample_options``; so are a scale-grid cell's).
 The fit is written atomically to ``OUT/fits/<problem|sde|method|N|...>.json`` (times in full float64,
 its statistics and its cost) and read back by every seed and on resume: an interrupted run fits no
 grid twice.  Its cost is a one-off outside the cell's timings; rows carry it (``fit``: score
@@ -26,12 +28,13 @@ from .store import safe_name as _safe
 __all__ = ["fitted_options", "scaled_options", "PILOT_SEED", "SCALE_PILOT", "FIT_OBJECTIVE"]
 
 FIT_OBJECTIVE = "auto"  # fit_grid's objective for the fitted cells (in the fit file's name: no stale fit reused)
+FIT_PRIOR = "centred"  # fit_grid's data_mean="estimate": pilot and draws centred at m(T) μ̂ (in the name too)
 
 
 def _fit_file(out: Path, cell: Cell, cfg: BenchConfig, eps: float) -> Path:
     key = (f"{cell.problem}|{cell.sde}|{cell.method}|nfe={int(cell.budget.value)}|denoise={cfg.denoise}"
            f"|eps={eps:g}|pilot={cfg.fit_pilot}|evals={cfg.fit_evals}|{str(cfg.dtype).replace('torch.', '')}"
-           f"|{FIT_OBJECTIVE}")
+           f"|{FIT_OBJECTIVE}|{FIT_PRIOR}")
     return out / "fits" / f"{_safe(key)}.json"
 
 
@@ -50,8 +53,14 @@ def fitted_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float, out: 
                        max_evals=cfg.fit_evals, generator=torch.Generator(device=device).manual_seed(PILOT_SEED),
                        device=device, dtype=cfg.dtype, progress=False)
         fit.save(path)
-    record = {k: v for k, v in fit.to_dict().items() if k != "ts"}
-    return fit.sample_options, {**record, "pilot": cfg.fit_pilot, "max_evals": cfg.fit_evals, "pilot_seed": PILOT_SEED}
+    record = {k: v for k, v in fit.to_dict().items() if k not in ("ts", "data_mean")}  # a mean image would bloat rows
+    return fit.sample_options, {**record, **_mean_record(fit.data_mean), "pilot": cfg.fit_pilot,
+                                "max_evals": cfg.fit_evals, "pilot_seed": PILOT_SEED}
+
+
+def _mean_record(mu) -> dict:
+    """The row's note of the data mean the draws were centred by: its norm (None: not centred)."""
+    return {"data_mean_norm": None if mu is None else float(mu.norm())}
 
 
 def scaled_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float) -> tuple[dict, dict]:
@@ -61,4 +70,5 @@ def scaled_options(cell: Cell, group: Group, cfg: BenchConfig, eps: float) -> tu
                    fit_nfe(cell.method, int(cell.budget.value), cfg.denoise), eps=eps,
                    generator=torch.Generator(device=device).manual_seed(PILOT_SEED), device=device, dtype=cfg.dtype)
     return g.sample_options, {"method": g.method, "nfe": g.nfe, "scale": g.scale, "first_sigma": g.first_sigma,
-                              "pilot_nfe": g.pilot_nfe, "pilot": SCALE_PILOT, "pilot_seed": PILOT_SEED}
+                              "pilot_nfe": g.pilot_nfe, "pilot": SCALE_PILOT, "pilot_seed": PILOT_SEED,
+                              **_mean_record(g.data_mean)}
