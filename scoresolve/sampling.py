@@ -187,10 +187,10 @@ def sample(
             in the NFE as 256 rows: for small batches estimate it once and pass the tensor).  The true p_T
             is the data diffused to T, centred at m(T) μ, not 0: from N(0, σ_T² I) the samples inherit the
             offset m(T)|μ|/σ_T (VE: |μ|/σ_max) in the prior's units, which moves mass between modes.
-            Measured (benchmarks/prior_centring.md; ``ode_adaptive_ps`` at rtol 1e-4, 10k samples, 3 seeds): the
-            per-component W2 over its floor under VE (σ_max = 50) 2.19 → 1.15 on a 4-d mixture with |μ| = 3.9
-            (from draws of p_T itself 0.99), 1.26 → 1.09 in 8-d, 1.22 → 1.00 in 16-d; under VP 1.34 → 1.15; the
-            log-density gap within its noise.  None (default): N(0, σ_prior² I).
+            Measured (benchmarks/prior_centring.md; ``ode_adaptive_ps`` at rtol 1e-4, 10k samples, 16 seeds): the
+            per-component W2 over its floor under VE (σ_max = 50) 2.19 → 1.00 on a 4-d mixture with |μ| = 3.9,
+            1.26 → 1.02 in 8-d, 1.21 → 0.98 in 16-d, under VP 1.20 → 1.00; the signed log-density bias in 16-d
+            −1.27 ± 0.23 → +0.05 ± 0.24 floors.  None (default): N(0, σ_prior² I).
         device, dtype: of the samples (default: the generator's device / x_init's, float32).
             float16/bfloat16: adaptive ODE solves (``ode``) integrate in float32 and cast back.
         denoise: return the noise-free mean of the last step (Tweedie step for ODE/ALD).

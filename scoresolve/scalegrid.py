@@ -9,7 +9,10 @@ prior draws Var x̂_0 ≈ Σ²/σ̃_T², and
 
     ŝ = (σ̃_T² · mean over coordinates of Var x̂_0(x_T))^{1/4}   (→ (tr Σ²/d)^{1/4}; s for data N(μ, s² I))
 
-from one evaluation on a pilot of prior draws.  The grid: T, then λ_1 = −log(``factor`` · ŝ) (half
+from one evaluation on a pilot of prior draws.  The same evaluation gives the data's mean, μ̂ = mean x̂_0(x_T)
+(≈ μ − Σ μ/σ̃_T²; ``data_mean``), where p_T is centred (at m(T) μ): ``centre`` moves prior draws there.
+
+The grid: T, then λ_1 = −log(``factor`` · ŝ) (half
 log-SNR, λ = log(m/σ)), then the other steps uniform in λ to the end; λ_1 is kept between the
 log-SNR grid's own first point (the grid is then that grid) and half the range.  A score's own error
 at T (a network's) adds to the variance, so ŝ errs high and the first step short: towards the
