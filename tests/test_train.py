@@ -368,8 +368,16 @@ def test_cli_train_resume_sample_and_load_run(tmp_path, capsys):
     assert sample_main(["--run", str(out), "--method", "dpmpp_2m", "--nfe", "6", "--grid", "scale", "--n", "64",
                         "--out", str(png)]) == 0
     assert "NFE 10" in capsys.readouterr().out  # 6 + the pilot's 256 rows / 64
+    centred = tmp_path / "centred.pt"  # --data-mean: sample(data_mean="estimate"), its pilot shared with --grid scale
+    assert sample_main(["--run", str(out), "--method", "dpmpp_2m", "--nfe", "6", "--grid", "scale", "--n", "64",
+                        "--data-mean", "estimate", "--save", str(centred)]) == 0
+    assert "NFE 10" in capsys.readouterr().out
+    ref = ss.sample(run.score_fn, run.sde, (64, 2), "dpmpp_2m", nfe=6, grid="scale", data_mean="estimate",
+                    generator=gen(0))
+    assert torch.equal(torch.load(centred, weights_only=True), run.to_raw(ref.samples))
     for bad, msg in ((["--steps", "5", "--nfe", "6"], "--steps or --nfe, not both"),
                      (["--grid", "cubic"], "--grid 'cubic' is unknown; valid choices: uniform, .*, scale"),
+                     (["--data-mean", "mean"], "--data-mean 'mean' is unknown; valid choices: estimate"),
                      (["--nfe", "0"], "--nfe")):
         assert sample_main(["--run", str(out), "--method", "dpmpp_2m", *bad]) == 2
         assert re.search(msg, capsys.readouterr().err), bad

@@ -226,6 +226,9 @@ def _sample_parser() -> argparse.ArgumentParser:
     a("--grid", default=None, help="time grid: uniform, quadratic, log_snr, karras, or scale (the deterministic "
       "fixed-step samplers: a first step placed from the data's scale read off the score, one evaluation of 256 "
       "prior draws counted in the NFE); default: the method's")
+    a("--data-mean", default=None, help="start from the prior centred at m(T) μ̂, μ̂ the data's "
+      "mean read off the score at T (sample(data_mean='estimate'): the same 256 prior draws as --grid scale, one "
+      "evaluation shared with it, counted in the NFE)")
     a("--seed", type=int, default=0)
     a("--out", default=None, help="PNG path (default RUN/samples_METHOD.png)")
     a("--save", default=None, help="also save the raw-coordinate samples as a .pt tensor here")
@@ -240,8 +243,9 @@ def _sample_parser() -> argparse.ArgumentParser:
 
 
 def _grid_options(args: argparse.Namespace) -> dict:
-    """``sample``'s steps (always, None for the method's), nfe and grid (where given)."""
-    return {"steps": args.steps, **{k: getattr(args, k) for k in ("nfe", "grid") if getattr(args, k) is not None}}
+    """``sample``'s steps (always, None for the method's), nfe, grid and data_mean (where given)."""
+    return {"steps": args.steps,
+            **{k: getattr(args, k) for k in ("nfe", "grid", "data_mean") if getattr(args, k) is not None}}
 
 
 def _method(args: argparse.Namespace):
@@ -281,6 +285,8 @@ def _check_sample_args(args: argparse.Namespace) -> None:
     grids = [*GRIDS, "scale"]
     if args.grid is not None and args.grid not in grids:
         raise UsageError(f"--grid {args.grid!r} is unknown; valid choices: {', '.join(grids)}")
+    if args.data_mean not in (None, "estimate"):
+        raise UsageError(f"--data-mean {args.data_mean!r} is unknown; valid choices: estimate")
     check_int("--seed", args.seed, 0, 2**63 - 1)
     check_int("--chunk", args.chunk, 1)
     check_int("--threads", args.threads, 1)
