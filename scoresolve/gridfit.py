@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_count, check_eps, check_generator
 from .registry import SAMPLERS, format_spec, parse_spec, resolve, with_options
-from .sampling import _fixed_step_ode, _tail_start, sample, steps_for_nfe
+from .sampling import _fixed_step_ode, _tail_start, check_data_mean, sample, steps_for_nfe
 from .sde import SDE
 from .timegrid import GRIDS, make_grid
 
@@ -154,10 +154,9 @@ def centred_pilot(score_fn, sde: SDE, shape, data_mean, x_init: Tensor | None, g
     centred at m(T) μ̂ with ``data_mean="estimate"`` read off their own x̂_0 (one evaluation each)."""
     from .scalegrid import centre, pilot_x0
 
+    check_data_mean(data_mean, tuple(x_init.shape if x_init is not None else shape), None)  # sample's own check
     if data_mean is not None and not isinstance(data_mean, (str, Tensor)):
         data_mean = torch.as_tensor(data_mean, dtype=torch.float64)
-    if isinstance(data_mean, str) and data_mean != "estimate":
-        raise ValueError(f"unknown data_mean={data_mean!r}; valid choices: None, 'estimate', a number or a tensor")
     if x_init is not None:
         return x_init, None if isinstance(data_mean, str) else data_mean, 0
     x = prior_draws(sde, shape, generator, device, dtype)
@@ -329,6 +328,7 @@ def _fit_auto(score_fn, sde: SDE, shape, method, nfe: int, sampler, *, eps: floa
     absolute log-density change is the smaller on fresh prior draws of the pilot's size (from ``generator``
     after the pilot's), against their own reference solve."""
     from .samplers import AdaptiveMultistep
+    from .scalegrid import centre
 
     began = time.perf_counter()
     check_generator(generator)
@@ -336,8 +336,6 @@ def _fit_auto(score_fn, sde: SDE, shape, method, nfe: int, sampler, *, eps: floa
     fits = [fit_grid(score_fn, sde, x_init.shape, method, nfe, objective=o, eps=eps, x_init=x_init, data_mean=mu,
                      dtype=dtype, reference_tol=reference_tol, **kw) for o in ("endpoint", "logp")]
     end = grid_plan(method, sampler, sde, nfe, eps)[1]
-    from .scalegrid import centre
-
     x_val = centre(prior_draws(sde, x_init.shape, generator, x_init.device, x_init.dtype), sde, mu)  # as the pilot
     ref = sample(score_fn, sde, x_val.shape, AdaptiveMultistep(rtol=reference_tol, atol=reference_tol,
                  tail_sigma=None), x_init=x_val, eps=end, denoise=False, progress=False)

@@ -112,3 +112,5 @@ def test_data_mean_errors_name_the_argument():
         ss.sample(score, sde, (3, 4), "unipc", nfe=8, data_mean=[1.0])
     with pytest.raises(ValueError, match="unknown data_mean='auto'"):
         ss.fit_grid(score, sde, (8, 4), "unipc", 8, data_mean="auto", max_evals=2, progress=False)
+    with pytest.raises(ValueError, match=r"data_mean has shape \(3,\), which does not broadcast"):  # sample's check
+        ss.fit_grid(score, sde, (8, 4), "unipc", 8, data_mean=torch.zeros(3), max_evals=2, progress=False)
