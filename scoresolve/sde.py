@@ -226,9 +226,11 @@ class SubVPSDE(VPSDE):
         return 2.0 / (1.0 + o.sqrt(1.0 + 4.0 * o.exp(lam)))
 
     def at_log_snr(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # σ as in t_from_log_snr, m = σ e^{λ/2} (λ = log(m²/σ²)), ∫β = −log(1 − σ)
+        # σ as in t_from_log_snr, m = σ e^{λ/2} (λ = log(m²/σ²)), ∫β = −log(1 − σ) = −log m²: as
+        # log1p where σ is small, as −λ − 2 log σ where 1 − σ is (in float32, 1 − σ at T is ~1e-3 off)
         sig = self._std_from_log_snr(lam)
-        return self._t_from_int_beta(torch.log1p(-sig).neg_()), torch.exp(0.5 * lam).mul_(sig), sig
+        ib = torch.where(sig < 0.5, torch.log1p(-sig).neg_(), torch.log(sig).mul_(-2.0).sub_(lam))
+        return self._t_from_int_beta(ib), torch.exp(0.5 * lam).mul_(sig), sig
 
     def t_from_log_snr(self, lam: Scalar) -> Scalar:
         return self._t_from_int_beta(-_ops(lam).log1p(-self._std_from_log_snr(lam)))

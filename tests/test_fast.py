@@ -337,6 +337,21 @@ def test_adaptive_ode_error_falls_with_nfe_at_its_declared_order(sampler, sde_na
     assert abs(-loglog_slope(nfes, errs) - sampler.order) < ORDER_TOL + 0.25, (nfes, errs)
 
 
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "subvp"])
+def test_rk23_float32_state_is_as_accurate_as_float64(sde_name):
+    # the step's coefficients are computed in the state's dtype: in float32 they must not add error
+    # beyond float32 rounding (~1e-6 here after ~50 steps) to the solver's own (different accept/reject
+    # sequences move it by a few %); t from λ in float32 near T (sub-VP: 1 − σ ≈ 4e-5) once doubled it
+    sde, eps = SDES[sde_name], 1e-3
+    x_T = DIAG.diffused(sde.T, sde).sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = gaussian_flow_map(DIAG, sde, x_T, eps)
+    for tol in [1e-3, 1e-4]:
+        errs = [float((ss.sample(DIAG.score_fn(sde), sde, x_T.shape, AdaptiveODE(rtol=tol, atol=tol), eps=eps,
+                                 x_init=x_T.to(dt), denoise=False, dtype=dt).samples.double() - exact).abs().max())
+                for dt in (torch.float64, torch.float32)]
+        assert errs[1] <= 1.25 * errs[0] + 2e-6, (tol, errs)
+
+
 # ---------------------------------------------------------------- orders (SDE, weak, exact moments)
 def _exact_moments(step_fn, gm, sde, n_draws: int) -> tuple[float, float]:
     """Mean and variance of a sampler that is linear in x_T and its draws, from p_T exactly."""

@@ -111,6 +111,26 @@ def improved_euler_step(sde: SDE, score, x: Tensor, t: Tensor, t_next: Tensor, z
     return x1, unlane(x2, shape)
 
 
+def _rk23_coefficients(sde: SDE, la: Tensor, ha: Tensor, sig: Tensor, dtype: torch.dtype
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``AdaptiveODE``'s per-row coefficients of a step h = ``ha`` from λ = ``la`` (σ = ``sig``):
+    the times (3, b) of the stages and the step's end, m at the end, σ (3, b) at all three, and k
+    (10, b), rows (σ_1, σ_2, σ' over σ;
+    u_1's D_0; u_2's D_0 and m_1 D_1; x_3's D_0 and m_2 D_2; x_2's D_0 and m_1 D_1), computed in
+    the state's real ``dtype``: in float64 they cost a float32 state's step as much as a cheap
+    score, and they round no worse than the state they scale (λ and t keep float64)."""
+    la, ha, sig = (v.to(dtype) for v in (la, ha, sig))
+    z = ha * torch.tensor([1 / 3, 2 / 3, 1.0], dtype=dtype, device=ha.device).unsqueeze(1)  # (3, b)
+    ts, m, s = sde.at_log_snr(2 * (la + z))  # at t_1, t_2, t'
+    i = torch.expm1(-z).neg_()  # I(z) = 1 − e^{−z}
+    mi = m * i
+    c2 = 2 * m[1] * (1 - i[1] / z[1])  # 2 m_2 φ(2h/3)
+    c3 = 1.5 * m[2] * (1 - i[2] / ha)  # third order: (3/2) m' φ(h); second: (3/2) m' I(h)
+    c2nd = 1.5 * mi[2]
+    k = torch.stack([*(s / sig), mi[0], mi[1] - c2, c2 / m[0], mi[2] - c3, c3 / m[1], mi[2] - c2nd, c2nd / m[0]])
+    return ts, m[2], s, k
+
+
 @dataclass
 class Accepted:
     """The accepted proposals of a step: ``oks`` among the proposals, ``acc`` among the batch's
@@ -355,10 +375,11 @@ class AdaptiveODE(PerSampleAdaptive):
     def _start(self, ctx: Context, x: Tensor, ts: list[float]) -> SimpleNamespace:
         mem = self._counters(x, ts)
         mem.sde, mem.lam = ctx.sde, torch.full_like(mem.t, 0.5 * ctx.sde.log_snr(ts[0]))
-        mem.sig = torch.full_like(mem.t, ctx.sde.std(ts[0]))  # σ at each sample's time
+        mem.ms = x.new_tensor(ctx.sde.marginal(ts[0])).expand(x.shape[0], 2).contiguous()  # (m, σ) per sample
         mem.h = torch.full_like(mem.t, self.h_init)
         mem.d0 = torch.empty_like(x)
         mem.have_d0 = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        mem.stale = True  # no row has D_0 (a shortcut for have_d0 all False)
         return mem
 
     def _running(self, mem, t_end: float) -> Tensor:
@@ -368,11 +389,11 @@ class AdaptiveODE(PerSampleAdaptive):
     def _propose(self, ctx: Context, mem, run: Rows, t_end: float) -> Tensor:
         sde, x, b, idx, lam_end = ctx.sde, mem.x, mem.x.shape[0], run.idx, mem.lam_end
         shape = x.shape[1:]  # the linear combinations on lanes views
-        need = Rows(idx[~run.of(mem.have_d0)], b)
+        need = run if mem.stale else Rows(idx[~run.of(mem.have_d0)], b)
         if need.idx.numel():  # D_0 at the current point (kept across rejections)
             ctx.rows = None if need.all else need.idx
             tt = need.of(mem.t)
-            m, s = sde.marginal(tt)
+            m, s = need.of(mem.ms).unbind(1)
             yl = lanes(need.of(x))
             need.write(mem.d0, unlane(_scaled_x0(ctx, yl, tt, s, shape).div_(row_coef(m, yl)), shape))
             ctx.rows = None if run.all else idx
@@ -383,25 +404,18 @@ class AdaptiveODE(PerSampleAdaptive):
         rem = lam_end - la
         ha = torch.minimum(run.of(mem.h), rem)
         last = reaches(ha, rem)
-        z = ha * torch.tensor([1 / 3, 2 / 3, 1.0], dtype=ha.dtype, device=ha.device).unsqueeze(1)  # (3, b)
         lam_n = torch.where(last, lam_end, la + ha)
-        ts, (m1, m2, mn), (s1, s2, sn) = sde.at_log_snr(2 * (la + z))  # at t_1, t_2, t'
+        ts, mn, (s1, s2, sn), k = _rk23_coefficients(sde, la, ha, run.of(mem.ms)[:, 1], xa.dtype)
         ts[2] = torch.where(last, t_end, ts[2])
-        i1, i2, i3 = -torch.expm1(-z)
-        sig = run.of(mem.sig)
-        # u_1 = (σ_1/σ) x + m_1 I_1 D_0
-        u1 = torch.addcmul(xl * row_coef(s1 / sig, xl), row_coef(m1 * i1, xl), da)
+        a1, a2, an, b1, b2, e2, b3, e3, b2nd, e2nd = row_coef(k, xl).unbind(0)
+        u1 = torch.addcmul(xl * a1, b1, da)  # u_1 = (σ_1/σ) x + m_1 I_1 D_0
         d1 = _scaled_x0(ctx, u1, ts[0], s1, shape)  # m_1 D_1
-        # u_2 = (σ_2/σ) x + m_2 (I_2 − 2φ_2) D_0 + 2 m_2 φ_2 D_1,  φ_2 = 1 − I_2/(2h/3)
-        c2 = 2 * m2 * (1 - i2 / z[1])
-        u2 = torch.addcmul(xl * row_coef(s2 / sig, xl), row_coef(m2 * i2 - c2, xl), da)
-        u2.addcmul_(row_coef(c2 / m1, xl), d1)
+        u2 = torch.addcmul(xl * a2, b2, da).addcmul_(e2, d1)
         d2 = _scaled_x0(ctx, u2, ts[1], s2, shape)  # m_2 D_2
         run.add(mem.rows, 2.0)
-        base = xl * row_coef(sn / sig, xl)
-        c3, c2nd = 1.5 * mn * (1 - i3 / ha), 1.5 * mn * i3  # third order: φ(h), second: I(h)
-        x3 = torch.addcmul(base, row_coef(mn * i3 - c3, xl), da).addcmul_(row_coef(c3 / m2, xl), d2)
-        x2 = torch.addcmul(base, row_coef(mn * i3 - c2nd, xl), da).addcmul_(row_coef(c2nd / m1, xl), d1)
+        base = xl * an
+        x3 = torch.addcmul(base, b3, da).addcmul_(e3, d2)
+        x2 = torch.addcmul(base, b2nd, da).addcmul_(e2nd, d1)
         x3, x2 = unlane(x3, shape), unlane(x2, shape)
         delta = torch.maximum(x2.abs(), xa.abs()).mul_(self.rtol).clamp_(min=self.atol)
         err = _rms(x2.sub_(x3).div_(delta)).double()
@@ -409,9 +423,10 @@ class AdaptiveODE(PerSampleAdaptive):
         sel = self._accept(ok, int(ok.sum()), run, b)
         mem.x = sel.merge(x, x3)
         mem.lam = sel.merge(mem.lam, lam_n)
-        mem.t = sel.merge(mem.t, ts[2])
-        mem.sig = sel.merge(mem.sig, sn)
+        mem.t = sel.merge(mem.t, ts[2].double())
+        mem.ms = sel.merge(mem.ms, torch.stack([mn, sn], 1))
         sel.acc.write(mem.have_d0, torch.zeros_like(sel.acc.idx, dtype=torch.bool))
+        mem.stale = sel.acc.all
         run.add(mem.acc_n, ok.double())
         run.add(mem.rej_n, (~ok).double())
         mem.h = run.set(mem.h, _new_size(ha, err, self.safety, 1.0 / 3.0, self.per_sample))
