@@ -11,6 +11,7 @@ import torch
 
 from . import metrics
 from .gridfit import fit_grid, fit_nfe
+from .registry import format_spec
 from .sampling import sample
 from .sde import SDES
 from .targets import GaussianMixture
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         run, fitted = dict(opts), None
         if "fit" in run:  # a grid fitted to the score at N evaluations, denoising included
             try:
-                fitted = fit_grid(target.score_fn(sde), sde, (PILOT, 2), name, fit_nfe(name, int(run.pop("fit")), True),
+                n_fit = int(run.pop("fit"))
+                spec = format_spec(name, run)  # the grid of the method with its options (solver_order, refine, ...)
+                fitted = fit_grid(target.score_fn(sde), sde, (PILOT, 2), spec, fit_nfe(spec, n_fit, True),
                                   generator=torch.Generator().manual_seed(a.seed + 1), progress=not a.no_progress)
             except ValueError as e:  # a method without a grid to fit, a budget too small for one
                 p.error(f"--methods {name}:fit=...: {e}")

@@ -525,7 +525,8 @@ def test_demo_shows_a_fast_sampler_beside_the_classical_ones(tmp_path, capsys):
     from scoresolve.demo import main
 
     out = tmp_path / "d.png"
-    assert main(["--samples", "300", "--steps", "20", "--methods", "em,ode_adaptive_ps,unipc:nfe=12,unipc:fit=8",
+    assert main(["--samples", "300", "--steps", "20", "--methods",
+                 "em,ode_adaptive_ps,unipc:nfe=12,unipc:fit=8,unipc:fit=9;refine=1",
                  "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert out.stat().st_size > 0 and "ode_adaptive_ps" in text and "unipc (nfe=12)" in text
@@ -533,6 +534,9 @@ def test_demo_shows_a_fast_sampler_beside_the_classical_ones(tmp_path, capsys):
     assert row[2] == "12"  # counted NFE of the fixed budget
     row = next(line for line in text.splitlines() if "unipc (fitted grid, nfe=8)" in line).split()
     assert row[4] == "8" and "(the fit, once per score:" in text  # counted with the denoising; its cost shown
+    # the grid is fitted for the method with its options: refine's evaluation left out of the steps, within 9
+    row = next(line for line in text.splitlines() if "unipc (fitted grid, nfe=9, refine=1)" in line).split()
+    assert float(row[5]) <= 9
     with pytest.raises(SystemExit):
         main(["--methods", "ode_adaptive_ps:fit=10", "--out", str(out), "--no-progress"])
     assert "ode_adaptive_ps' has no fixed deterministic grid to fit; valid choices: " in capsys.readouterr().err
