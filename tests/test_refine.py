@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import scoresolve as ss
-from scoresolve.bench.problems import _mix
+from scoresolve.bench.problems import analytic_problem
 from scoresolve.samplers import AdaptiveMultistep, UniPC
 from scoresolve.samplers.unipc import REFINE_CAP
 
-MIX2 = _mix(2, 101)  # 4 components in 2-D, stds 0.05-0.5, smallest weight 0.05: rows land between modes at 15 NFE
+# the held-out mix2s101: 4 components in 2-D, stds 0.05-0.5, smallest weight 0.05; rows land between modes at 15 NFE
+MIX2 = analytic_problem("mix2s101").target
 N, STEPS = 2000, 14
 
 
