@@ -54,9 +54,11 @@ class UniPC(Multistep):
     ``refined`` (samples re-solved), ``refine_nfe`` (their evaluations per sample) and ``row_error`` (e).
     At 15 NFE the samples that land between the modes of a mixture (a few in a thousand, the
     log-density gap's worst) are among those with the largest e: with ``fit_grid``'s grid and
-    ``refine=1`` both metrics are within 2× of their floors on all 18 held-out cases (13 without;
-    benchmarks/refine.md, benchmarks/heldout_results.md).  The refined samples depend on the batch
-    (the ranking and the budget are the batch's); with post-step hooks (projections) it is refused.
+    ``refine=1`` both metrics are within 2× of their floors on all 18 held-out cases (13 without)
+    and on 14 of 16 fresh ones (benchmarks/refine.md, benchmarks/heldout_results.md).  The refined
+    samples depend on the batch (the ranking and the budget are the batch's); with post-step hooks
+    (projections) it is refused;
+    ``x0_hook`` applies to the re-solves too, ``callback`` and ``return_trajectory`` see the base solve.
     Latency: the re-solves are a few sequential solves (chunks) of small batches, ~140 score calls at
     refine=1 on 10k samples against the base's 15; NFE counts rows, so where a call costs the same
     whatever its rows (a GPU far from full) their wall time is that of ~140 calls.
