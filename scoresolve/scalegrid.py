@@ -98,12 +98,18 @@ def _half_log_snr(sde: SDE, t: float) -> float:
     return 0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
 
 
+def _at_T(sde: SDE) -> tuple[float, float]:
+    """(m(T), σ(T))."""
+    m, sig = sde.marginal(torch.tensor(sde.T, dtype=torch.float64))
+    return float(m), float(sig)
+
+
 def pilot_x0(score_fn, sde: SDE, x: Tensor, chunk: int | None = PILOT_CHUNK) -> Tensor:
     """x̂_0(x_T) = (x_T + σ_T² s(x_T, T))/m_T at the prior draws ``x`` (float64 rows), one evaluation each, in
     calls of at most ``chunk`` rows (None: all at once)."""
     if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
         raise ValueError(f"chunk must be an integer >= 1 or None, got {chunk!r}")
-    m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+    m, sig = _at_T(sde)
     counted = score_fn if isinstance(score_fn, CountingScore) else CountingScore(score_fn, x.shape[0])
     with torch.no_grad():
         s = torch.cat([counted(part, sde.T) for part in x.split(chunk or x.shape[0])])
@@ -114,8 +120,7 @@ def centre(x: Tensor, sde: SDE, mu: Tensor | None) -> Tensor:
     """Prior draws x centred where p_T is, x + m(T) μ (μ: the data's mean; None: x as it is)."""
     if mu is None:
         return x
-    m_big = float(sde.marginal(torch.tensor(sde.T, dtype=torch.float64))[0])
-    return x + (m_big * torch.as_tensor(mu, dtype=torch.float64)).to(device=x.device, dtype=x.dtype)
+    return x + (_at_T(sde)[0] * torch.as_tensor(mu, dtype=torch.float64)).to(device=x.device, dtype=x.dtype)
 
 
 def _pilot(shape, sde: SDE, generator, device, dtype) -> Tensor:
@@ -126,7 +131,7 @@ def _pilot(shape, sde: SDE, generator, device, dtype) -> Tensor:
 
 def scale_of(x0: Tensor, sde: SDE) -> float:
     """ŝ = (σ̃_T² · mean_coords Var x̂_0)^{1/4} from ``pilot_x0``'s rows (module docstring)."""
-    m, sig = (float(v) for v in sde.marginal(torch.tensor(sde.T, dtype=torch.float64)))
+    m, sig = _at_T(sde)
     return ((sig / m) ** 2 * float(x0.flatten(1).var(0).mean())) ** 0.25
 
 
